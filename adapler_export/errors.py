@@ -1,0 +1,9 @@
+"""Errors the CLI reports as one clear line with a non-zero exit (no traceback)."""
+
+
+class AdaplerError(Exception):
+    """A user-facing error: bad input, missing file, unsupported option."""
+
+
+class ParityError(AdaplerError):
+    """A candidate backend disagrees with the PyTorch reference beyond the tolerances."""

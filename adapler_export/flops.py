@@ -1,0 +1,39 @@
+"""FLOPs accounting from the sequence lengths each layer actually runs on.
+
+Per encoder layer on s tokens (multiply-add = 2 FLOPs): Q, K, V and output projections 8·s·H²,
+attention scores and weighted sum 4·s²·H, feed-forward 4·s·H·I. A Contribution Predictor on s tokens
+costs 2·s·(32·H + 32). Embeddings and the classifier are the same for both models and left out.
+Speedup = FLOPs(full model on the unpadded input) / FLOPs(adaptive model), summed over examples.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .modeling_adapler import CP_HIDDEN
+
+
+def layer_flops(seq, hidden: int, intermediate: int):
+    seq = np.asarray(seq, dtype=np.float64)
+    return 8.0 * seq * hidden**2 + 4.0 * seq**2 * hidden + 4.0 * seq * hidden * intermediate
+
+
+def cp_flops(seq, hidden: int):
+    return 2.0 * np.asarray(seq, dtype=np.float64) * (CP_HIDDEN * hidden + CP_HIDDEN)
+
+
+def full_model_flops(input_lengths, num_layers: int, hidden: int, intermediate: int) -> np.ndarray:
+    """Per example: the backbone without removal on its live tokens."""
+    return num_layers * layer_flops(input_lengths, hidden, intermediate)
+
+
+def adaptive_flops(input_lengths, kept_lengths, hidden: int, intermediate: int) -> np.ndarray:
+    """Per example. kept_lengths: [num_layers, N], the tokens layer l runs on; CP_l runs on the tokens
+    entering it (the input for l = 0, layer l-1's kept tokens after that)."""
+    kept = np.asarray(kept_lengths, dtype=np.float64)
+    entering = np.vstack([np.asarray(input_lengths, dtype=np.float64)[None], kept[:-1]])
+    return (layer_flops(kept, hidden, intermediate) + cp_flops(entering, hidden)).sum(axis=0)
+
+
+def flops_speedup(input_lengths, kept_lengths, num_layers: int, hidden: int, intermediate: int) -> float:
+    full = full_model_flops(input_lengths, num_layers, hidden, intermediate).sum()
+    return float(full / adaptive_flops(input_lengths, kept_lengths, hidden, intermediate).sum())

@@ -1,0 +1,231 @@
+"""AdapLeR over a Hugging Face BERT-family encoder (the PyTorch reference).
+
+Readable in one file, like a transformers modeling file. The backbone is any
+`AutoModelForSequenceClassification` whose encoder layers have BERT's structure
+(`attention.self.{query,key,value}`, `attention.output`, `intermediate`, `output`): BERT, MiniLM,
+RoBERTa, ELECTRA. The encoder layer is re-implemented functionally (`encoder_layer`) so that the
+same code runs the soft-removal training forward, the hard-removal inference forward and the ONNX
+segments, with an additive attention bias that carries soft removal.
+
+Method details follow ../shared/ADAPLER_METHOD.md (the paper's official code):
+- CP_l scores the tokens *entering* layer l (CP_0 scores the embedding output);
+- s~ = softmax of the CP logits over live tokens ([CLS] forced live), threshold delta_l = eta_l / n with
+  n the live count ([CLS] included), keep iff s~ >= delta, [CLS] always kept, [SEP] droppable;
+- soft removal multiplies the running mask by exp(e) and adds log(mask) to the attention logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .link import CompactResult, compact_by_keep, keep_mask_torch
+
+CP_HIDDEN = 32
+ATTENTION_MASK_VALUE = -10000.0  # the official code's additive mask; representable in fp16
+SOFT_REMOVAL_BETA = 0.1
+ETA_MIN, ETA_MAX, THETA_MIN = 0.01, 1.0, 0.001
+
+
+class UnsupportedBackbone(ValueError):
+    pass
+
+
+class ContributionPredictor(nn.Module):
+    """Per-token Dense(H->32) -> activation -> Dense(32->1): one logit per token."""
+
+    def __init__(self, hidden_size: int, activation: nn.Module):
+        super().__init__()
+        self.dense_in = nn.Linear(hidden_size, CP_HIDDEN)
+        self.activation = activation
+        self.dense_out = nn.Linear(CP_HIDDEN, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.dense_out(self.activation(self.dense_in(hidden))).squeeze(-1)
+
+
+def with_cls_live(mask: torch.Tensor) -> torch.Tensor:
+    """The mask with slot 0 ([CLS]) forced to 1, as a float tensor."""
+    mask = mask.to(torch.float32)
+    return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
+
+
+def cp_distribution(cp_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """s~: softmax of the CP logits weighted by the (soft) mask, [CLS] forced live. fp32, rows sum to 1.
+
+    Dead slots get exactly 0. Written without -inf so that it exports cleanly and never produces NaN.
+    """
+    weights = with_cls_live(mask)
+    logits = cp_logits.to(torch.float32)
+    logits = torch.where(weights > 0, logits, torch.full_like(logits, ATTENTION_MASK_VALUE))
+    exp = torch.exp(logits - logits.amax(dim=-1, keepdim=True)) * weights
+    return exp / exp.sum(dim=-1, keepdim=True)
+
+
+def soft_removal_exponent(scores: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
+    """e <= 0: the log of the factor that soft removal multiplies the mask by (ADAPLER_METHOD.md).
+
+    e = clip(min(0, lam/delta*(s - delta) - beta/lam, (s - 1)*beta/(lam*(1 - delta))), -10000, 0).
+    Above delta the slope is gentle (tokens barely touched), below it steep (suppressed harder as lam grows).
+    """
+    beta = SOFT_REMOVAL_BETA
+    below = lam / delta * (scores - delta) - beta / lam
+    above = (scores - 1.0) * beta / (lam * (1.0 - delta).clamp_min(1e-6))
+    e = torch.minimum(torch.minimum(below, above), torch.zeros_like(scores))
+    e = e.clamp(ATTENTION_MASK_VALUE, 0.0)
+    return torch.cat([torch.zeros_like(e[:, :1]), e[:, 1:]], dim=1)  # [CLS] is never suppressed
+
+
+def attention_bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive key bias [B,1,1,S]: log(mask) for soft masks, 0 / -10000 for hard ones."""
+    mask = mask.to(torch.float32)
+    bias = torch.where(mask > 0, torch.log(mask.clamp_min(1e-30)), torch.full_like(mask, ATTENTION_MASK_VALUE))
+    return bias.clamp_min(ATTENTION_MASK_VALUE).to(dtype)[:, None, None, :]
+
+
+def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One BERT encoder layer (post-LN) with an additive attention bias.
+
+    Attention-probability dropout is left out on purpose (the official AdapLeR layer disables it);
+    hidden dropout follows the module's train/eval mode.
+    """
+    attn = layer.attention.self
+    batch, seq, _ = hidden.shape
+    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+
+    def split(x):
+        return x.view(batch, seq, heads, head_dim).transpose(1, 2)
+
+    query, key, value = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
+    logits = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + bias
+    probs = torch.softmax(logits.float(), dim=-1).to(value.dtype)
+    context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, seq, heads * head_dim)
+    attn_out = layer.attention.output
+    hidden = attn_out.LayerNorm(attn_out.dropout(attn_out.dense(context)) + hidden)
+    inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+    out = layer.output
+    return out.LayerNorm(out.dropout(out.dense(inter)) + hidden)
+
+
+@dataclass
+class SoftOutput:
+    logits: torch.Tensor
+    scores: list  # s~ per layer, [B,S]
+    kl_scores: list  # s~ computed with a detached mask (the KL term must not train eta through the mask)
+    masks: list  # effective mask entering each layer's CP, [B,S] (soft)
+    lengths: list  # differentiable live length each layer runs on, [B] (the length loss)
+
+
+@dataclass
+class HardOutput:
+    logits: torch.Tensor
+    kept: list = field(default_factory=list)  # per layer: original positions kept, [B,S_l] int32, -1 padding
+    lengths: list = field(default_factory=list)  # per layer: kept count per row, [B] int
+
+
+class AdapLeRForSequenceClassification(nn.Module):
+    """A sequence classifier with one Contribution Predictor per encoder layer and learned eta/theta."""
+
+    def __init__(self, backbone: nn.Module, eta_init: float = 0.25):
+        super().__init__()
+        self.backbone = backbone
+        base = getattr(backbone, backbone.base_model_prefix, None)
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0].attention, "self"):
+            raise UnsupportedBackbone(
+                f"{type(backbone).__name__} has no BERT-style encoder layers "
+                "(supported: BERT, MiniLM, RoBERTa, ELECTRA families)")
+        config = backbone.config
+        self.num_layers = len(layers)
+        act = layers[0].intermediate.intermediate_act_fn
+        self.cps = nn.ModuleList(
+            ContributionPredictor(config.hidden_size, act if isinstance(act, nn.Module) else nn.GELU())
+            for _ in range(self.num_layers))
+        self.eta = nn.Parameter(torch.full((self.num_layers,), float(eta_init)))
+        # theta_l scales the [CLS] entry of the saliency target of layer l (1.0 for l = 0 by definition).
+        self.theta = nn.Parameter(torch.ones(self.num_layers))
+
+    # ----- pieces, shared with the ONNX segments -------------------------------------------------------
+    @property
+    def base(self) -> nn.Module:
+        return getattr(self.backbone, self.backbone.base_model_prefix)
+
+    @property
+    def layers(self):
+        return self.base.encoder.layer
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.base.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Classifier on [CLS]: BERT-style pooler + linear, or the backbone's own classification head."""
+        pooler = getattr(self.base, "pooler", None)
+        classifier = self.backbone.classifier
+        if pooler is not None and isinstance(classifier, nn.Linear):
+            return classifier(self.backbone.dropout(pooler(hidden)))
+        return classifier(hidden)  # RoBERTa/ELECTRA heads take the sequence and pick [CLS] themselves
+
+    def clamp_parameters_(self) -> None:
+        with torch.no_grad():
+            self.eta.clamp_(ETA_MIN, ETA_MAX)
+            self.theta.clamp_(min=THETA_MIN)
+
+    # ----- forwards --------------------------------------------------------------------------------------
+    def forward_full(self, input_ids, attention_mask, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone classifier with no removal (stage 1 model, saliency extraction, FLOPs baseline)."""
+        hidden = self.embed(input_ids) if embeddings is None else embeddings
+        bias = attention_bias_from_mask(attention_mask, hidden.dtype)
+        for layer in self.layers:
+            hidden = encoder_layer(layer, hidden, bias)
+        return self.head(hidden)
+
+    def forward_soft(self, input_ids, attention_mask, lam: float) -> SoftOutput:
+        """Training forward: tokens are suppressed smoothly; the sequence length never changes."""
+        hidden = self.embed(input_ids)
+        mask = attention_mask.to(torch.float32)
+        out = SoftOutput(None, [], [], [], [])
+        for index, layer in enumerate(self.layers):
+            cp_logits = self.cps[index](hidden)
+            scores = cp_distribution(cp_logits, mask)
+            n = with_cls_live(mask).sum(dim=-1, keepdim=True)  # soft live count, [CLS] included
+            delta = self.eta[index] / n
+            exponent = soft_removal_exponent(scores, delta, lam)
+            out.scores.append(scores)
+            out.kl_scores.append(cp_distribution(cp_logits, mask.detach()))
+            out.masks.append(mask)
+            mask = mask * torch.exp(exponent)
+            out.lengths.append(mask.sum(dim=-1))
+            hidden = encoder_layer(layer, hidden, attention_bias_from_mask(mask, hidden.dtype))
+        out.logits = self.head(hidden)
+        return out
+
+    def link(self, index: int, hidden, scores, mask, positions) -> CompactResult:
+        keep = keep_mask_torch(scores, mask, self.eta[index].detach())
+        return compact_by_keep(hidden, keep, positions)
+
+    def initial_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(attention_mask.shape[1], dtype=torch.int32)[None].expand_as(attention_mask)
+        return torch.where(attention_mask == 1, positions, torch.full_like(positions, -1)).to(torch.int32)
+
+    @torch.no_grad()
+    def forward_hard(self, input_ids, attention_mask) -> HardOutput:
+        """Inference forward: dropped tokens are physically removed; each row keeps its own tokens and
+        the compacted length is the batch maximum (shorter rows padded and masked)."""
+        attention_mask = attention_mask.to(torch.int32)
+        hidden = self.embed(input_ids)
+        mask, positions = attention_mask, self.initial_positions(attention_mask)
+        out = HardOutput(None)
+        for index, layer in enumerate(self.layers):
+            scores = cp_distribution(self.cps[index](hidden), mask)
+            hidden, mask, positions, _ = self.link(index, hidden, scores, mask, positions)
+            out.kept.append(positions)
+            out.lengths.append(mask.sum(dim=1))
+            hidden = encoder_layer(layer, hidden, attention_bias_from_mask(mask, hidden.dtype))
+        out.logits = self.head(hidden)
+        return out

@@ -1,0 +1,110 @@
+"""Client helpers for the ``adapler_text`` model, over HTTP or gRPC (``tritonclient``).
+
+>>> with AdaplerClient("127.0.0.1:8000") as c:
+...     c.classify(["a gorgeous, witty, seductive movie.", "unflinchingly bleak and desperate"])
+[{'label': 'positive', 'label_id': 1, 'probabilities': [0.01, 0.99],
+  'kept_tokens': {'tokens': [...], 'kept_positions': [[...], ...], 'kept_tokens': [[...], ...], 'truncated': False}},
+ ...]
+
+Server-side errors surface as ``tritonclient.utils.InferenceServerException``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from .repository import TEXT_MODEL
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme):]
+    return url
+
+
+class AdaplerClient:
+    def __init__(self, url: str, protocol: str = "http", model_name: str = TEXT_MODEL, timeout_s: float = 60.0,
+                 max_batch: int | None = None):
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
+        self.url = _strip_scheme(url)
+        self.protocol = protocol
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        if protocol == "http":
+            import tritonclient.http as mod
+
+            self._client = mod.InferenceServerClient(self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        else:
+            import tritonclient.grpc as mod
+
+            self._client = mod.InferenceServerClient(self.url)
+        self._mod = mod
+        self._max_batch = max_batch
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "AdaplerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def is_ready(self) -> bool:
+        try:
+            return bool(self._client.is_server_ready() and self._client.is_model_ready(self.model_name))
+        except Exception:  # noqa: BLE001 - not ready is the answer to any failure here
+            return False
+
+    @property
+    def max_batch(self) -> int:
+        if self._max_batch is None:
+            if self.protocol == "http":
+                cfg = self._client.get_model_config(self.model_name)
+            else:
+                cfg = self._client.get_model_config(self.model_name, as_json=True)["config"]
+            self._max_batch = int(cfg.get("max_batch_size") or 0) or 1
+        return self._max_batch
+
+    def _kwargs(self) -> dict:
+        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+
+    def infer_raw(self, texts_or_array) -> dict[str, np.ndarray]:
+        """One request with exactly the given ``TEXT`` array (no chunking): returns every output."""
+        arr = texts_or_array
+        if not isinstance(arr, np.ndarray):
+            arr = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in arr], dtype=np.object_)
+        inp = self._mod.InferInput("TEXT", list(arr.shape), "BYTES")
+        inp.set_data_from_numpy(arr)
+        names = ("LABEL", "LABEL_ID", "PROBABILITIES", "KEPT_TOKENS")
+        outs = [self._mod.InferRequestedOutput(n) for n in names]
+        res = self._client.infer(self.model_name, [inp], outputs=outs, **self._kwargs())
+        return {n: res.as_numpy(n) for n in names}
+
+    # -- API -------------------------------------------------------------------------------------------
+    def classify(self, texts: Sequence[str]) -> list[dict]:
+        """Classify ``texts`` (chunked to the model's max batch). One dict per text: ``label``,
+        ``label_id``, ``probabilities`` (list of float), ``kept_tokens`` (the parsed rationale JSON)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("classify() takes a sequence of texts; use classify_one() for one")
+        results: list[dict] = []
+        n = self.max_batch
+        for start in range(0, len(texts), n):
+            out = self.infer_raw(texts[start:start + n])
+            for i in range(out["LABEL"].shape[0]):
+                results.append({
+                    "label": out["LABEL"][i, 0].decode("utf-8"),
+                    "label_id": int(out["LABEL_ID"][i, 0]),
+                    "probabilities": [float(x) for x in out["PROBABILITIES"][i]],
+                    "kept_tokens": json.loads(out["KEPT_TOKENS"][i, 0]),
+                })
+        return results
+
+    def classify_one(self, text: str) -> dict:
+        return self.classify([text])[0]

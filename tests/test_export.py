@@ -1,0 +1,110 @@
+"""Segmented export, the single graph, `build` / `verify`, parity and polygraphy, on a real trained checkpoint."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from adapler_export.checkpoint import load_checkpoint
+from adapler_export.cli import main
+from adapler_export.evaluation import encode
+from adapler_export.parity import capture_segment_io
+from adapler_export.segments import export_segments
+
+from .conftest import sst2_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_segment_graphs_reproduce_pytorch_per_layer(ci_checkpoint, tmp_path):
+    ckpt = load_checkpoint(ci_checkpoint)
+    specs = export_segments(ckpt.model, tmp_path, "fp32")
+    texts = ["it 's a charming and often affecting journey . ", "unflinchingly bleak and desperate ",
+             "the acting , costumes , music , cinematography and sound are all astounding ."]
+    ids, mask = encode(ckpt.tokenizer, texts, 64)
+    records = capture_segment_io(ckpt.model, specs, "fp32", ids, mask)
+    for spec, (feeds, expected) in zip(specs, records):
+        session = ort.InferenceSession(str(tmp_path / spec.file_name), providers=["CPUExecutionProvider"])
+        for name, got in zip(spec.outputs, session.run(None, feeds)):
+            np.testing.assert_allclose(got, expected[name], atol=1e-4, rtol=1e-4, err_msg=f"{spec.file_name}:{name}")
+        model = onnx.load(str(tmp_path / spec.file_name))
+        assert model.opset_import[0].version >= 17
+        dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims[:2] == ["batch", "seq"], "dynamic batch and sequence axes"
+
+
+def test_fp32_build_has_exact_parity_on_full_dev(built_artifact):
+    parity = json.loads((built_artifact / "parity.json").read_text())["end_to_end"]
+    assert parity["examples"] == 872
+    assert parity["flips"] == 0
+    assert parity["max_abs_logit_diff"] <= 1e-3
+    assert parity["label_agreement"] == 1.0
+    manifest = json.loads((built_artifact / "manifest.json").read_text())
+    assert manifest["precision"] == "fp32" and len(manifest["segments"]) == manifest["num_layers"] + 1
+    assert manifest["parity"]["segments"]["passed"]
+
+
+def test_fp16_build_and_verify_json(ci_checkpoint, tmp_path, capsys):
+    out = tmp_path / "fp16"
+    assert main(["build", "--ckpt", str(ci_checkpoint), "--fp16", "--samples", "200",
+                 "--data-dir", str(sst2_dir()), "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["verify", "--artifact", str(out), "--samples", "100", "--json",
+                 "--data-dir", str(sst2_dir())]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("max_abs_logit_diff", "mean_abs_logit_diff", "label_agreement", "flip_rate", "links"):
+        assert key in report
+    assert report["precision"] == "fp16" and report["flip_rate"] < 0.005
+    hidden_type = onnx.load(str(out / "onnx" / "segment_01.onnx")).graph.input[0].type.tensor_type.elem_type
+    assert hidden_type == onnx.TensorProto.FLOAT16
+
+
+def test_single_graph_has_one_link_node_per_layer(built_artifact):
+    manifest = json.loads((built_artifact / "manifest.json").read_text())
+    model = onnx.load(str(built_artifact / "onnx" / "single.onnx"))
+    links = [n for n in model.graph.node if n.op_type == "TokenCompact"]
+    assert len(links) == manifest["num_layers"]
+    assert all(n.domain == "adapler" for n in links)
+    etas = [onnx.helper.get_attribute_value(a) for n in links for a in n.attribute if a.name == "eta"]
+    np.testing.assert_allclose(etas, manifest["eta"], rtol=1e-7)
+    assert [o.name for o in model.graph.output] == manifest["single_graph"]["outputs"]
+
+
+def test_polygraphy_cli_compares_a_segment_with_saved_pytorch_outputs(built_artifact):
+    def run(segment, outputs_of):
+        cmd = [sys.executable, "-m", "polygraphy", "run", f"onnx/segment_{segment:02d}.onnx", "--onnxrt",
+               "--load-inputs", f"polygraphy/segment_{segment:02d}.inputs.json",
+               "--load-outputs", f"polygraphy/segment_{outputs_of:02d}.outputs.json", "--atol", "1e-4", "--rtol", "1e-4"]
+        return subprocess.run(cmd, cwd=built_artifact, capture_output=True, text=True, timeout=300)
+
+    good = run(3, 3)
+    assert good.returncode == 0, good.stdout[-2000:] + good.stderr[-2000:]
+    assert "PASSED" in good.stdout + good.stderr
+    wrong = run(3, 4)  # another segment's outputs: polygraphy must report the mismatch
+    assert wrong.returncode != 0
+
+
+def test_failing_parity_exits_nonzero_and_leaves_no_artifact(ci_checkpoint, tmp_path, monkeypatch, capsys):
+    from adapler_export import parity
+
+    impossible = parity.Tolerances(max_abs_logit=-1.0, mean_abs_logit=1.0, max_flip_rate=0.0, min_label_agreement=0.0)
+    monkeypatch.setattr(parity.Tolerances, "for_precision", classmethod(lambda cls, precision: impossible))
+    out = tmp_path / "never"
+    assert main(["build", "--ckpt", str(ci_checkpoint), "--samples", "16", "--data-dir", str(sst2_dir()),
+                 "--output", str(out)]) == 2
+    assert "parity failed" in capsys.readouterr().err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".never.tmp-*"))
+
+
+def test_build_rejects_bad_checkpoints(tmp_path, adapler_home, capsys):
+    assert main(["build", "--ckpt", "no-such-checkpoint"]) == 2
+    assert "no checkpoint named" in capsys.readouterr().err
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    assert main(["build", "--ckpt", str(half)]) == 2
+    assert "not a complete AdapLeR checkpoint" in capsys.readouterr().err

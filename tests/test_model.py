@@ -1,0 +1,136 @@
+"""The AdapLeR reference model: keep rule, soft vs hard removal, batching, checkpoints, FLOPs."""
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, load_checkpoint, save_checkpoint
+from adapler_export.flops import flops_speedup, layer_flops
+from adapler_export.link import keep_mask_torch
+from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, cp_distribution
+
+
+def tiny_model(seed=0, eta=0.6):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config), eta_init=eta)
+    with torch.no_grad():  # make the CPs opinionated so that tokens really drop
+        for cp in model.cps:
+            cp.dense_out.weight.mul_(40.0)
+    return model.eval()
+
+
+def random_batch(rng, b=5, s=12, vocab=200):
+    lengths = rng.integers(2, s + 1, size=b)
+    lengths[0] = s
+    mask = (np.arange(s)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(5, vocab, size=(b, s)).astype(np.int32) * mask
+    ids[:, 0] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def test_keep_rule_hand_made():
+    # Row: [CLS] a b [SEP] pad pad; n = 4 ([CLS] counted), eta = 0.4 -> delta = 0.1
+    scores = torch.tensor([[0.0, 0.5, 0.1, 0.0999, 0.2, 0.2]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    keep = keep_mask_torch(scores, mask, 0.4)
+    # [CLS] kept with score 0, 0.1 >= delta kept, [SEP] at 0.0999 dropped, padding never live
+    assert keep.tolist() == [[True, True, True, False, False, False]]
+
+
+def test_cp_distribution_is_masked_softmax_with_cls_forced_live():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]])  # [CLS] forced live, slot 3 dead
+    s = cp_distribution(logits, mask)
+    want = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), -1)
+    torch.testing.assert_close(s[0, :3], want)
+    assert s[0, 3].item() == 0.0
+
+
+def test_hard_removal_drops_tokens_and_reports_positions():
+    model = tiny_model()
+    ids, mask = random_batch(np.random.default_rng(0))
+    out = model.forward_hard(ids, mask)
+    lengths = torch.stack(out.lengths).float()
+    assert lengths[-1].mean() < mask.sum(1).float().mean(), "the fixture must drop tokens"
+    for kept, length in zip(out.kept, out.lengths):
+        assert (kept[:, 0] == 0).all(), "[CLS] first and always kept"
+        assert ((kept >= 0).sum(1) == length).all()
+    for earlier, later in zip(out.kept, out.kept[1:]):  # a dropped token never comes back
+        for r in range(ids.shape[0]):
+            assert set(later[r][later[r] >= 0].tolist()) <= set(earlier[r][earlier[r] >= 0].tolist())
+
+
+def test_soft_removal_with_huge_lambda_equals_hard_removal():
+    model = tiny_model()
+    ids, mask = random_batch(np.random.default_rng(1))
+    with torch.no_grad():
+        soft = model.forward_soft(ids.long(), mask, lam=1e20)
+    hard = model.forward_hard(ids, mask)
+    torch.testing.assert_close(soft.logits, hard.logits, atol=1e-5, rtol=1e-5)
+    for index, kept in enumerate(hard.kept):  # the soft masks after removal are hard and agree
+        soft_live = (soft.masks[index + 1] if index + 1 < len(soft.masks) else None)
+        if soft_live is None:
+            continue
+        for r in range(ids.shape[0]):
+            assert sorted(torch.nonzero(soft_live[r] > 0.5).flatten().tolist()) == \
+                sorted(kept[r][kept[r] >= 0].tolist())
+
+
+def test_batched_hard_removal_equals_one_at_a_time():
+    model = tiny_model(seed=3)
+    ids, mask = random_batch(np.random.default_rng(2), b=6)
+    batched = model.forward_hard(ids, mask)
+    for r in range(ids.shape[0]):
+        n = int(mask[r].sum())
+        single = model.forward_hard(ids[r:r + 1, :n], mask[r:r + 1, :n])
+        torch.testing.assert_close(batched.logits[r], single.logits[0], atol=1e-5, rtol=1e-5)
+        for kb, ks in zip(batched.kept, single.kept):
+            assert kb[r][kb[r] >= 0].tolist() == ks[0][ks[0] >= 0].tolist()
+
+
+def test_forward_full_matches_hugging_face():
+    model = tiny_model()
+    ids, mask = random_batch(np.random.default_rng(4))
+    with torch.no_grad():
+        want = model.backbone(input_ids=ids.long(), attention_mask=mask.long()).logits
+        got = model.forward_full(ids, mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_real_minilm_backbone_loads_offline():
+    backbone, tokenizer = load_backbone("minilm", 2)
+    assert backbone.config.num_hidden_layers == 6 and backbone.config.hidden_size == 384
+    model = AdapLeRForSequenceClassification(backbone).eval()
+    enc = tokenizer(["a charming and often affecting journey"], return_tensors="pt")
+    with torch.no_grad():
+        want = backbone(**enc).logits
+        got = model.forward_full(enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    backbone, tokenizer = load_backbone("minilm", 2, {0: "negative", 1: "positive"})
+    model = AdapLeRForSequenceClassification(backbone).eval()
+    with torch.no_grad():
+        model.eta.copy_(torch.linspace(0.1, 0.9, model.num_layers))
+        model.cps[2].dense_in.weight.add_(0.5)
+    config = AdapLeRConfig(backbone="minilm", num_layers=6, hidden_size=384, labels=["negative", "positive"])
+    path = save_checkpoint(Checkpoint(model, tokenizer, config), tmp_path / "ckpt")
+    loaded = load_checkpoint(str(path))
+    want, got = model.state_dict(), loaded.model.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    assert loaded.config.eta == [float(v) for v in model.eta]
+    assert not list(tmp_path.glob(".ckpt.tmp-*")), "no temp directory left behind"
+
+
+def test_flops_accounting():
+    h, i = 384, 1536
+    assert layer_flops(10, h, i) == 8 * 10 * h * h + 4 * 100 * h + 4 * 10 * h * i
+    # nothing dropped: the CPs make the adaptive model slightly more expensive
+    assert flops_speedup([20, 30], [[20, 30]] * 6, 6, h, i) < 1.0
+    # half the tokens from layer 0 on: close to 2x
+    assert 1.8 < flops_speedup([40], [[20]] * 6, 6, h, i) < 2.1

@@ -1,0 +1,70 @@
+"""Pieces every training stage shares: the Accelerate setup, optimisers, progress bars, stage markers."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator(seed: int):
+    """One CPU process here; `accelerate launch` gives multi-GPU / multi-node DDP with the same code."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator()
+    set_seed(seed)
+    return accelerator
+
+
+def progress(iterable, desc: str, total: int | None = None, enabled: bool = True):
+    from tqdm.auto import tqdm
+
+    # Off a terminal (CI logs) print a line every 30 s instead of redrawing.
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, mininterval=interval,
+                dynamic_ncols=True, leave=False)
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float = 0.1,
+                      extra_groups: list | None = None):
+    """AdamW (no decay on biases and LayerNorm weights) with linear warm-up and decay.
+    `extra_groups`: [(named_params, lr)] trained at their own learning rate (the CPs in stage 3)."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = []
+    for named, group_lr in [(list(params), lr)] + list(extra_groups or []):
+        named = list(named)
+        groups.append({"params": [p for n, p in named if not any(k in n for k in no_decay)],
+                       "weight_decay": weight_decay, "lr": group_lr})
+        groups.append({"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0,
+                       "lr": group_lr})
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def schedule(step):  # linear warm-up, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def read_marker(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)

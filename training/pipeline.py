@@ -1,0 +1,102 @@
+"""The three-stage AdapLeR training pipeline, end to end, resumable.
+
+Stages write into a work directory keyed by the run's settings ($ADAPLER_HOME/work/<name>-<hash>), so an
+interrupted run picks up where it stopped (finished stages are skipped, stages 1 and 3 resume per epoch).
+The checkpoint is written atomically at the very end: a failed run leaves no partial checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapler_export.checkpoint import (DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, adapler_home,
+                                       load_backbone, save_checkpoint)
+from adapler_export.errors import AdaplerError
+from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
+
+from .common import seed_everything
+from .data import load_task
+from .stage1_finetune import Stage1Config, run_stage1
+from .stage2_saliency import run_stage2
+from .stage3_adapler import Stage3Config, run_stage3
+
+
+@dataclass
+class TrainConfig:
+    task: str = "sst2"
+    data_dir: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_length: int = 64
+    seed: int = 42
+    stage3_init: str = "finetuned"  # or "pretrained" (the official README's choice)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+
+    def stage_keys(self) -> tuple:
+        """Work-directory keys: stages 1-2 depend on the data, backbone and stage-1 settings only, so a
+        changed stage-3 setting reuses the fine-tuned model and its saliencies."""
+        settings = dataclasses.asdict(self)
+        stage3 = settings.pop("stage3")
+        settings.pop("stage3_init")
+        key1 = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        key3 = hashlib.sha256(json.dumps([key1, stage3, self.stage3_init], sort_keys=True).encode()).hexdigest()[:10]
+        return key1, key3
+
+
+def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print) -> Path:
+    seed_everything(cfg.seed)
+    data = load_task(cfg.task, cfg.data_dir)
+    data.splits["train"] = data["train"].subset(cfg.max_train_samples, cfg.seed)
+    data.splits["dev"] = data["dev"].subset(cfg.max_eval_samples, cfg.seed)
+    for split in ("train", "dev"):
+        if len(data[split]) == 0:
+            raise AdaplerError(f"the {split} split is empty")
+    cfg.stage1.max_length = cfg.stage3.max_length = cfg.max_length
+    cfg.stage1.seed = cfg.stage3.seed = cfg.seed
+    work_dir = work_dir or adapler_home() / "work" / Path(output).name
+    key1, key3 = cfg.stage_keys()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log(f"training {cfg.task}: {len(data['train'])} train / {len(data['dev'])} dev examples, "
+        f"backbone {cfg.backbone}, work dir {work_dir}")
+
+    id2label = dict(enumerate(data.labels))
+    backbone, tokenizer = load_backbone(cfg.backbone, len(data.labels), id2label)
+    try:
+        model = AdapLeRForSequenceClassification(backbone)
+    except UnsupportedBackbone as exc:
+        raise AdaplerError(str(exc)) from exc
+    started = time.time()
+
+    stage1 = run_stage1(model, tokenizer, data, cfg.stage1, work_dir / f"stage1-{key1}", log=log)
+    saliencies = run_stage2(model, tokenizer, data, cfg.max_length, work_dir / f"stage2-{key1}", log=log)
+    if cfg.stage3_init == "pretrained":
+        pretrained, _ = load_backbone(cfg.backbone, len(data.labels), id2label)
+        model.backbone.load_state_dict(pretrained.state_dict())
+    stage3 = run_stage3(model, tokenizer, data, saliencies, cfg.stage3, work_dir / f"stage3-{key3}",
+                        stage1["dev_accuracy"], log=log)
+
+    final = evaluate_adaptive(model, tokenizer, data["dev"].texts, data["dev"].labels, cfg.max_length)
+    log(f"AdapLeR dev accuracy {final.accuracy:.4f} (stage 1: {stage1['dev_accuracy']:.4f}), "
+        f"FLOPs speedup {final.flops_speedup:.2f}x")
+    config = AdapLeRConfig(
+        backbone=cfg.backbone, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
+        labels=data.labels, max_length=cfg.max_length, task=cfg.task,
+        lambda_final=stage3["lambda_final"],
+        data={split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
+              for split in ("train", "dev")},
+        training={"config": dataclasses.asdict(cfg), "stage1": stage1, "stage3": stage3,
+                  "saliency": "gradient x input at the embedding output, best stage-1 epoch only",
+                  "seconds": round(time.time() - started, 1)},
+        metrics={"stage1_dev_accuracy": stage1["dev_accuracy"], **final.to_dict()},
+    )
+    model.eval()
+    return save_checkpoint(Checkpoint(model, tokenizer, config), Path(output))
