@@ -106,6 +106,28 @@ def cmd_verify(args) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_predict(args) -> int:
+    from .serving.runtime import TextClassifier
+
+    texts = list(args.texts)
+    if args.file:
+        texts += [line.rstrip("\n") for line in open(args.file, encoding="utf-8")]
+    if not texts:
+        raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
+    classifier = TextClassifier(args.artifact, backend_kind=args.backend)
+    for text, prediction in zip(texts, classifier.classify(texts)):
+        if prediction.truncated:
+            _log(f"warning: text truncated to {classifier.max_length} wordpieces: {text[:60]!r}...")
+        record = prediction.as_dict()
+        if args.json:
+            print(json.dumps({"text": text, **record}))
+        else:
+            kept = prediction.kept_tokens[-1]
+            print(f"{prediction.label:<10} p={max(record['probabilities']):.3f}  kept by the last layer: "
+                  f"{' '.join(kept)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
@@ -163,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("predict", help="classify texts with an artifact (label, probabilities, kept tokens)")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--file", help="one text per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per text")
+    p.add_argument("texts", nargs="*")
+    p.set_defaults(func=cmd_predict)
+
+    from .serving.cli_commands import add_serve_parser, add_triton_parser
+
+    add_triton_parser(sub)
+    add_serve_parser(sub)
+
+    from calibration.cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return parser
 
 
@@ -171,6 +210,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose:
         logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:  # the per-shard "Loading weights" bars say nothing useful on every command
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
     try:
         return args.func(args)
     except AdaplerError as exc:

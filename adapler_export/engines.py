@@ -597,17 +597,19 @@ def load_plugin_library(path, trt=None):
     key = (id(trt), str(path))
     if key in _loaded_plugin_libraries:
         return path
+    # libadapler_plugins.so registers its creator from a static initialiser and exports no getCreators,
+    # so a plain dlopen (RTLD_GLOBAL, as Triton and trtexec --staticPlugins do) is the primary path.
     handle, errors = None, []
+    import ctypes
     try:
-        handle = trt.get_plugin_registry().load_library(str(path))
-    except Exception as exc:
-        errors.append(f"load_library: {exc}")
-    if handle is None:
-        import ctypes
+        handle = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        errors.append(f"ctypes.CDLL: {exc}")
+    if handle is None or find_plugin_creator(trt) is None:
         try:
-            handle = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            errors.append(f"ctypes.CDLL: {exc}")
+            handle = trt.get_plugin_registry().load_library(str(path)) or handle
+        except Exception as exc:
+            errors.append(f"load_library: {exc}")
     if handle is None:
         raise PluginUnavailable(f"could not load plugin library {path}: " + "; ".join(errors))
     _loaded_plugin_libraries[key] = handle

@@ -82,7 +82,7 @@ def compact_by_keep(hidden: torch.Tensor, keep: torch.Tensor, positions: torch.T
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :new_len]
     slot_live = torch.arange(new_len, device=keep.device)[None, :] < counts[:, None]
     gathered = torch.gather(hidden, 1, order[:, :, None].expand(-1, -1, hidden.shape[2]))
-    out_h = gathered * slot_live[:, :, None].to(hidden.dtype)
+    out_h = torch.where(slot_live[:, :, None], gathered, torch.zeros((), dtype=hidden.dtype))  # +0.0, as the kernel
     out_p = torch.where(slot_live, torch.gather(positions, 1, order), torch.full_like(order, -1))
     return CompactResult(out_h, slot_live.to(torch.int32), out_p.to(torch.int32), new_len)
 

@@ -247,7 +247,6 @@ class _TorchOps:
                                       f"run the GPU checks elsewhere: `{GPU_PROOF_COMMAND}`")
 
     def prepare(self, x, dtypes: Sequence[Any], name: str, convert_to=None):
-        t = self.t
         if not x.is_cuda:
             raise ValueError(f"{name} is on {x.device}; token_compact_cuda needs CUDA tensors "
                              f"(token_compact_torch is the CPU implementation)")

@@ -3,7 +3,7 @@
 
 Start a server first, e.g.::
 
-    adapler-export triton ARTIFACT --out /tmp/adapler-repo
+    adapler-export triton --artifact ARTIFACT --repo /tmp/adapler-repo
     adapler-export serve --repo /tmp/adapler-repo          # prints the http/grpc addresses
 
 then::

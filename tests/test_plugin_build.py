@@ -10,7 +10,11 @@ Runs here:
   * adapler_export.link_cuda: library search order, clear errors without library or GPU;
   * the TensorRT plugin source against an API-shape stub (tests/trt_api_stub, -fsyntax-only);
   * plugins/token_compact/tools/gpu_proof.py: its CPU checks, and a dry run of its GPU checking code
-    against a host model of the library (plus a broken model, to show the checks can fail).
+    against a host model of the library (plus broken models, to show the checks can fail);
+  * the real kernel source compiled as host C++ with a CPU emulation of CUDA blocks, warps and
+    barriers (plugins/token_compact/tools/host_emu), through gpu_proof's correctness grid;
+  * the plugin object driven like TensorRT drives it (tests/trt_api_stub/plugin_harness.cpp):
+    registration, fields, formats, types, declared shapes, workspace, and enqueue() on emulated kernels.
 Runs only on a GPU / TensorRT machine: the real GPU proof, the plugin build against TensorRT.
 """
 from __future__ import annotations
@@ -361,19 +365,6 @@ class _HostModelLibrary:
         return self.read_new_len(ws, ws_bytes)
 
 
-class _CpuTorch:
-    """torch, with torch.cuda's stream/sync calls answered on the CPU (for the dry run only)."""
-
-    def __init__(self):
-        import torch
-        self._t = torch
-        self.cuda = types.SimpleNamespace(current_stream=lambda device=None: types.SimpleNamespace(cuda_stream=0),
-                                          synchronize=lambda device=None: None, current_device=lambda: 0)
-
-    def __getattr__(self, name):
-        return getattr(self._t, name)
-
-
 @pytest.mark.parametrize("bug", [None, "no_zero", "stride"])
 def test_gpu_proof_gpu_checks_dry_run(bug):
     """gpu_proof's GPU-checking code, run on the CPU against a host model of the library: passes for a
@@ -381,13 +372,31 @@ def test_gpu_proof_gpu_checks_dry_run(bug):
     import torch
     gp = _load_gpu_proof()
     checks = gp.Checks()
-    gp.gpu_checks(checks, _CpuTorch(), _HostModelLibrary(bug), np.random.default_rng(0), quick=True,
+    gp.gpu_checks(checks, gp.HostTorch(), _HostModelLibrary(bug), np.random.default_rng(0), quick=True,
                   device=torch.device("cpu"), tensor_api=False)
     if bug is None:
         assert not checks.failed, checks.failed[:5]
         assert checks.passed > 50
     else:
         assert checks.failed, f"the checks missed the {bug!r} bug"
+
+
+def test_kernels_under_host_emulation(kernel_build, tmp_path):
+    """The real kernel source, compiled as host C++ with a CPU emulation of CUDA blocks, warps and
+    barriers (plugins/token_compact/tools/host_emu), through gpu_proof's full correctness grid:
+    bit-exact against the reference, poisoned outputs, all three API flavours. In a subprocess, so an
+    out-of-bounds write that crashes it fails this test instead of killing pytest."""
+    # --quick: B x S x H = {1,3,32} x {1,17,512} x {64,1023}, fp32 and fp16, plus the extras (S up to
+    # 8192, empty shapes, misaligned buffers, every gather width); the full grid emulates in ~0.5-1 min
+    # on 2 cores: `python plugins/token_compact/tools/gpu_proof.py --host-emulation`.
+    r = subprocess.run(NICE + [sys.executable, str(GPU_PROOF), "--host-emulation", "--quick",
+                               "--build-dir", str(tmp_path),
+                               "--library", str(kernel_build.lib), "--seed", "1234"],
+                       capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+    assert "[emu] HOST EMULATION" in r.stdout and re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M), r.stdout
+    n = int(re.search(r"\[checks\] (\d+) cases", r.stdout).group(1))
+    assert n >= 3 * 3 * 2 * 2 + 8, r.stdout  # the quick grid and the extras ran
 
 
 @pytest.mark.skipif(not _has_cuda_gpu() or NVCC is None,
@@ -398,3 +407,83 @@ def test_gpu_proof_on_gpu(tmp_path):
                        capture_output=True, text=True, timeout=1800, cwd=REPO)
     print(r.stdout[-5000:])
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+
+
+# ------------------------------------------------- the plugin, driven like TensorRT, on the CPU
+
+
+def _build_plugin_harness(out: Path, defines: list[str]) -> Path:
+    """tokenCompactPlugin.cpp (against the API stub) + the kernel source under host emulation +
+    tests/trt_api_stub/plugin_harness.cpp, as one shared library with a small C API for ctypes."""
+    gp = _load_gpu_proof()
+    cxx = shutil.which("g++") or shutil.which("c++")
+    emu = TOKEN_COMPACT / "tools" / "host_emu"
+    cmd = NICE + [cxx, "-std=c++17", "-O1", "-g", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wno-unknown-pragmas",
+                  "-DADAPLER_HOST_EMULATION", *defines, "-I", str(gp.cuda_include_dir()), "-I", str(emu),
+                  "-I", str(TOKEN_COMPACT), "-I", str(STUB_DIR), "-include", "cuda_host_emu.h",
+                  "-x", "c++", str(TOKEN_COMPACT / "tokenCompactKernel.cu"), "-x", "none",
+                  str(emu / "cuda_host_emu.cpp"), str(TOKEN_COMPACT / "tokenCompactPlugin.cpp"),
+                  str(STUB_DIR / "plugin_harness.cpp"), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def _harness_main(lib_path: str, size_int32: bool) -> int:
+    """Run in a subprocess by test_plugin_under_host_emulation: the plugin's own checks, then its
+    enqueue() on random batches against the reference, bit for bit. Returns the number of failures."""
+    gp = _load_gpu_proof()
+    from adapler_export.link import token_compact_numpy
+    lib = ctypes.CDLL(lib_path)
+    failures = lib.harnessSelfCheck()
+    lib.harnessWorkspaceSize.restype = ctypes.c_size_t
+    lib.harnessWorkspaceSize.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    lib.harnessEnqueue.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float] + \
+        [ctypes.c_void_p] * 9
+    rng = np.random.default_rng(7)
+    cases = [(1, 1, 64, np.float32), (3, 17, 384, np.float16), (8, 64, 768, np.float32), (4, 128, 1023, np.float16),
+             (2, 600, 64, np.float32), (5, 33, 1020, np.float16)]
+    for i, (b, s, h, dt) in enumerate(cases):
+        for kind in gp.KINDS:
+            eta = float(rng.choice([1.0, 0.5, 0.1]))
+            args = gp.make_case(rng, b, s, h, dt, kind, eta)
+            want = tuple(token_compact_numpy(*args, eta))
+            out_h = np.full(b * s * h + 64, np.nan, dtype=dt)
+            out_m = np.full(b * s + 64, 0x7F7F7F7F, dtype=np.int32)
+            out_p = np.full(b * s + 64, 0x7F7F7F7F, dtype=np.int32)
+            size = np.full(1, -7, dtype=np.int64)
+            ws = np.full(lib.harnessWorkspaceSize(b, s) + 16, 0x7F, dtype=np.uint8)
+            ws_ptr = (ws.ctypes.data + 15) // 16 * 16  # the kernels want 16-byte aligned workspace
+            rc = lib.harnessEnqueue(int(dt == np.float16), b, s, h, eta, *(a.ctypes.data for a in args),
+                                    out_h.ctypes.data, out_m.ctypes.data, out_p.ctypes.data, size.ctypes.data, ws_ptr)
+            n = int(size.view(np.int32)[0]) if size_int32 else int(size[0])
+            label = f"enqueue B={b} S={s} H={h} {np.dtype(dt).name} {kind}"
+            if rc != 0 or not 1 <= n <= s:
+                print(f"FAIL {label}: rc={rc} size={n}")
+                failures += 1
+                continue
+            got = (out_h[: b * n * h].reshape(b, n, h), out_m[: b * n].reshape(b, n), out_p[: b * n].reshape(b, n), n)
+            ok, why = gp.results_equal(got, want)
+            tail_ok = np.isnan(out_h[b * n * h:]).all() and (out_m[b * n:] == 0x7F7F7F7F).all() \
+                and (out_p[b * n:] == 0x7F7F7F7F).all()
+            if size_int32:
+                tail_ok = tail_ok and int(size.view(np.int32)[1]) == -1  # high half of the -7 untouched
+            if not (ok and tail_ok):
+                print(f"FAIL {label}: {why or 'wrote past the [B,S] prefix'}")
+                failures += 1
+    print(f"harness failures: {failures}")
+    return failures
+
+
+@needs_nvcc
+@pytest.mark.parametrize("size_int32", [False, True], ids=["int64-size-tensor", "int32-size-tensor"])
+def test_plugin_under_host_emulation(tmp_path, size_int32):
+    """The plugin object as TensorRT uses it -- registration, fields, formats, types, declared shapes,
+    workspace, and enqueue() writing the outputs and the size tensor -- with its kernels emulated."""
+    lib = _build_plugin_harness(tmp_path / "libharness.so", ["-DADAPLER_SIZE_TENSOR_INT32"] if size_int32 else [])
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+            "import test_plugin_build as t; sys.exit(min(t._harness_main(sys.argv[3], sys.argv[4] == '1'), 100))")
+    r = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(REPO), str(lib),
+                        "1" if size_int32 else "0"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    assert "harness failures: 0" in r.stdout

@@ -96,8 +96,8 @@ def cmd_triton(args) -> int:
 
 def add_triton_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("triton", help="write a Triton model repository for a build artifact")
-    p.add_argument("artifact", help="build artifact directory (adapler-export build output)")
-    p.add_argument("--out", required=True, help="repository directory to write (atomically)")
+    p.add_argument("--artifact", required=True, help="build artifact directory (adapler-export build output)")
+    p.add_argument("--repo", "--out", dest="out", required=True, help="repository directory to write (atomically)")
     p.add_argument("--max-batch", type=int, default=32, help="max_batch_size of the models (default 32)")
     p.add_argument("--queue-delay-us", type=int, default=2000,
                    help="dynamic batching max_queue_delay_microseconds (default 2000)")

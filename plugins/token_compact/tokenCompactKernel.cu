@@ -2,7 +2,7 @@
  * tokenCompactKernel.cu -- CUDA implementation of the AdapLeR `TokenCompact` link.
  * The rule, the memory contract and the two-pass design are documented in tokenCompact.h.
  *
- * Build: any nvcc >= 11 (tested with 13.0), sm_80 / sm_90 by default. No fast-math: the threshold
+ * Build: nvcc >= 11 (compiled here with 13.0), sm_80 / sm_90 by default. No fast-math: the threshold
  * delta = eta / n must be the IEEE round-to-nearest fp32 quotient that NumPy computes, so the keep
  * decisions match the reference bit for bit (we also use __fdiv_rn explicitly, which is immune to
  * -use_fast_math / -prec-div=false).
@@ -14,6 +14,15 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+
+// Kernel launches go through this macro so that the very same source can also be compiled as host
+// C++ by tools/host_emu (a CPU emulation of blocks, warps and barriers used by the CPU-only tests);
+// with nvcc it is the ordinary triple-chevron launch.
+#if defined(ADAPLER_HOST_EMULATION)
+#define ADAPLER_LAUNCH(kernel, grid, block, stream, ...) ::adapler_emu::launch(kernel, grid, block, stream, __VA_ARGS__)
+#else
+#define ADAPLER_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#endif
 
 namespace
 {
@@ -357,7 +366,7 @@ int launchPass1(float const* scores, int32_t const* mask, int64_t batch, int64_t
 {
     if (batch == 0)
     {
-        setNewLenKernel<<<1, 1, 0, stream>>>(ws.newLen, 1);
+        ADAPLER_LAUNCH(setNewLenKernel, dim3(1), dim3(1), stream, ws.newLen, 1);
         return checkLaunch();
     }
     cudaError_t const e = cudaMemsetAsync(ws.newLen, 0, sizeof(int32_t), stream);
@@ -370,15 +379,18 @@ int launchPass1(float const* scores, int32_t const* mask, int64_t batch, int64_t
     // Block size by row length: enough threads to cover short rows in one tile, no idle warps.
     if (seq <= 128)
     {
-        tokenCompactPass1Kernel<128><<<grid, 128, 0, stream>>>(scores, mask, s, eta, ws.counts, ws.idx, ws.newLen);
+        ADAPLER_LAUNCH(tokenCompactPass1Kernel<128>, grid, dim3(128), stream, scores, mask, s, eta, ws.counts, ws.idx,
+            ws.newLen);
     }
     else if (seq <= 512)
     {
-        tokenCompactPass1Kernel<256><<<grid, 256, 0, stream>>>(scores, mask, s, eta, ws.counts, ws.idx, ws.newLen);
+        ADAPLER_LAUNCH(tokenCompactPass1Kernel<256>, grid, dim3(256), stream, scores, mask, s, eta, ws.counts, ws.idx,
+            ws.newLen);
     }
     else
     {
-        tokenCompactPass1Kernel<512><<<grid, 512, 0, stream>>>(scores, mask, s, eta, ws.counts, ws.idx, ws.newLen);
+        ADAPLER_LAUNCH(tokenCompactPass1Kernel<512>, grid, dim3(512), stream, scores, mask, s, eta, ws.counts, ws.idx,
+            ws.newLen);
     }
     return checkLaunch();
 }
@@ -395,11 +407,11 @@ int launchPass2Typed(void const* hidden, int32_t const* positions, int64_t batch
     {
         return ADAPLER_ERR_BAD_SHAPE;
     }
-    tokenCompactPass2Kernel<V><<<static_cast<unsigned>(blocks), kPass2Warps * 32, 0, stream>>>(
+    ADAPLER_LAUNCH(tokenCompactPass2Kernel<V>, dim3(static_cast<unsigned>(blocks)), dim3(kPass2Warps * 32), stream,
         static_cast<char const*>(hidden), positions, static_cast<int32_t>(seq),
-        static_cast<int32_t>(rowBytes / static_cast<int64_t>(sizeof(V))),
-        slotsPerRow, totalSlots, ws.counts, ws.idx, dNewLen, hostNewLen, static_cast<char*>(hiddenOut), maskOut,
-        positionsOut, newLenOut64, newLenOut32);
+        static_cast<int32_t>(rowBytes / static_cast<int64_t>(sizeof(V))), slotsPerRow, totalSlots,
+        static_cast<int32_t const*>(ws.counts), static_cast<int32_t const*>(ws.idx), dNewLen, hostNewLen,
+        static_cast<char*>(hiddenOut), maskOut, positionsOut, newLenOut64, newLenOut32);
     return checkLaunch();
 }
 

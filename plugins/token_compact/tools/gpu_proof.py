@@ -2,6 +2,7 @@
 """One-command proof of the TokenCompact CUDA kernel (plugins/token_compact) on a GPU machine.
 
     python plugins/token_compact/tools/gpu_proof.py [--quick] [--json out.json] [--require-gpu]
+    python plugins/token_compact/tools/gpu_proof.py --host-emulation     # no GPU: see 2b below
 
 Needs on the GPU machine: a CUDA build of PyTorch, nvcc (and cmake, else nvcc is called directly).
 TensorRT is not needed: the kernels are reached through their C API (ctypes,
@@ -20,6 +21,10 @@ What it does:
      does; pass 1 + host read + host-S' pass 2) on fresh random inputs with every output buffer
      poisoned (NaN / 0x7f bytes) beforehand, and requires bit-exact equality with the reference, the
      poison intact past the [B,S'] prefix, and the exact error code for each bad argument.
+  2b. With --host-emulation (any machine with g++ and the CUDA headers): the same checks on the same
+     kernel source compiled as host C++ against tools/host_emu, which emulates blocks, warps,
+     __syncthreads, ballots and shuffles on the CPU. It proves the indexing, the scan, the padding and
+     the three API flavours; it cannot prove anything about the GPU's compiler, memory model or speed.
   3. Timing: the kernel (device time of both passes, CUDA events; and the full call including the
      device->host copy of S') against the PyTorch op sequence (adapler_export.link.token_compact_torch
      on the GPU), median of repeats, printed as a table.
@@ -36,6 +41,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -223,19 +229,27 @@ def build_library(build_dir: Path, arch: str | None) -> Path:
         raise RuntimeError("nvcc not found on PATH")
     build_dir.mkdir(parents=True, exist_ok=True)
     src = REPO / "plugins" / "token_compact"
+    lib = build_dir / "lib" / "libadapler_token_compact.so"
     if shutil.which("cmake"):
-        cfg = ["cmake", "-S", str(REPO / "plugins"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
+        cfg = ["cmake", "-S", str(REPO / "plugins"), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+               f"-DCMAKE_CUDA_COMPILER={nvcc}"]
         if arch:
             cfg.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
-        subprocess.run(cfg, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "-j", "--target", "adapler_token_compact"], check=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lib = build_dir / "lib" / "libadapler_token_compact.so"
+        try:
+            subprocess.run(cfg, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2), "--target",
+                            "adapler_token_compact"], check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+        except subprocess.CalledProcessError as exc:  # e.g. a CMake older than 3.18: nvcc directly
+            print(f"[lib] the CMake build failed, compiling with nvcc directly:\n{(exc.stdout or '')[-2000:]}")
+            lib = build_dir / "libadapler_token_compact.so"
     else:
         lib = build_dir / "libadapler_token_compact.so"
+    if lib.parent == build_dir:
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in (arch.split(";") if arch else ["80", "90"])]
         subprocess.run([nvcc, "-O3", "-std=c++17", "-shared", "-Xcompiler=-fPIC,-fvisibility=hidden", "-cudart",
-                        "static", *gencode, str(src / "tokenCompactKernel.cu"), "-o", str(lib)], check=True)
+                        "static", *gencode, "-I", str(src), str(src / "tokenCompactKernel.cu"), "-o", str(lib)],
+                       check=True)
     if not lib.is_file():
         raise RuntimeError(f"build finished but {lib} is missing")
     return lib
@@ -288,14 +302,64 @@ def validation_checks(checks: Checks, lib, device: bool) -> None:
         checks.check(got == C["ADAPLER_ERR_CUDA"], f"no GPU: valid call reports ADAPLER_ERR_CUDA (got {got})")
 
 
+def cuda_include_dir() -> Path:
+    """The CUDA toolkit's include folder (nvcc may be a wrapper script, so ask nvcc itself)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        r = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                           capture_output=True, text=True)
+        m = re.search(r'INCLUDES="-I([^"]+)"', r.stdout + r.stderr)
+        if m and (Path(m.group(1)) / "cuda_runtime.h").is_file():
+            return Path(m.group(1))
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if cand and (Path(cand) / "include" / "cuda_runtime.h").is_file():
+            return Path(cand) / "include"
+    raise RuntimeError("CUDA headers (cuda_runtime.h) not found: install the CUDA toolkit or set CUDA_HOME")
+
+
+def build_host_emulation(build_dir: Path) -> Path:
+    """Compile tokenCompactKernel.cu as host C++ against tools/host_emu (a CPU emulation of CUDA
+    blocks, warps and barriers) into a library with the same C API. Needs g++ and the CUDA headers."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++) found")
+    src = REPO / "plugins" / "token_compact"
+    emu = src / "tools" / "host_emu"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lib = build_dir / "libadapler_token_compact_emu.so"
+    cmd = [cxx, "-std=c++17", "-O2", "-g", "-shared", "-fPIC", "-Wall", "-Wextra", "-Wno-unknown-pragmas",
+           "-DADAPLER_HOST_EMULATION", "-I", str(cuda_include_dir()), "-I", str(emu), "-I", str(src),
+           "-include", "cuda_host_emu.h", "-x", "c++", str(src / "tokenCompactKernel.cu"), "-x", "none",
+           str(emu / "cuda_host_emu.cpp"), "-o", str(lib)]
+    subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return lib
+
+
+class HostTorch:
+    """torch with torch.cuda's stream/sync calls answered on the CPU: lets the GPU checks below run on
+    host memory against the host-emulated library (or a host model of it, in the tests)."""
+
+    def __init__(self):
+        import types
+
+        import torch
+        self._t = torch
+        self.cuda = types.SimpleNamespace(current_stream=lambda device=None: types.SimpleNamespace(cuda_stream=0),
+                                          synchronize=lambda device=None: None, current_device=lambda: 0)
+
+    def __getattr__(self, name):
+        return getattr(self._t, name)
+
+
 # ----------------------------------------------------------------------------------- GPU checks
 
 
-def compact_with_kernel(hidden, scores, mask, positions, eta):
+def compact_with_kernel(hidden, scores, mask, positions, eta, library=None):
     """Hook for the adaptive model's GPU runtime: torch CUDA tensors in, CompactResult (torch CUDA
-    tensors, new_len int) out; same contract as adapler_export.link.token_compact_torch."""
+    tensors, new_len int) out; same contract as adapler_export.link.token_compact_torch. `library`:
+    a loaded TokenCompactLibrary, else the usual search (adapler_export.link_cuda)."""
     from adapler_export.link_cuda import token_compact_cuda
-    return token_compact_cuda(hidden, scores, mask, positions, eta)
+    return token_compact_cuda(hidden, scores, mask, positions, eta, library=library)
 
 
 def _poison(torch, n: int, dtype, device):
@@ -379,12 +443,12 @@ def gpu_checks(checks: Checks, torch, lib, rng, quick: bool, device=None, tensor
     ref, _ = reference_numpy()
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    lib.set_device(device.index)
+    lib.set_device(device.index or 0)
     bs = (1, 3, 8, 32)
     ss = (1, 2, 17, 64, 128, 512)
     hs = (64, 384, 768, 1023)
-    if quick:
-        bs, ss, hs = (1, 8), (1, 17, 128), (64, 1023)
+    if quick:  # still one batch of 32 x 512 (two scan tiles), and the 16- and 2/4-byte gathers
+        bs, ss, hs = (1, 3, 32), (1, 17, 512), (64, 1023)
     grid = [(b, s, h, dt) for b in bs for s in ss for h in hs for dt in (np.float32, np.float16)]
     # extras: long rows, empty shapes, the 8-byte gather path (fp16 H=1020), misaligned buffers
     extras = [(2, 1024, 64, np.float16, False), (2, 4096, 64, np.float32, False), (1, 8192, 16, np.float16, False),
@@ -409,11 +473,11 @@ def gpu_checks(checks: Checks, torch, lib, rng, quick: bool, device=None, tensor
     if tensor_api:  # the high-level tensor API (torch) on mixed cases, through the hook
         for b, s, h, dt in ((8, 128, 768, np.float16), (3, 17, 1023, np.float32), (1, 1, 64, np.float32)):
             args = make_case(rng, b, s, h, dt, "mixed", 0.5)
-            r = compact_with_kernel(*(torch.from_numpy(a).to(device) for a in args), 0.5)
+            r = compact_with_kernel(*(torch.from_numpy(a).to(device) for a in args), 0.5, library=lib)
             got = (r.hidden.cpu().numpy(), r.mask.cpu().numpy(), r.positions.cpu().numpy(), r.new_len)
             ok, why = results_equal(got, tuple(ref(*args, 0.5)))
             checks.check(ok, f"token_compact_cuda (torch) B={b} S={s} H={h} {np.dtype(dt).name}: {why}")
-    print(f"[gpu] {n_cases} cases x 3 API flavours in {time.time() - t0:.1f} s")
+    print(f"[checks] {n_cases} cases x 3 API flavours in {time.time() - t0:.1f} s")
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -509,6 +573,10 @@ def main(argv=None) -> int:
     ap.add_argument("--build-dir", type=Path, default=REPO / "plugins" / "build" / "gpu_proof")
     ap.add_argument("--library", type=Path, help="use this libadapler_token_compact.so instead of building")
     ap.add_argument("--seed", type=int, default=None, help="RNG seed (default: fresh)")
+    ap.add_argument("--host-emulation", action="store_true",
+                    help="also compile the kernel source as host C++ with a CPU emulation of CUDA blocks, warps "
+                         "and barriers (tools/host_emu) and run the GPU correctness checks on it; no GPU needed, "
+                         "no timing, not a substitute for the GPU run")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = np.random.default_rng(seed)
@@ -552,6 +620,19 @@ def main(argv=None) -> int:
         checks.check(False, f"building/loading the kernel library failed: {build_error}")
     else:
         print(f"[lib] not built here ({build_error}); the C API validation checks were skipped")
+
+    if a.host_emulation:
+        try:
+            emu = load_library(build_host_emulation(a.build_dir))
+            print(f"[emu] HOST EMULATION of the kernel source: {emu.path} (CPU, not a GPU run)")
+            validation_checks(checks, emu, device=True)  # device=True: never touch the fake pointers
+            t0 = time.time()
+            gpu_checks(checks, HostTorch(), emu, rng, a.quick, device=torch.device("cpu"), tensor_api=False)
+            print(f"[emu] done in {time.time() - t0:.1f} s")
+            report["host_emulation"] = True
+        except Exception:
+            traceback.print_exc()
+            checks.check(False, "host emulation raised")
 
     if has_gpu and lib is not None:
         print(f"[gpu] {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")

@@ -1,0 +1,176 @@
+"""The baseline the adaptive pipeline is measured against: the same checkpoint as ONE static model.
+
+No Contribution Predictors, no removal: embeddings + every encoder layer + classifier in one ONNX graph
+(`full.onnx`, dynamic `batch`/`seq` axes, opset 17), i.e. `AdapLeRForSequenceClassification.forward_full`.
+Runners with the backend interface (`run(input_ids, attention_mask) -> BackendOutput`):
+
+- `FullModelBackend`: ONNX Runtime, with exactly the adaptive backend's session options
+  (`adapler_export.backends.onnxruntime.session_options`), so a speed ratio compares models, not settings;
+- `PyTorchFullBackend`: `forward_full` in PyTorch (CPU or CUDA, fp32 or fp16).
+
+`kept` is what "no removal" means in the interface: for each of the L links, the live positions of every
+row (order preserved, [B, S'] with S' = the longest row, -1 padding), the same list object L times.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .backends import Backend, BackendOutput, as_int32_inputs
+from .errors import AdaplerError
+from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, encoder_layer
+from .segments import OPSET, PRECISIONS, precision_model
+
+FULL_FILE = "full.onnx"
+INPUTS = ("input_ids", "attention_mask")
+OUTPUTS = ("logits",)
+DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                "logits": {0: "batch"}}
+
+
+class FullModel(nn.Module):
+    """`forward_full` as an exportable module. fp32: exactly `model.forward_full`. fp16 (a model from
+    `segments.precision_model`): the embedding output is cast to the encoder's dtype, as segment 0 does."""
+
+    def __init__(self, model: AdapLeRForSequenceClassification):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        model = self.model
+        dtype = next(model.base.encoder.parameters()).dtype
+        if dtype == torch.float32:
+            return model.forward_full(input_ids, attention_mask).float()
+        hidden = model.embed(input_ids).to(dtype)
+        bias = attention_bias_from_mask(attention_mask, dtype)
+        for layer in model.layers:
+            hidden = encoder_layer(layer, hidden, bias)
+        return model.head(hidden).float()
+
+
+def live_positions(mask: np.ndarray) -> np.ndarray:
+    """What a link that keeps every live token outputs as `positions_out`: [B, S'] int32, -1 padding."""
+    live = np.asarray(mask) == 1
+    counts = live.sum(axis=1)
+    new_len = max(int(counts.max()) if live.shape[0] else 1, 1)
+    order = np.argsort(~live, axis=1, kind="stable")[:, :new_len]
+    slot_live = np.arange(new_len)[None, :] < counts[:, None]
+    return np.where(slot_live, order, -1).astype(np.int32)
+
+
+def _example_feeds(vocab: int, batch: int = 2, seq: int = 9, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, max(vocab, 1001), size=(batch, seq)).astype(np.int32)
+    ids[:, 0] = 101
+    mask = np.ones((batch, seq), np.int32)
+    mask[-1, seq // 2:] = 0  # one padded row
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def validate_full_onnx(path: Path, num_labels: int) -> None:
+    """onnx.checker, strict shape inference and the I/O contract of full.onnx."""
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    io = {v.name: v for v in list(inferred.graph.input) + list(inferred.graph.output)}
+    want = {"input_ids": (np.int32, 2), "attention_mask": (np.int32, 2), "logits": (np.float32, 2)}
+    for name, (dtype, rank) in want.items():
+        if name not in io:
+            raise AdaplerError(f"{path.name}: missing graph input/output {name!r}")
+        elem = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(io[name].type.tensor_type.elem_type))
+        dims = io[name].type.tensor_type.shape.dim
+        if elem != np.dtype(dtype) or len(dims) != rank:
+            raise AdaplerError(f"{path.name}: {name} is {elem} rank {len(dims)}, expected {np.dtype(dtype)} "
+                               f"rank {rank}")
+    dims = io["logits"].type.tensor_type.shape.dim
+    if dims[1].HasField("dim_value") and dims[1].dim_value != num_labels:
+        raise AdaplerError(f"{path.name}: logits have {dims[1].dim_value} labels, expected {num_labels}")
+
+
+def export_full_onnx(model: AdapLeRForSequenceClassification, out_path, precision: str = "fp32",
+                     validate_inputs: dict | None = None, tolerance: float | None = None) -> Path:
+    """Export `forward_full` as one ONNX graph and validate it (checker, shape inference, and ONNX
+    Runtime against PyTorch on `validate_inputs` or a random padded batch). Written atomically."""
+    import onnxruntime as ort
+
+    if precision not in PRECISIONS:
+        raise AdaplerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    module = FullModel(precision_model(model, precision)).eval()
+    feeds = validate_inputs or _example_feeds(model.config.vocab_size)
+    feeds = {k: np.ascontiguousarray(feeds[k], dtype=np.int32) for k in INPUTS}
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    args = tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(tmp), input_names=list(INPUTS), output_names=list(OUTPUTS),
+                          dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    try:
+        validate_full_onnx(tmp, model.config.num_labels)
+        module.eval()  # torch.onnx.export leaves the wrapper in train mode
+        with torch.no_grad():
+            want = module(*args).float().numpy()
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, feeds)[0]
+        tol = tolerance if tolerance is not None else (1e-4 if precision == "fp32" else 5e-2)
+        err = float(np.abs(want - got).max())
+        if not np.isfinite(err) or err > tol * max(1.0, float(np.abs(want).max())):
+            raise AdaplerError(f"{out_path.name}: ONNX Runtime logits differ from forward_full by {err:.3g}")
+        tmp.replace(out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path
+
+
+class FullModelBackend(Backend):
+    """full.onnx in ONNX Runtime, same session options and providers as `OnnxRuntimeBackend`."""
+
+    name = "onnxruntime-full"
+
+    def __init__(self, path, num_layers: int, device: str = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        from .backends.onnxruntime import providers, session_options
+
+        path = Path(path)
+        if not path.is_file():
+            raise AdaplerError(f"no full model at {path} (export it with adapler_export.baseline.export_full_onnx)")
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+        self.providers = self.session.get_providers()
+        self.num_layers = int(num_layers)
+
+    def run(self, input_ids, attention_mask) -> BackendOutput:
+        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
+        logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+        positions = live_positions(mask)
+        return BackendOutput(logits.astype(np.float32, copy=False), [positions] * self.num_layers)
+
+
+class PyTorchFullBackend(Backend):
+    """`forward_full` in PyTorch: fp32 on the CPU is the reference; `device`/`precision` for GPU runs."""
+
+    name = "pytorch-full"
+
+    def __init__(self, model: AdapLeRForSequenceClassification, device: str = "cpu", precision: str = "fp32"):
+        self.device = torch.device(device)
+        self.module = FullModel(precision_model(model, precision)).eval().to(self.device)
+        self.num_layers = model.num_layers
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Tensors in, tensor out, on the backend's device (for timing without host copies)."""
+        with torch.inference_mode():
+            return self.module(input_ids, attention_mask)
+
+    def run(self, input_ids, attention_mask) -> BackendOutput:
+        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
+        logits = self.logits(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
+        positions = live_positions(mask)
+        return BackendOutput(logits.float().cpu().numpy(), [positions] * self.num_layers)

@@ -1,0 +1,315 @@
+#!/usr/bin/env python
+"""Adaptive (PyTorch segments + CUDA link) vs the full static model on a CUDA GPU.
+
+The adaptive pipeline is the exported segment modules (`adapler_export.segments.segment_modules`: the
+exact computation of the ONNX segments, fp16 with the CPs in fp32) chained on the GPU by the CUDA
+`TokenCompact` kernel (`adapler_export.link_cuda`), or, where that library is not built, by the PyTorch
+reference link on CUDA tensors (`link.token_compact_torch`; the JSON records which). The baseline is
+`forward_full` in the same precision. Per precision (fp32, fp16), workload (SST-2 dev; long texts of
+256-512 wordpieces) and batch (1, 8, 32): CUDA-event timings, interleaved, medians, wall-clock vs FLOPs
+speedup, peak allocated GPU memory of each model.
+
+    python benchmarks/bench_gpu.py --ckpt sst2          # -> docs/results/sst2-bench-gpu.json (+ .png)
+
+Without a CUDA GPU it prints why and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Table  # noqa: E402
+
+NO_GPU_EXIT = 2
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="sst2")
+    p.add_argument("--data", default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--precisions", default="fp32,fp16")
+    p.add_argument("--workloads", default="sst2,long")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--sst2-examples", type=int, default=None)
+    p.add_argument("--long-examples", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=16)
+    p.add_argument("--link", default="auto", choices=["auto", "cuda", "torch"],
+                   help="auto: the CUDA kernel where its library loads, else the PyTorch reference link")
+    p.add_argument("--device", default="cuda:0")
+    p.add_argument("--sort", action="store_true")
+    p.add_argument("--quick", action="store_true")
+    # Exercises this script's code on the CPU (perf_counter instead of CUDA events, no GPU memory): for
+    # tests on machines without a GPU. Its numbers are not GPU numbers.
+    p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sst2_examples = args.sst2_examples or 32
+        args.long_examples = min(args.long_examples, 8)
+        args.repeats, args.warmup = 2, 2
+    return args
+
+
+def no_gpu_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    if not torch.cuda.is_available():
+        build = torch.version.cuda or "none (CPU-only build)"
+        return (f"no CUDA GPU visible to PyTorch {torch.__version__} (CUDA build: {build}); "
+                "run benchmarks/bench_cpu.py here, and this script on a machine with an NVIDIA GPU")
+    return None
+
+
+def resolve_link(choice: str):
+    """(function, description). The CUDA kernel is imported lazily; fallback recorded, never silent."""
+    from adapler_export.link import token_compact_torch
+
+    if choice == "torch":
+        return token_compact_torch, {"implementation": "torch-reference", "reason": "--link torch"}
+    try:
+        from adapler_export import link_cuda
+
+        library = link_cuda.load_library()
+        path = getattr(library, "path", None)
+
+        def cuda_link(hidden, scores, mask, positions, eta):
+            return link_cuda.token_compact_cuda(hidden, scores, mask, positions, eta, library=library)
+        return cuda_link, {"implementation": "cuda-kernel", "library": str(path) if path else None}
+    except Exception as exc:  # ImportError, CudaLinkUnavailable, OSError: the library is not there
+        if choice == "cuda":
+            raise SystemExit(f"--link cuda: the CUDA link is unavailable: {exc}")
+        return token_compact_torch, {"implementation": "torch-reference",
+                                     "reason": "CUDA link unavailable: " + " ".join(str(exc).split())[:400]}
+
+
+class AdaptiveGPU:
+    """Segments chained by the link, all on the GPU. Returns (logits, kept) as CUDA tensors."""
+
+    def __init__(self, model, precision: str, device, link):
+        import copy
+
+        from adapler_export.segments import precision_model, segment_modules
+
+        converted = precision_model(model, precision)  # fp32: the model itself; keep the caller's on the CPU
+        self.model = (copy.deepcopy(converted) if converted is model else converted).to(device)
+        self.segments = segment_modules(self.model)
+        self.etas = [float(e) for e in model.eta.detach().cpu()]
+        self.link = link
+
+    def __call__(self, ids, mask):
+        import torch
+
+        hidden, scores = self.segments[0](ids, mask)
+        positions = torch.where(mask == 1, torch.arange(mask.shape[1], device=mask.device, dtype=torch.int32)[None],
+                                torch.full_like(mask, -1)).to(torch.int32)
+        kept, logits = [], None
+        last = len(self.segments) - 1
+        for k in range(last):
+            hidden, mask, positions, _ = self.link(hidden, scores, mask, positions, self.etas[k])
+            kept.append(positions)
+            if k + 1 < last:
+                hidden, scores = self.segments[k + 1](hidden, mask)
+            else:
+                logits = self.segments[last](hidden, mask)
+        return logits, kept
+
+
+def time_events(run_a, run_f, batches, repeats, warmup):
+    """CUDA-event times (seconds) per repeat and batch, interleaved like common.time_interleaved."""
+    import torch
+
+    largest = max(range(len(batches)), key=lambda i: batches[i][0].numel())
+    for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
+        run_a(*batches[i][:2])
+        run_f(*batches[i][:2])
+    torch.cuda.synchronize()
+    a = np.zeros((repeats, len(batches)))
+    f = np.zeros((repeats, len(batches)))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for r in range(repeats):
+        for i, (ids, mask, _) in enumerate(batches):
+            order = ((run_a, a), (run_f, f)) if (r + i) % 2 == 0 else ((run_f, f), (run_a, a))
+            for run, store in order:
+                start.record()
+                run(ids, mask)
+                end.record()
+                end.synchronize()
+                store[r, i] = start.elapsed_time(end) / 1e3
+    return common.PairTiming(a, f)
+
+
+def peak_memory_mb(run, ids, mask) -> float:
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run(ids, mask)
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def gpu_info(device) -> dict:
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    info = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 2**30, 1), "multiprocessors": props.multi_processor_count,
+            "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+        info["nvidia_smi"] = out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        info["nvidia_smi"] = None
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    reason = None if args.cpu_smoke else no_gpu_reason()
+    if reason:
+        print(f"bench_gpu: {reason}", file=sys.stderr)
+        return NO_GPU_EXIT
+    import torch
+
+    from adapler_export.baseline import FullModel
+    from adapler_export.checkpoint import load_checkpoint
+
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    device = torch.device("cpu" if args.cpu_smoke else args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    ckpt = load_checkpoint(args.ckpt)
+    model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
+    reference = ckpt.model  # stays on the CPU: fp32 reference for the parity columns
+    name = args.name or ckpt.path.name + ("-quick" if args.quick else "")
+    out_dir = Path(args.output_dir) if args.output_dir else \
+        (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else common.RESULTS_DIR)
+    link, link_info = resolve_link(args.link)
+    log(f"link: {link_info}")
+    data_path = common.sst2_data_path(args.data)
+    workloads = []
+    for w in [w for w in args.workloads.split(",") if w]:
+        if w == "sst2":
+            workloads.append(common.sst2_workload(tokenizer, data_path, ckpt.config.max_length, args.sst2_examples))
+        elif w == "long":
+            workloads.append(common.long_workload(tokenizer, data_path, args.long_examples))
+        else:
+            raise SystemExit(f"unknown workload {w!r} (sst2, long)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    started, load_start = time.time(), common.load_average()
+    rows = []
+    for precision in [p for p in args.precisions.split(",") if p]:
+        adaptive = AdaptiveGPU(model, precision, device, link)
+        full_module = FullModel(adaptive.model).eval()  # shares the weights (and precision) of the segments
+
+        run_full = full_module
+
+        for workload in workloads:
+            for batch in [int(b) for b in args.batches.split(",") if b]:
+                host = common.make_batches(workload, batch, pad_id, sort=args.sort)
+                batches = [(torch.from_numpy(i).to(device), torch.from_numpy(m).to(device), idx) for i, m, idx in host]
+                with torch.inference_mode():
+                    outs_a = [adaptive(i, m) for i, m, _ in batches]
+                    outs_f = [run_full(i, m) for i, m, _ in batches]
+                    big = max(batches, key=lambda b: b[0].numel())
+                    if device.type == "cuda":
+                        timing = time_events(adaptive, run_full, batches, args.repeats, args.warmup)
+                        mem_a, mem_f = peak_memory_mb(adaptive, *big[:2]), peak_memory_mb(run_full, *big[:2])
+                    else:  # --cpu-smoke
+                        timing = common.time_interleaved(adaptive, run_full, batches, args.repeats, args.warmup)
+                        mem_a = mem_f = None
+                    # Parity columns against the CPU fp32 reference (forward_hard), on up to 4 batches.
+                    ref_diff, ref_kept_same, ref_kept_total = 0.0, 0, 0
+                    for (ids, mask, _), (logits, kept) in list(zip(host, outs_a))[:4]:
+                        ref = reference.forward_hard(torch.from_numpy(ids), torch.from_numpy(mask))
+                        ref_diff = max(ref_diff, float((logits.float().cpu() - ref.logits).abs().max()))
+                        for kg, kr in zip(kept, ref.kept):
+                            ref_kept_total += 1
+                            ref_kept_same += int(tuple(kg.shape) == tuple(kr.shape) and bool((kg.cpu() == kr).all()))
+                kept_np = [[k.cpu().numpy() for k in kept] for _, kept in outs_a]
+                row = {"backend": "pytorch-cuda" if device.type == "cuda" else "pytorch-cpu-smoke",
+                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                       "precision": precision,
+                       "link": link_info["implementation"], "batch": batch, "workload": workload.name,
+                       "examples": len(workload.examples), "batches": len(batches), "threads": torch.get_num_threads(),
+                       "repeats": args.repeats, "sorted_by_length": args.sort,
+                       "timer": "cuda events" if device.type == "cuda" else "perf_counter"}
+                row.update(timing.summary(len(workload.examples)))
+                row.update(common.flops_summary(host, kept_np, model.config))
+                row["efficiency"] = row["wallclock_speedup"] / row["flops_speedup"]
+                row["adaptive_peak_gpu_mb"] = None if mem_a is None else round(mem_a, 1)
+                row["full_peak_gpu_mb"] = None if mem_f is None else round(mem_f, 1)
+                pred_a = np.concatenate([o[0].argmax(-1).cpu().numpy() for o in outs_a])
+                pred_f = np.concatenate([o.argmax(-1).cpu().numpy() for o in outs_f])
+                row["adaptive_vs_full"] = {"label_agreement": float((pred_a == pred_f).mean())}
+                row["adaptive_vs_cpu_reference"] = {"max_abs_logit_diff": ref_diff,
+                                                    "kept_identical_fraction": ref_kept_same / max(ref_kept_total, 1)}
+                if workload.labels is not None:
+                    labels = workload.labels[np.concatenate([b[2] for b in host])]
+                    row["adaptive_accuracy"] = float((pred_a == labels).mean())
+                    row["full_accuracy"] = float((pred_f == labels).mean())
+                rows.append(row)
+                log(f"{precision} {workload.name:>12} B={batch:<3} adaptive {row['adaptive_ms_per_example']:8.3f} ms/ex"
+                    f"  full {row['full_ms_per_example']:8.3f} ms/ex  wall-clock {row['wallclock_speedup']:.3f}x"
+                    f"  FLOPs {row['flops_speedup']:.3f}x (padded {row['padded_flops_speedup']:.3f}x)")
+        del adaptive, full_module
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    result = {
+        "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python", "benchmarks/bench_gpu.py", *(sys.argv[1:] if argv is None else argv)]),
+        "quick": args.quick,
+        "checkpoint": {"path": str(ckpt.path), "backbone": ckpt.config.backbone, "num_layers": model.num_layers,
+                       "max_length": ckpt.config.max_length, "eta": [float(e) for e in model.eta.detach().cpu()]},
+        "machine": {**common.machine_info(), "gpu": gpu_info(device) if device.type == "cuda" else None},
+        "link": link_info, "load_average_start": load_start, "load_average_end": common.load_average(),
+        "seconds": round(time.time() - started, 1),
+        "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "sorted_by_length": args.sort,
+                     "inputs": "pre-uploaded to the GPU (host-to-device copies not timed); the adaptive "
+                               "pipeline's device-to-host read of S' per link is timed"},
+        "workloads": [w.summary() for w in workloads],
+        "definitions": {
+            "wallclock_speedup": "median over repeats of (full time / adaptive time), CUDA events around each "
+                                 "call, synchronised after each call",
+            "flops_speedup": "see bench_cpu.py / benchmarks/README.md",
+            "adaptive_peak_gpu_mb": "torch.cuda.max_memory_allocated during one run of the workload's largest "
+                                    "batch, minus the memory allocated before it (activations, not weights)"},
+        "rows": rows,
+        "notes": (["QUICK MODE: a smoke test, not a measurement"] if args.quick else []) +
+                 (["CPU SMOKE RUN: the script's code path on the CPU, not GPU numbers"] if args.cpu_smoke else []),
+    }
+    path = out_dir / f"{name}-bench-gpu.json"
+    common.write_json(path, result)
+    table = Table(["precision", "workload", "B", "adaptive ms/ex", "full ms/ex", "wall-clock x", "FLOPs x",
+                   "padded FLOPs x", "mem a/f MB"])
+    for r in rows:
+        table.add(r["precision"], r["workload"], r["batch"], r["adaptive_ms_per_example"], r["full_ms_per_example"],
+                  r["wallclock_speedup"], r["flops_speedup"], r["padded_flops_speedup"],
+                  "-" if r["adaptive_peak_gpu_mb"] is None else
+                  f"{r['adaptive_peak_gpu_mb']:.0f}/{r['full_peak_gpu_mb']:.0f}")
+    log(table.render())
+    png = common.plot_rows(rows, out_dir / f"{name}-bench-gpu.png", f"{name}: adaptive vs full on {rows[0]['device']}"
+                           if rows else name)
+    log(f"results: {path}" + (f", plot: {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

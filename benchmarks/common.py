@@ -1,0 +1,459 @@
+"""Helpers shared by the benchmark scripts (bench_cpu.py, bench_gpu.py, ort_variants.py).
+
+Workloads, batching, the export cache, interleaved timing, FLOPs, memory probes, machine description,
+JSON output and the plot. Nothing here times anything on its own; the scripts decide what to measure.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python benchmarks/bench_cpu.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_SST2_DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+LONG_MIN, LONG_MAX = 256, 512
+RESULTS_DIR = REPO / "docs" / "results"
+
+
+# ----------------------------------------------------------------------------------------------- workloads
+@dataclass
+class Workload:
+    """Unpadded examples (token ids with [CLS]/[SEP]) and, where known, labels."""
+    name: str
+    examples: list  # list of np.int32 arrays
+    labels: np.ndarray | None
+    max_length: int
+    description: str = ""
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(e) for e in self.examples], dtype=np.int64)
+
+    def summary(self) -> dict:
+        lengths = self.lengths
+        return {"name": self.name, "examples": len(self.examples), "max_length": self.max_length,
+                "mean_length": float(lengths.mean()), "min_length": int(lengths.min()),
+                "max_length_seen": int(lengths.max()), "description": self.description}
+
+
+def sst2_data_path(path: str | None = None) -> Path:
+    if path:
+        return Path(path)
+    env = os.environ.get("ADAPLER_DATA_DIR")
+    return Path(env) / "sst2" / "dev.tsv" if env else DEFAULT_SST2_DEV
+
+
+def read_tsv(path: Path) -> tuple:
+    """GLUE SST-2 style TSV (header `sentence<TAB>label`)."""
+    import csv
+
+    texts, labels = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        ti, li = header.index("sentence"), header.index("label")
+        for row in reader:
+            texts.append(row[ti])
+            labels.append(int(row[li]))
+    return texts, np.array(labels, dtype=np.int64)
+
+
+def sst2_workload(tokenizer, path: Path, max_length: int, limit: int | None = None) -> Workload:
+    texts, labels = read_tsv(path)
+    if limit:
+        texts, labels = texts[:limit], labels[:limit]
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    examples = [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
+    return Workload("sst2-dev", examples, labels, max_length,
+                    f"SST-2 dev sentences ({path.name}), tokenized with max_length {max_length}, dataset order")
+
+
+def long_workload(tokenizer, path: Path, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
+                  seed: int = 0) -> Workload:
+    """Consecutive dev sentences joined into documents of L wordpieces, L ~ U[min_len, max_len]
+    ([CLS]/[SEP] included), cycling through the dev set. Deterministic for a seed."""
+    texts, _ = read_tsv(path)
+    pieces = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    rng = np.random.default_rng(seed)
+    examples, cursor = [], 0
+    for _ in range(count):
+        target = int(rng.integers(min_len, max_len + 1))
+        body = []
+        while len(body) < target - 2:
+            body.extend(pieces[cursor % len(pieces)])
+            cursor += 1
+        examples.append(np.asarray([cls_id] + body[: target - 2] + [sep_id], dtype=np.int32))
+    return Workload(f"long-{min_len}-{max_len}", examples, None, max_len,
+                    f"consecutive SST-2 dev sentences joined to {min_len}-{max_len} wordpieces (uniform, seed {seed})")
+
+
+def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False) -> list:
+    """[(input_ids [B,S], attention_mask [B,S], example indices)], right-padded to the batch maximum.
+    Dataset order by default (what a server sees); `sort` groups similar lengths (less padding)."""
+    order = np.argsort(workload.lengths, kind="stable") if sort else np.arange(len(workload.examples))
+    batches = []
+    for start in range(0, len(order), batch):
+        index = order[start: start + batch]
+        rows = [workload.examples[i] for i in index]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), pad_id, dtype=np.int32)
+        mask = np.zeros((len(rows), width), dtype=np.int32)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1
+        batches.append((ids, mask, index))
+    return batches
+
+
+# ----------------------------------------------------------------------------------------------- exports
+def export_models(ckpt, work_dir: Path, log=print) -> dict:
+    """Segments (adaptive) and full.onnx (baseline) for a checkpoint, cached in `work_dir` by checkpoint
+    digest and tool versions. Both exports are validated against PyTorch when written."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from adapler_export.baseline import FULL_FILE, export_full_onnx
+    from adapler_export.checkpoint import checkpoint_digest
+    from adapler_export.segments import export_segments, segment_specs
+
+    model = ckpt.model
+    stamp = {"digest": checkpoint_digest(ckpt.path), "torch": torch.__version__, "onnx": onnx.__version__,
+             "onnxruntime": onnxruntime.__version__, "format": 1}
+    work_dir = Path(work_dir) / stamp["digest"]
+    stamp_path = work_dir / "stamp.json"
+    specs = segment_specs(model.num_layers, model.config.hidden_size, model.config.num_labels, "fp32")
+    segment_paths = [work_dir / "onnx" / s.file_name for s in specs]
+    full_path = work_dir / "onnx" / FULL_FILE
+    cached = stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and full_path.is_file() \
+        and all(p.is_file() for p in segment_paths)
+    if not cached:
+        log(f"exporting {len(specs)} segments + {FULL_FILE} to {work_dir} (validated against PyTorch)")
+        export_segments(model, work_dir / "onnx", "fp32")
+        export_full_onnx(model, full_path)
+        stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
+    else:
+        log(f"using cached exports in {work_dir}")
+    return {"segments": segment_paths, "full": full_path, "digest": stamp["digest"], "dir": work_dir}
+
+
+# ----------------------------------------------------------------------------------------------- timing
+@dataclass
+class PairTiming:
+    """Per repeat, per batch wall-clock seconds of the adaptive (a) and full (f) models."""
+    a: np.ndarray  # [repeats, batches]
+    f: np.ndarray
+
+    @property
+    def a_totals(self) -> np.ndarray:
+        return self.a.sum(axis=1)
+
+    @property
+    def f_totals(self) -> np.ndarray:
+        return self.f.sum(axis=1)
+
+    def summary(self, examples: int) -> dict:
+        ratios = self.f_totals / self.a_totals
+        a_med, f_med = float(np.median(self.a_totals)), float(np.median(self.f_totals))
+        return {
+            "adaptive_s": a_med, "full_s": f_med,
+            "adaptive_ms_per_example": 1e3 * a_med / examples, "full_ms_per_example": 1e3 * f_med / examples,
+            "adaptive_s_repeats": [float(v) for v in self.a_totals],
+            "full_s_repeats": [float(v) for v in self.f_totals],
+            "wallclock_speedup": float(np.median(ratios)),
+            "wallclock_speedup_of_medians": f_med / a_med,
+            "wallclock_speedup_min_max": [float(ratios.min()), float(ratios.max())],
+            # The same ratio from per-batch medians (robust to a slow outlier batch in one repeat).
+            "wallclock_speedup_batch_medians": float(np.median(self.f, axis=0).sum() / np.median(self.a, axis=0).sum()),
+        }
+
+
+def time_interleaved(run_a, run_f, batches: list, repeats: int, warmup: int, sync=None) -> PairTiming:
+    """Warm up, then time every batch `repeats` times, alternating which model goes first batch by batch
+    and repeat by repeat, so drift (thermal, other load) hits both alike. `sync()` is called before each
+    clock read (e.g. CUDA synchronisation); the GC is paused while timing."""
+    clock = time.perf_counter
+    sync = sync or (lambda: None)
+    # Warm-up: the first `warmup` batches plus the largest one (arenas grow to their peak size now).
+    largest = max(range(len(batches)), key=lambda i: int(np.prod(batches[i][0].shape)))
+    for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
+        ids, mask, _ = batches[i]
+        run_a(ids, mask)
+        run_f(ids, mask)
+    sync()
+    a = np.zeros((repeats, len(batches)))
+    f = np.zeros((repeats, len(batches)))
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for i, (ids, mask, _) in enumerate(batches):
+                order = ((run_a, a), (run_f, f)) if (r + i) % 2 == 0 else ((run_f, f), (run_a, a))
+                for run, store in order:
+                    sync()
+                    start = clock()
+                    run(ids, mask)
+                    sync()
+                    store[r, i] = clock() - start
+    finally:
+        if enabled:
+            gc.enable()
+    return PairTiming(a, f)
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs
+def flops_summary(batches: list, kept_per_batch: list, config) -> dict:
+    """FLOPs speedup from the tokens each layer really ran on.
+
+    `flops_speedup`: the paper's definition (adapler_export.flops): full model on each example's live
+    tokens vs the adaptive model on the tokens it kept, padding ignored.
+    `padded_flops_speedup`: what the hardware executes: both models on the padded batch shapes
+    (full: B x S_max every layer; adaptive: B x S'_k after link k, CP_k on the tokens entering it).
+    kept_per_batch: per batch, the `kept` list of the adaptive run ([B, S'_k] positions, -1 padding).
+    """
+    from adapler_export.flops import cp_flops, flops_speedup, layer_flops
+
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    input_lengths, kept_lengths = [], []
+    full_padded = adaptive_padded = 0.0
+    for (ids, mask, _), kept in zip(batches, kept_per_batch):
+        b, s = mask.shape
+        input_lengths.append(mask.sum(1))
+        kept_lengths.append(np.stack([(k >= 0).sum(1) for k in kept]))
+        full_padded += b * layers * float(layer_flops(s, h, i))
+        entering = s
+        for k in kept:
+            adaptive_padded += b * float(layer_flops(k.shape[1], h, i) + cp_flops(entering, h))
+            entering = k.shape[1]
+    input_lengths = np.concatenate(input_lengths).astype(np.float64)
+    kept_lengths = np.concatenate(kept_lengths, axis=1).astype(np.float64)
+    padded_lengths = np.concatenate([np.full(m.shape[0], m.shape[1]) for _, m, _ in batches])
+    return {
+        "flops_speedup": flops_speedup(input_lengths, kept_lengths, layers, h, i),
+        "padded_flops_speedup": full_padded / adaptive_padded,
+        "mean_input_length": float(input_lengths.mean()),
+        "mean_padded_length": float(padded_lengths.mean()),
+        "kept_per_layer": [float(v) for v in kept_lengths.mean(axis=1)],
+        "kept_fraction_per_layer": [float(v) for v in (kept_lengths / input_lengths[None]).mean(axis=1)],
+        "padded_len_per_layer": [float(np.mean([np.full(m.shape[0], k[j].shape[1]).mean()
+                                                for (_, m, _), k in zip(batches, kept_per_batch)]))
+                                 for j in range(layers)],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- memory
+def _status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024.0
+
+
+def peak_rss_mb() -> float:
+    """VmHWM: the process's peak resident set since start or the last `reset_peak_rss()`."""
+    return _status_kb("VmHWM") / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def physical_cores() -> int | None:
+    try:
+        cores, current = set(), {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
+            if not line.strip():
+                if "core id" in current:
+                    cores.add((current.get("physical id"), current["core id"]))
+                current = {}
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                current[key.strip()] = value.strip()
+        return len(cores) or None
+    except OSError:
+        return None
+
+
+def cpu_flags_of_interest() -> list:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+
+
+def memory_total_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def tool_versions() -> dict:
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name in ("torch", "onnxruntime", "onnx", "transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    try:
+        import adapler_export
+
+        versions["adapler_export"] = adapler_export.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
+
+
+def git_revision() -> str | None:
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (rev + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        affinity = os.cpu_count()
+    return {
+        "cpu_model": cpu_model(), "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),
+        "cpus_available": affinity, "cpu_flags": cpu_flags_of_interest(), "memory_gb": memory_total_gb(),
+        "platform": platform.platform(),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+                if k in os.environ},
+        "versions": tool_versions(), "git": git_revision(),
+    }
+
+
+def load_average() -> list:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return []
+
+
+# ----------------------------------------------------------------------------------------------- output
+REQUIRED_ROW_KEYS = ("backend", "device", "batch", "workload", "wallclock_speedup", "flops_speedup",
+                     "adaptive_s", "full_s", "examples", "threads")
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def plot_rows(rows: list, path: Path, title: str) -> Path | None:
+    """Bars per backend: wall-clock speedup beside the FLOPs speedups, per workload and batch."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    backends = sorted({(r["backend"], r.get("precision", "fp32")) for r in rows})
+    workloads = sorted({r["workload"] for r in rows})
+    fig, axes = plt.subplots(1, len(backends), figsize=(6.5 * len(backends), 4.5), squeeze=False)
+    for ax, (backend, precision) in zip(axes[0], backends):
+        mine = [r for r in rows if r["backend"] == backend and r.get("precision", "fp32") == precision]
+        labels, wall, flops, padded = [], [], [], []
+        for workload in workloads:
+            for r in sorted((r for r in mine if r["workload"] == workload), key=lambda r: r["batch"]):
+                labels.append(f"{workload}\nB={r['batch']}")
+                wall.append(r["wallclock_speedup"])
+                flops.append(r["flops_speedup"])
+                padded.append(r.get("padded_flops_speedup") or np.nan)
+        x = np.arange(len(labels))
+        ax.bar(x - 0.27, wall, 0.27, label="wall-clock (full / adaptive)", color="tab:blue")
+        ax.bar(x, flops, 0.27, label="FLOPs (unpadded)", color="tab:orange")
+        ax.bar(x + 0.27, padded, 0.27, label="FLOPs (padded shapes)", color="tab:gray")
+        for xi, w, fl in zip(x, wall, flops):
+            ax.text(xi - 0.27, w, f"{w:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.text(xi, fl, f"{fl:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_title(f"{backend} ({mine[0]['device']}, {precision})" if mine else backend)
+        ax.set_ylabel("speedup over the full static model")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+@dataclass
+class Table:
+    """A plain-text table for the console."""
+    header: list
+    rows: list = field(default_factory=list)
+
+    def add(self, *cells):
+        self.rows.append([c if isinstance(c, str) else (f"{c:.3g}" if isinstance(c, float) else str(c))
+                          for c in cells])
+
+    def render(self) -> str:
+        widths = [max(len(str(h)), *(len(r[i]) for r in self.rows)) if self.rows else len(str(h))
+                  for i, h in enumerate(self.header)]
+        lines = ["  ".join(str(h).rjust(w) for h, w in zip(self.header, widths))]
+        lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in self.rows]
+        return "\n".join(lines)

@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""Cheap runtime variants of the adaptive ONNX Runtime pipeline, timed against each other.
+
+All variants chain the same segment graphs and produce the same outputs (checked bit for bit against the
+reference chain on every batch before timing); they differ only in how the chain is driven:
+
+  reference      the chain as first written: `link.token_compact_numpy` (argsort + take_along_axis)
+  fast-link      `backends.onnxruntime.token_compact_fast`: identity when nothing is dropped, else one
+                 row gather (np.take on [B*S, H]) instead of per-element fancy indexing
+  fast-link+raw  the same, calling the C++ session directly (`session._sess.run`, output names prepared)
+  threads=1      fast-link with single-threaded sessions (the full model then also gets 1 thread)
+
+and, beside them, the full static graph with the same session options ("full" and "full threads=1").
+Timing: round robin over variants, batch by batch, rotating who goes first; medians over repeats.
+
+    python benchmarks/ort_variants.py --ckpt sst2 --workload sst2 --batch 1
+    python benchmarks/ort_variants.py --ckpt sst2 --global-pool          # shared global thread pool
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import Table  # noqa: E402
+
+
+def build_sessions(paths, threads, global_pool=False):
+    import onnxruntime as ort
+
+    from adapler_export.backends.onnxruntime import session_options
+
+    options = session_options(threads)
+    if global_pool:
+        options.use_per_session_threads = False
+    return [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+
+
+def make_chain(sessions, etas, link, raw=False):
+    """The adaptive pipeline of OnnxRuntimeBackend.run, with a pluggable link and call style."""
+    names = [[o.name for o in s.get_outputs()] for s in sessions]
+    calls = [s._sess.run if raw else s.run for s in sessions]
+
+    def run(ids, mask):
+        hidden, scores = calls[0](names[0], {"input_ids": ids, "attention_mask": mask})
+        positions = np.where(mask == 1, np.arange(mask.shape[1], dtype=np.int32)[None], -1).astype(np.int32)
+        kept = []
+        for index in range(1, len(sessions)):
+            hidden, mask, positions, _ = link(hidden, scores, mask, positions, etas[index - 1])
+            kept.append(positions)
+            outputs = calls[index](names[index], {"hidden": hidden, "attention_mask": mask})
+            if index < len(etas):
+                hidden, scores = outputs
+            else:
+                logits = outputs[0]
+        return logits, kept
+    return run
+
+
+def make_full(session, raw=False):
+    call = session._sess.run if raw else session.run
+    names = [o.name for o in session.get_outputs()]
+    return lambda ids, mask: (call(names, {"input_ids": ids, "attention_mask": mask})[0], None)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="sst2")
+    p.add_argument("--data", default=None)
+    p.add_argument("--workload", default="sst2", choices=["sst2", "long"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--examples", type=int, default=None, help="default: 400 (sst2) / 32 (long)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--global-pool", action="store_true",
+                   help="all sessions share ONNX Runtime's global thread pool (set_global_thread_pool_sizes)")
+    p.add_argument("--work-dir", default=None)
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args(argv)
+
+    import torch  # noqa: F401
+    import onnxruntime as ort
+
+    from adapler_export.checkpoint import adapler_home, load_checkpoint
+    from adapler_export.link import token_compact_numpy
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    if args.global_pool:
+        ort.set_global_thread_pool_sizes(threads, 1)
+    ckpt = load_checkpoint(args.ckpt)
+    exports = common.export_models(ckpt, Path(args.work_dir) if args.work_dir else adapler_home() / "bench")
+    etas = [float(e) for e in ckpt.model.eta.detach()]
+    data = common.sst2_data_path(args.data)
+    if args.workload == "sst2":
+        workload = common.sst2_workload(ckpt.tokenizer, data, ckpt.config.max_length, args.examples or 400)
+    else:
+        workload = common.long_workload(ckpt.tokenizer, data, args.examples or 32)
+    batches = common.make_batches(workload, args.batch, ckpt.tokenizer.pad_token_id or 0)
+
+    try:
+        from adapler_export.backends.onnxruntime import token_compact_fast
+    except ImportError:
+        sys.path.insert(0, str(Path(tempfile.gettempdir()) / "bench_dev"))
+        from fastlink import token_compact_take as token_compact_fast
+
+    segs = build_sessions(exports["segments"], threads, args.global_pool)
+    full = build_sessions([exports["full"]], threads, args.global_pool)[0]
+    variants = {
+        "reference": make_chain(segs, etas, token_compact_numpy),
+        "fast-link": make_chain(segs, etas, token_compact_fast),
+        "fast-link+raw": make_chain(segs, etas, token_compact_fast, raw=True),
+        "full": make_full(full),
+    }
+    if not args.global_pool and threads > 1:
+        segs1 = build_sessions(exports["segments"], 1)
+        variants["threads=1"] = make_chain(segs1, etas, token_compact_fast)
+        variants["full threads=1"] = make_full(build_sessions([exports["full"]], 1)[0])
+
+    # Same outputs, bit for bit, before any timing.
+    for ids, mask, _ in batches:
+        want_logits, want_kept = variants["reference"](ids, mask)
+        for name, run in variants.items():
+            if name.startswith("full"):
+                continue
+            logits, kept = run(ids, mask)
+            assert all(np.array_equal(a, b) for a, b in zip(kept, want_kept)), name
+            assert np.abs(logits - want_logits).max() <= (0 if name in ("fast-link", "fast-link+raw") else 1e-4), name
+
+    names = list(variants)
+    times = {n: np.zeros((args.repeats, len(batches))) for n in names}
+    for i in range(min(len(batches), 8)):
+        for n in names:
+            variants[n](batches[i][0], batches[i][1])
+    gc.collect()
+    gc.disable()
+    for r in range(args.repeats):
+        for i, (ids, mask, _) in enumerate(batches):
+            shift = (r * len(batches) + i) % len(names)
+            for n in names[shift:] + names[:shift]:
+                start = time.perf_counter()
+                variants[n](ids, mask)
+                times[n][r, i] = time.perf_counter() - start
+    gc.enable()
+
+    totals = {n: t.sum(axis=1) for n, t in times.items()}
+    table = Table(["variant", "ms/example", "vs reference", "speedup over full (same threads)"])
+    result = {"workload": workload.summary(), "batch": args.batch, "threads": threads,
+              "global_pool": args.global_pool, "repeats": args.repeats, "load_average": common.load_average(),
+              "machine": common.cpu_model(), "variants": {}}
+    for n in names:
+        med = float(np.median(totals[n]))
+        full_name = "full threads=1" if n == "threads=1" else "full"
+        ratio = float(np.median(totals[full_name] / totals[n]))
+        vs_ref = float(np.median(totals["reference"] / totals[n]))
+        result["variants"][n] = {"ms_per_example": 1e3 * med / len(workload.examples),
+                                 "speedup_vs_reference": vs_ref, "wallclock_speedup_vs_full": ratio}
+        table.add(n, 1e3 * med / len(workload.examples), vs_ref, "-" if n.startswith("full") else ratio)
+    print(f"{workload.name}, batch {args.batch}, {len(workload.examples)} examples x {args.repeats}, threads {threads}"
+          f"{', global pool' if args.global_pool else ''}; load average {common.load_average()}")
+    print(table.render())
+    if args.json:
+        common.write_json(Path(args.json), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""``adapler-export calibrate`` and ``adapler-export quantize``: argparse wiring for the CLI.
+
+Wire into ``adapler_export/cli.py`` (both commands come with the one call)::
+
+    from calibration.cli import add_calibrate_parser
+    add_calibrate_parser(sub)
+
+Each parser sets ``func`` (``args.func(args) -> int``); user errors raise ``AdaplerError``, which the CLI
+prints as one line with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from adapler_export.errors import AdaplerError
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _scales(text: str) -> list:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated numbers, e.g. 0,0.5,1,2,4") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("scales must be >= 0 (0 = no removal)")
+    return values
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _json_default(value):
+    return str(value)
+
+
+def cmd_calibrate(args) -> int:
+    from .sweep import CalibrateOptions, calibrate
+
+    _set_threads(args.threads)
+    if args.samples is not None and args.samples < 1:
+        raise AdaplerError(f"--samples must be >= 1, got {args.samples}")
+    options = CalibrateOptions(target_speedup=args.target_speedup, max_accuracy_drop=args.max_accuracy_drop,
+                               reference=args.reference, data_dir=args.data_dir, samples=args.samples,
+                               scales=args.scales, num_scales=args.num_scales, refine=not args.no_refine,
+                               measure=args.measure, measure_samples=args.measure_samples,
+                               measure_repeats=args.repeats, threads=args.threads or 1, report_dir=args.report_dir)
+    result = calibrate(args.ckpt, args.output, options, log=_log)
+    if args.json:
+        record = dict(result.record)
+        record["checkpoint"] = str(result.checkpoint) if result.checkpoint else None
+        record["files"] = {k: str(v) for k, v in result.files.items()}
+        print(json.dumps(record, indent=2, default=_json_default))
+        return 0
+    print(result.table())
+    if result.chosen is not None:
+        c = result.chosen
+        print(f"chosen: {c.label}: accuracy {c.accuracy * 100:.2f}%, FLOPs speedup {c.flops_speedup:.2f}x"
+              + (f", measured {c.measured_speedup:.2f}x" if c.measured_speedup is not None else "")
+              + f"; eta {' '.join(f'{e:.3f}' for e in c.eta)}")
+        print(f"calibrated checkpoint: {result.checkpoint}")
+    print(f"report: {result.files.get('json')}  plots: {result.files.get('tradeoff_png')}, "
+          f"{result.files.get('kept_png')}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
+
+    _set_threads(args.threads)
+    options = QuantizeOptions(calib_samples=args.calib_samples, calib_split=args.calib_split,
+                              calibrate_method=args.method, per_channel=not args.per_tensor,
+                              symmetric_activations=args.symmetric, quantize_attention=args.quantize_attention,
+                              data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
+                              threads=args.threads or 1, tensorrt=args.tensorrt, max_batch=args.max_batch,
+                              max_seq=args.max_seq)
+    result = quantize_artifact(args.artifact, args.output, options, ckpt=args.ckpt, log=_log)
+    summary = quantize_summary(result)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=_json_default))
+        return 0
+    print(result.parity.table())
+    acc = summary["accuracy"]
+    print(f"dev accuracy: fp32 reference {acc['fp32_reference'] * 100:.2f}%  int8 {acc['int8'] * 100:.2f}%  "
+          f"({acc['examples']} examples)")
+    if summary["speed"]:
+        for key, value in summary["speed"].items():
+            if key.startswith("batch_"):
+                print(f"speed {key.replace('_', ' ')}: fp32 {value['fp32_ms']:.2f} ms  int8 {value['int8_ms']:.2f} ms "
+                      f"per sentence ({value['speedup']:.2f}x, ONNX Runtime CPU, {summary['speed']['threads']} thread(s))")
+    if summary["engines"]:
+        print(f"TensorRT INT8 engines: {json.dumps(summary['engines'], default=_json_default)}")
+    print(f"artifact: {result.path}")
+    return 0
+
+
+def add_calibrate_parser(subparsers) -> None:
+    """Register ``calibrate`` and ``quantize``."""
+    p = subparsers.add_parser("calibrate", help="sweep the keep thresholds on dev data and pick an operating point")
+    p.add_argument("--ckpt", required=True, help="checkpoint name or path (never modified)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-speedup", type=float, metavar="X",
+                        help="the most accurate point with FLOPs speedup >= X")
+    target.add_argument("--max-accuracy-drop", type=float, metavar="P",
+                        help="the fastest point within P accuracy points (1.0 = 1%%) of the reference")
+    p.add_argument("--reference", choices=["no-removal", "checkpoint"], default="no-removal",
+                   help="what --max-accuracy-drop is measured from: every token kept (default) or the "
+                        "checkpoint's own eta")
+    p.add_argument("--output", help="calibrated checkpoint name (under $ADAPLER_HOME/checkpoints) or path "
+                                    "(default: beside the source, <name>-cal-x<X> / <name>-cal-drop<P>)")
+    p.add_argument("--report-dir", help="where calibration.json and the plots go when no target is given "
+                                        "(default: $ADAPLER_HOME/calibration/<name>)")
+    p.add_argument("--data-dir", help="GLUE-style folder with dev.tsv (default: the task's)")
+    p.add_argument("--samples", type=int, help="dev examples to calibrate on (default: all)")
+    p.add_argument("--scales", type=_scales, help="global scales to sweep, e.g. 0,0.5,1,2 (default: ~20 "
+                                                  "from 0 to every eta = 1)")
+    p.add_argument("--num-scales", type=int, default=20, help="size of the default grid")
+    p.add_argument("--no-refine", action="store_true", help="skip the per-layer refinement")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure wall-clock speedup (ONNX Runtime, batch 1) on a fixed dev subset")
+    p.add_argument("--measure-samples", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds (the median is reported)")
+    p.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime threads (measurement default: 1)")
+    p.add_argument("--json", action="store_true", help="print the calibration record as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+    q = subparsers.add_parser("quantize", help="INT8 artifact from an fp32 one (static QDQ quantization, "
+                                               "calibrated on the inputs each segment really sees)")
+    q.add_argument("--artifact", required=True, help="an fp32 artifact directory (from `build`)")
+    q.add_argument("--output", help="int8 artifact name (under $ADAPLER_HOME/artifacts) or path "
+                                    "(default: beside the source, <name>-int8)")
+    q.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
+    q.add_argument("--calib-samples", type=int, default=256, help="sentences to calibrate on")
+    q.add_argument("--calib-split", default="train", choices=["train", "dev"])
+    q.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
+    q.add_argument("--symmetric", action="store_true",
+                   help="symmetric int8 activations in the ONNX Runtime graphs too (default: uint8, faster on x86)")
+    q.add_argument("--quantize-attention", action="store_true", help="also quantize Q.K^T and P.V")
+    q.add_argument("--data-dir", help="task data (train for calibration, dev for parity)")
+    q.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
+    q.add_argument("--tensorrt", action="store_true",
+                   help="also build TensorRT INT8 segment engines (tensorrt, else tensorrt_rtx) from symmetric "
+                        "QDQ graphs")
+    q.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
+    q.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
+    q.add_argument("--no-bench", action="store_true", help="skip the int8 vs fp32 timing")
+    q.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime threads (default: 1)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quantize)

@@ -1,0 +1,524 @@
+"""Threshold calibration: sweep the keep thresholds on dev data and pick an operating point.
+
+The learned per-layer thresholds eta_l (keep token i at layer l iff s~_i >= eta_l / n) trade accuracy
+for speed. Calibration re-chooses them after training, on dev data, for a stated target:
+
+1. **Global sweep.** eta_l * s for a grid of scales s (0 = no removal, 1 = the checkpoint's own eta, up
+   to the scale at which every layer reaches eta = 1), clipped to (0, 1]. For every point: dev accuracy,
+   FLOPs speedup from the lengths the hard-removal model really runs (`evaluate_adaptive`), tokens kept
+   per layer; optionally the *measured* speedup of the ONNX Runtime pipeline (`calibration.measure`).
+2. **Operating point.** `--target-speedup X`: the most accurate point whose FLOPs speedup is >= X.
+   `--max-accuracy-drop P`: the fastest point whose accuracy is >= reference - P accuracy points, where
+   the reference is the no-removal accuracy (default: the backbone with every token kept, measured on the
+   same examples) or the checkpoint's own accuracy (its learned eta, `reference="checkpoint"`).
+3. **Per-layer refinement** (greedy coordinate search): starting from the chosen global point, multiply
+   one layer's scale at a time by a few factors and keep a change only when it is better *against the
+   target* (more accurate at >= X, or faster within the drop); repeat while it pays.
+4. **Derived checkpoint**: a copy of the original with the new eta (adapler_heads.safetensors and
+   adapler_config.json, plus a `calibration` record), written atomically; the original is never touched.
+
+The no-removal point (s = 0) is the baseline, not an operating point: eta = 0 is outside the link's
+contract (0 < eta <= 1), so it is never written into a checkpoint. The model keeps every live token at
+eta = 0 (delta = 0 and s~ >= 0), which is how the sweep evaluates it.
+
+Choosing on dev data and reporting dev accuracy is optimistic (the refinement especially can fit noise on
+a few hundred sentences); the record says which examples were used so that a held-out check can follow.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, atomic_directory, checkpoint_digest,
+                                       load_checkpoint, resolve_output_dir)
+from adapler_export.errors import AdaplerError
+from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.modeling_adapler import ETA_MAX
+
+REFERENCES = ("no-removal", "checkpoint")
+DEFAULT_MULTIPLIERS = (0.5, 0.75, 1.5, 2.0)
+CALIBRATION_SUBDIR = "calibration"
+
+
+# ----- points ------------------------------------------------------------------------------------------------
+@dataclass
+class SweepPoint:
+    """One evaluated threshold setting."""
+    label: str
+    kind: str  # "no-removal" | "global" | "refined"
+    scale: float | None  # the global scale (None for refined points)
+    layer_scales: list  # per layer: the multiplier of the original eta (0 = no removal at that layer)
+    eta: list  # the thresholds evaluated, 0.0 = keep every token
+    accuracy: float
+    flops_speedup: float
+    kept_per_layer: list
+    kept_fraction_per_layer: list
+    examples: int
+    pareto: bool = False
+    measured_ms: float | None = None  # ONNX Runtime pipeline, batch 1, median per sentence
+    measured_speedup: float | None = None  # vs the same chain with every token kept
+    measured_speedup_vs_full_graph: float | None = None  # vs one ONNX graph of the plain backbone
+
+    @property
+    def removes(self) -> bool:
+        """True when every link has a valid threshold (0 < eta <= 1): a writable operating point."""
+        return all(e > 0 for e in self.eta)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepPoint":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def scaled_eta(base_eta, layer_scales) -> list:
+    """eta_l * s_l clipped to (0, 1]; s_l = 0 means no removal at layer l (eta 0, which keeps every token)."""
+    base_eta, layer_scales = list(base_eta), list(layer_scales)
+    if len(base_eta) != len(layer_scales):
+        raise ValueError(f"{len(layer_scales)} scales for {len(base_eta)} layers")
+    out = []
+    for eta, scale in zip(base_eta, layer_scales):
+        scale = float(scale)
+        if not math.isfinite(scale) or scale < 0:
+            raise AdaplerError(f"threshold scales must be finite and >= 0, got {scale!r}")
+        if scale == 0:
+            out.append(0.0)
+        else:  # fp32 like the link; a positive product never rounds to 0 for eta >= 1e-6
+            out.append(float(np.float32(min(ETA_MAX, float(eta) * scale))))
+    return out
+
+
+def default_scales(base_eta, count: int = 20, smallest: float = 0.1) -> list:
+    """0 (no removal), then a geometric grid from `smallest` to the scale where every layer reaches eta = 1,
+    always including 1.0 (the checkpoint's own thresholds). About `count` points."""
+    if count < 3:
+        raise AdaplerError(f"a sweep needs at least 3 scales, got {count}")
+    low = min(float(e) for e in base_eta)
+    if not low > 0:
+        raise AdaplerError(f"the checkpoint has a non-positive eta {list(base_eta)}; cannot scale it")
+    top = max(1.0, math.ceil(1000.0 / low) / 1000.0)  # rounded up: every layer really reaches eta = 1
+    grid = np.geomspace(min(smallest, top), top, count - 2)
+    scales = {0.0, 1.0, top, *(float(f"{g:.4g}") for g in grid[:-1])}
+    return sorted(scales)
+
+
+def mark_pareto(points: list) -> list:
+    """Mark (in place) and return the points no other point beats on both accuracy and FLOPs speedup."""
+    for p in points:
+        p.pareto = not any((q.accuracy >= p.accuracy and q.flops_speedup >= p.flops_speedup)
+                           and (q.accuracy > p.accuracy or q.flops_speedup > p.flops_speedup)
+                           for q in points if q is not p)
+    front = [p for p in points if p.pareto]
+    return sorted(front, key=lambda p: p.flops_speedup)
+
+
+def reference_accuracy(points: list, reference: str) -> float:
+    """The accuracy a --max-accuracy-drop is measured from: the no-removal point or the checkpoint's eta."""
+    if reference not in REFERENCES:
+        raise AdaplerError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if reference == "no-removal":
+        found = [p for p in points if p.kind == "no-removal"]
+    else:
+        found = [p for p in points if p.kind == "global" and p.scale == 1.0]
+    if not found:
+        raise AdaplerError(f"the sweep has no {reference} point (scale {'0' if reference == 'no-removal' else '1'})")
+    return found[0].accuracy
+
+
+def _eps(value: float) -> float:
+    return 1e-9 * max(1.0, abs(value))
+
+
+def select_point(points: list, target_speedup: float | None = None, max_accuracy_drop: float | None = None,
+                 reference_acc: float | None = None) -> SweepPoint:
+    """The operating point for a target (exactly one of the two).
+
+    - target_speedup X: the most accurate point with FLOPs speedup >= X (ties: the faster one).
+    - max_accuracy_drop P (accuracy points, 1.0 = 1 %): the fastest point with accuracy >= reference - P
+      (ties: the more accurate one).
+    Only points that remove tokens at every link (0 < eta) are candidates. Raises AdaplerError with the best
+    reachable value when no point meets the target.
+    """
+    if (target_speedup is None) == (max_accuracy_drop is None):
+        raise AdaplerError("give exactly one of --target-speedup and --max-accuracy-drop")
+    candidates = [p for p in points if p.removes]
+    if not candidates:
+        raise AdaplerError("the sweep has no point that removes tokens (every point is no-removal)")
+    if target_speedup is not None:
+        if not (math.isfinite(target_speedup) and target_speedup > 0):
+            raise AdaplerError(f"--target-speedup must be a positive number, got {target_speedup!r}")
+        ok = [p for p in candidates if p.flops_speedup >= target_speedup - _eps(target_speedup)]
+        if not ok:
+            best = max(candidates, key=lambda p: (p.flops_speedup, p.accuracy))
+            raise AdaplerError(f"target speedup {target_speedup:g}x is unreachable: the fastest point reaches "
+                               f"{best.flops_speedup:.2f}x ({best.label}, accuracy {best.accuracy * 100:.2f}%)")
+        return max(ok, key=lambda p: (p.accuracy, p.flops_speedup))
+    if not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100):
+        raise AdaplerError(f"--max-accuracy-drop is in accuracy points (0..100), got {max_accuracy_drop!r}")
+    if reference_acc is None:
+        raise AdaplerError("a maximum accuracy drop needs a reference accuracy")
+    floor = reference_acc - max_accuracy_drop / 100.0
+    ok = [p for p in candidates if p.accuracy >= floor - 1e-12]
+    if not ok:
+        best = max(candidates, key=lambda p: (p.accuracy, p.flops_speedup))
+        raise AdaplerError(f"no point removing tokens stays within {max_accuracy_drop:g} points of the reference "
+                           f"accuracy {reference_acc * 100:.2f}%: the most accurate one reaches "
+                           f"{best.accuracy * 100:.2f}% ({best.label}, {best.flops_speedup:.2f}x)")
+    return max(ok, key=lambda p: (p.flops_speedup, p.accuracy))
+
+
+def objective(target_speedup: float | None, max_accuracy_drop: float | None, reference_acc: float | None):
+    """A key that orders points by how well they serve the target (bigger is better)."""
+    if target_speedup is not None:
+        def key(p):
+            feasible = p.removes and p.flops_speedup >= target_speedup - _eps(target_speedup)
+            return (feasible, p.accuracy, p.flops_speedup) if feasible else (False, p.flops_speedup, p.accuracy)
+    else:
+        floor = reference_acc - max_accuracy_drop / 100.0
+
+        def key(p):
+            feasible = p.removes and p.accuracy >= floor - 1e-12
+            return (feasible, p.flops_speedup, p.accuracy) if feasible else (False, p.accuracy, p.flops_speedup)
+    return key
+
+
+# ----- evaluation ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def temporary_eta(model, eta):
+    """Set `model.eta` in place for the duration of the block, restoring the exact original values."""
+    saved = model.eta.detach().clone()
+    with torch.no_grad():
+        model.eta.copy_(torch.as_tensor(list(eta), dtype=model.eta.dtype))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            model.eta.copy_(saved)
+
+
+class Evaluator:
+    """Evaluates threshold settings on a fixed set of examples, caching by eta."""
+
+    def __init__(self, model, tokenizer, texts, labels, max_length: int, batch_size: int = 64, log=None):
+        self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
+        self.base_eta = [float(e) for e in model.eta.detach()]
+        # Sort by token length so batches carry little padding (results do not depend on the order).
+        lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
+        self.texts = [texts[i] for i in order]
+        self.labels = np.asarray(labels)[order]
+        self.cache: dict = {}
+        self.evaluations = 0
+        self.log = log
+
+    def evaluate(self, layer_scales, label: str, kind: str, scale: float | None = None) -> SweepPoint:
+        eta = scaled_eta(self.base_eta, layer_scales)
+        key = tuple(eta)
+        if key not in self.cache:
+            with temporary_eta(self.model, eta):
+                result = evaluate_adaptive(self.model, self.tokenizer, self.texts, self.labels, self.max_length,
+                                           batch_size=self.batch_size)
+            self.cache[key] = result
+            self.evaluations += 1
+        r = self.cache[key]
+        point = SweepPoint(label, kind, scale, [float(s) for s in layer_scales], eta, r.accuracy, r.flops_speedup,
+                           r.kept_per_layer, r.kept_fraction_per_layer, r.examples)
+        if self.log:
+            self.log(f"  {label:<28} accuracy {point.accuracy * 100:6.2f}%  FLOPs speedup {point.flops_speedup:5.2f}x"
+                     f"  kept/layer {' '.join(f'{k:.1f}' for k in point.kept_per_layer)}")
+        return point
+
+
+def global_sweep(evaluator: Evaluator, scales) -> list:
+    points = []
+    layers = len(evaluator.base_eta)
+    for s in scales:
+        if s == 0:
+            points.append(evaluator.evaluate([0.0] * layers, "no removal (s=0)", "no-removal", 0.0))
+        else:
+            points.append(evaluator.evaluate([s] * layers, f"global s={s:g}", "global", float(s)))
+    return points
+
+
+def refine_per_layer(evaluator: Evaluator, start: SweepPoint, key: Callable, multipliers=DEFAULT_MULTIPLIERS,
+                     passes: int = 2) -> tuple:
+    """Greedy coordinate search on one layer's scale at a time. Returns (best point, tried points, steps)."""
+    best, tried, steps = start, [], []
+    layers = len(start.layer_scales)
+    for pass_index in range(passes):
+        improved = False
+        for layer in range(layers):
+            for m in multipliers:
+                scales = list(best.layer_scales)
+                scales[layer] = scales[layer] * m
+                if scaled_eta(evaluator.base_eta, scales) == best.eta:
+                    continue  # clipped at eta = 1: nothing new
+                label = "refined " + ",".join(f"{s:.3g}" for s in scales)
+                point = evaluator.evaluate(scales, label, "refined")
+                tried.append(point)
+                if key(point) > key(best):
+                    steps.append({"pass": pass_index, "layer": layer, "multiplier": m, "accuracy": point.accuracy,
+                                  "flops_speedup": point.flops_speedup, "layer_scales": point.layer_scales})
+                    best, improved = point, True
+        if not improved:
+            break
+    return best, tried, steps
+
+
+# ----- derived checkpoint ----------------------------------------------------------------------------------
+def write_derived_checkpoint(source: Path, output: Path, eta: list, record: dict, metrics: dict | None = None,
+                             extra_files: Callable[[Path], None] | None = None) -> Path:
+    """Copy `source` to `output` (atomically) with eta replaced in adapler_heads.safetensors and
+    adapler_config.json, and `record` stored as the config's `calibration`. `source` is only read."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, output = Path(source).resolve(), Path(output).resolve()
+    if output == source:
+        raise AdaplerError(f"the calibrated checkpoint would overwrite its source {source}; pass another --output")
+    if source in output.parents:
+        raise AdaplerError(f"--output {output} lies inside the source checkpoint {source}")
+    if not all(0.0 < e <= ETA_MAX for e in eta):
+        raise AdaplerError(f"eta must lie in (0, 1] at every layer, got {eta}")
+    with atomic_directory(output) as tmp:
+        for item in source.iterdir():
+            if item.name in (ADAPLER_HEADS, ADAPLER_CONFIG) or item.name == CALIBRATION_SUBDIR:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        with safe_open(str(source / ADAPLER_HEADS), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            heads = {k: handle.get_tensor(k) for k in handle.keys()}
+        if heads["eta"].shape != (len(eta),):
+            raise AdaplerError(f"{source / ADAPLER_HEADS}: eta has shape {tuple(heads['eta'].shape)}, "
+                               f"calibration produced {len(eta)} values")
+        heads["eta"] = torch.tensor(eta, dtype=heads["eta"].dtype)
+        save_file(heads, str(tmp / ADAPLER_HEADS), metadata={**metadata, "calibrated": "1"})
+        config = json.loads((source / ADAPLER_CONFIG).read_text())
+        config["eta"] = [float(v) for v in heads["eta"]]
+        if metrics is not None:
+            config["metrics"] = metrics
+        config["calibration"] = record
+        (tmp / ADAPLER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if extra_files is not None:
+            extra_files(tmp)
+    return output
+
+
+# ----- the whole calibration ----------------------------------------------------------------------------------
+@dataclass
+class CalibrateOptions:
+    target_speedup: float | None = None
+    max_accuracy_drop: float | None = None  # accuracy points
+    reference: str = "no-removal"
+    data_dir: str | None = None
+    samples: int | None = None  # dev examples (None: all)
+    scales: list | None = None
+    num_scales: int = 20
+    refine: bool = True
+    multipliers: tuple = DEFAULT_MULTIPLIERS
+    refine_passes: int = 2
+    batch_size: int = 64
+    measure: bool = False
+    measure_samples: int = 64
+    measure_repeats: int = 5
+    threads: int = 1  # ONNX Runtime intra-op threads while measuring
+    report_dir: str | None = None  # where calibration.json + plots go when no checkpoint is written
+
+
+@dataclass
+class CalibrationResult:
+    record: dict
+    points: list
+    chosen: SweepPoint | None
+    checkpoint: Path | None
+    report_dir: Path
+    files: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.points, self.chosen)
+
+
+def format_table(points: list, chosen: SweepPoint | None = None) -> str:
+    measured = any(p.measured_speedup is not None for p in points)
+    head = f"{'':2}{'point':<30}{'acc %':>7}{'FLOPs x':>8}{'kept L0..':>30}"
+    if measured:
+        head += f"{'ms':>7}{'meas x':>8}{'vs full':>8}"
+    lines = [head]
+    order = sorted(points, key=lambda p: (p.kind == "refined", p.flops_speedup))
+    for p in order:
+        mark = ("*" if p is chosen else " ") + ("P" if p.pareto else " ")
+        kept = " ".join(f"{k:.1f}" for k in p.kept_per_layer)
+        line = f"{mark}{p.label[:29]:<30}{p.accuracy * 100:>7.2f}{p.flops_speedup:>8.2f}{kept:>30}"
+        if measured:
+            line += (f"{p.measured_ms:>7.2f}{p.measured_speedup:>8.2f}{p.measured_speedup_vs_full_graph:>8.2f}"
+                     if p.measured_speedup is not None else f"{'-':>7}{'-':>8}{'-':>8}")
+        lines.append(line)
+    lines.append("  (* chosen, P Pareto front: accuracy vs FLOPs speedup" +
+                 ("; measured: ONNX Runtime, batch 1, vs the keep-all chain and vs one full graph)" if measured else ")"))
+    return "\n".join(lines)
+
+
+def default_output_name(source: Path, options: CalibrateOptions) -> str:
+    if options.target_speedup is not None:
+        return f"{source.name}-cal-x{options.target_speedup:g}"
+    return f"{source.name}-cal-drop{options.max_accuracy_drop:g}"
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import transformers
+
+    from adapler_export import __version__
+
+    return {"adapler_export": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | None = None,
+              log=print) -> CalibrationResult:
+    """Sweep, select, refine, measure (optionally), write the derived checkpoint + report."""
+    from training.data import load_task
+
+    options = options or CalibrateOptions()
+    has_target = options.target_speedup is not None or options.max_accuracy_drop is not None
+    if options.target_speedup is not None and options.max_accuracy_drop is not None:
+        raise AdaplerError("give at most one of --target-speedup and --max-accuracy-drop")
+    if options.samples is not None and options.samples < 1:
+        raise AdaplerError(f"--samples must be >= 1, got {options.samples}")
+    ckpt = load_checkpoint(ckpt_name)
+    model, config = ckpt.model, ckpt.config
+    source = ckpt.path
+    if output is not None and not has_target:
+        raise AdaplerError("--output names the calibrated checkpoint: give --target-speedup or --max-accuracy-drop")
+    out_ckpt = None
+    if has_target:
+        out_ckpt = resolve_output_dir(output, "checkpoints") if output else \
+            source.parent / default_output_name(source, options)
+        if out_ckpt.resolve() == source.resolve():
+            raise AdaplerError(f"the calibrated checkpoint would overwrite its source {source}; pass another --output")
+
+    dev = load_task(config.task, options.data_dir)["dev"].subset(options.samples)
+    base_eta = [float(e) for e in model.eta.detach()]
+    scales = sorted(set(float(s) for s in options.scales)) if options.scales else default_scales(base_eta,
+                                                                                                 options.num_scales)
+    if 1.0 not in scales:
+        scales = sorted(scales + [1.0])
+    if 0.0 not in scales:
+        scales = [0.0] + scales
+    log(f"calibrating {source} on {len(dev)} dev examples ({dev.source}); learned eta "
+        f"{' '.join(f'{e:.3f}' for e in base_eta)}; {len(scales)} global scales")
+    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.max_length, options.batch_size, log)
+    points = global_sweep(evaluator, scales)
+    ref_acc = reference_accuracy(points, options.reference)
+
+    chosen, refinement = None, None
+    if has_target:
+        chosen = select_point(points, options.target_speedup, options.max_accuracy_drop, ref_acc)
+        log(f"best global point: {chosen.label} (accuracy {chosen.accuracy * 100:.2f}%, "
+            f"{chosen.flops_speedup:.2f}x)")
+        refinement = {"enabled": bool(options.refine), "multipliers": list(options.multipliers),
+                      "evaluations": 0, "improved": False, "steps": []}
+        if options.refine:
+            before = evaluator.evaluations
+            key = objective(options.target_speedup, options.max_accuracy_drop, ref_acc)
+            log(f"per-layer refinement from {chosen.label} ({len(options.multipliers)} multipliers per layer, "
+                f"<= {options.refine_passes} passes)")
+            best, tried, steps = refine_per_layer(evaluator, chosen, key, options.multipliers, options.refine_passes)
+            points += tried
+            refinement.update(evaluations=evaluator.evaluations - before, improved=best is not chosen, steps=steps,
+                              start={"label": chosen.label, "accuracy": chosen.accuracy,
+                                     "flops_speedup": chosen.flops_speedup})
+            if best is not chosen:
+                best.label = "refined (chosen)"
+                log(f"refinement paid: {chosen.accuracy * 100:.2f}% / {chosen.flops_speedup:.2f}x -> "
+                    f"{best.accuracy * 100:.2f}% / {best.flops_speedup:.2f}x")
+            else:
+                log("refinement did not pay against the target: keeping the global point")
+            chosen = best
+    mark_pareto(points)
+
+    measurement = None
+    if options.measure:
+        from .measure import measure_points
+
+        to_measure = [p for p in points if p.kind != "refined"] + ([chosen] if chosen and chosen.kind == "refined"
+                                                                   else [])
+        measurement = measure_points(model, ckpt.tokenizer, dev.texts, config.max_length, to_measure,
+                                     samples=options.measure_samples, repeats=options.measure_repeats,
+                                     threads=options.threads, log=log)
+
+    original = next(p for p in points if p.kind == "global" and p.scale == 1.0)
+    no_removal = next(p for p in points if p.kind == "no-removal")
+    record = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": {"path": str(source), "digest": checkpoint_digest(source), "eta": base_eta,
+                   "metrics": config.metrics},
+        "data": {"task": config.task, "split": "dev", "source": dev.source, "sha256": dev.sha256,
+                 "examples": len(dev), "subset_seed": 0 if options.samples else None},
+        "target": (None if not has_target else
+                   {"kind": "speedup", "flops_speedup": options.target_speedup} if options.target_speedup is not None
+                   else {"kind": "max_accuracy_drop", "points": options.max_accuracy_drop,
+                         "reference": options.reference, "reference_accuracy": ref_acc}),
+        "reference": {"no_removal_accuracy": no_removal.accuracy, "checkpoint_accuracy": original.accuracy,
+                      "checkpoint_flops_speedup": original.flops_speedup},
+        "speedup_definition": "FLOPs(full model on live tokens) / FLOPs(adaptive model incl. CPs), from the "
+                              "lengths hard removal runs (adapler_export.flops)",
+        "chosen": chosen.to_dict() if chosen else None,
+        "eta": chosen.eta if chosen else base_eta,
+        "refinement": refinement,
+        "measurement": measurement,
+        "points": [p.to_dict() for p in points],
+        "note": "selected and reported on the same dev examples: optimistic; check on held-out data",
+        "tools": _versions(),
+    }
+    files = {}
+
+    def write_report(folder: Path) -> None:
+        from .plots import plot_kept_per_layer, plot_tradeoff
+
+        folder.mkdir(parents=True, exist_ok=True)
+        files["tradeoff_png"] = plot_tradeoff(points, chosen, folder / "tradeoff.png", record["target"],
+                                              original=original)
+        files["kept_png"] = plot_kept_per_layer(original, chosen, folder / "kept_per_layer.png",
+                                                mean_input_length=_mean_input(evaluator))
+        (folder / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+        files["json"] = folder / "calibration.json"
+
+    if has_target:
+        metrics = dict(config.metrics or {})
+        metrics.update(accuracy=chosen.accuracy, flops_speedup=chosen.flops_speedup,
+                       kept_per_layer=chosen.kept_per_layer, kept_fraction_per_layer=chosen.kept_fraction_per_layer,
+                       examples=chosen.examples, source="calibration")
+        write_derived_checkpoint(source, out_ckpt, chosen.eta, {k: v for k, v in record.items() if k != "points"},
+                                 metrics=metrics, extra_files=lambda tmp: write_report(tmp / CALIBRATION_SUBDIR))
+        report_dir = out_ckpt / CALIBRATION_SUBDIR
+        files = {k: report_dir / Path(v).name for k, v in files.items()}
+        log(f"calibrated checkpoint written to {out_ckpt}")
+    else:
+        report_dir = Path(options.report_dir).expanduser().resolve() if options.report_dir else \
+            resolve_output_dir(source.name, "calibration")
+        with atomic_directory(report_dir) as tmp:
+            write_report(tmp)
+        files = {k: report_dir / Path(v).name for k, v in files.items()}
+        log(f"no target given: sweep report written to {report_dir} (no checkpoint written)")
+    return CalibrationResult(record, points, chosen, out_ckpt, report_dir, files)
+
+
+def _mean_input(evaluator: Evaluator) -> float | None:
+    result = next(iter(evaluator.cache.values()), None)
+    return None if result is None else result.mean_input_length

@@ -1,0 +1,88 @@
+"""Bad input: one clear line on stderr, a non-zero exit, and nothing half-written."""
+import subprocess
+import sys
+
+import pytest
+
+from training.data import load_folder
+
+CLI = [sys.executable, "-m", "adapler_export.cli"]
+
+
+def run_cli(*args, env_home):
+    env = {"ADAPLER_HOME": str(env_home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HOME": str(env_home)}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def write_split(folder, name, text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def assert_clean_error(result, fragment, home):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("adapler-export: error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (home / "checkpoints").exists() or not any((home / "checkpoints").iterdir()), \
+        "no partial checkpoint may be left behind"
+
+
+def test_missing_data_folder(tmp_path):
+    result = run_cli("train", "--data-dir", str(tmp_path / "nope"), "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, "does not exist", tmp_path)
+
+
+def test_malformed_tsv_row(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\ngood movie\t1\nbad\tmovie\t0\n")
+    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, "train.tsv:3: expected 2 fields, got 3", tmp_path)
+
+
+def test_bad_label(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\ngood movie\tmaybe\n")
+    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    with pytest.raises(Exception, match="label 'maybe'"):
+        load_folder("sst2", data)
+
+
+def test_empty_dataset(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\n")
+    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, "no examples", tmp_path)
+
+
+def test_missing_split(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\ngood\t1\n")
+    result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, "has no dev.tsv", tmp_path)
+
+
+def test_unknown_backbone(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\ngood\t1\nbad\t0\n")
+    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    result = run_cli("train", "--data-dir", str(data), "--backbone", str(tmp_path / "no-such-model"),
+                     "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, "cannot load backbone", tmp_path)
+
+
+def test_missing_checkpoint_name(tmp_path):
+    result = run_cli("evaluate", "--ckpt", "sst2-never-trained", env_home=tmp_path)
+    assert_clean_error(result, "no checkpoint named 'sst2-never-trained'", tmp_path)
+
+
+def test_csv_folder_is_read(tmp_path):
+    data = tmp_path / "data"
+    write_split(data, "train.csv", 'text,label\n"a, quoted, sentence",positive\nplain,0\n')
+    write_split(data, "dev.csv", "text,label\nfine,1\n")
+    task = load_folder("sst2", data)
+    assert task["train"].texts == ["a, quoted, sentence", "plain"]
+    assert task["train"].labels.tolist() == [1, 0]

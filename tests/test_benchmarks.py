@@ -1,0 +1,186 @@
+"""The full static baseline, the ONNX Runtime backend's fast link, and smoke runs of the bench scripts.
+
+Fast (well under a minute on 2 cores): the checkpoint is the offline MiniLM backbone with untrained
+Contribution Predictors and eta = 0.9, which drops a good share of the tokens without any training.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import sst2_dir
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench_ckpt(tmp_path_factory) -> Path:
+    from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
+    from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
+
+    torch.manual_seed(0)
+    backbone, tokenizer = load_backbone("minilm", 2)
+    model = AdapLeRForSequenceClassification(backbone, eta_init=0.9).eval()
+    config = AdapLeRConfig(backbone="minilm", num_layers=model.num_layers, hidden_size=model.config.hidden_size,
+                           labels=["negative", "positive"], max_length=64)
+    path = tmp_path_factory.mktemp("bench") / "ckpt"
+    save_checkpoint(Checkpoint(model, tokenizer, config), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(bench_ckpt):
+    from adapler_export.checkpoint import load_checkpoint
+
+    return load_checkpoint(bench_ckpt)
+
+
+@pytest.fixture(scope="module")
+def exports(loaded, tmp_path_factory):
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    work = tmp_path_factory.mktemp("bench-work")
+    return common.export_models(loaded, work, log=lambda m: None)
+
+
+def sst2_texts(count: int) -> list:
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    return common.read_tsv(sst2_dir() / "dev.tsv")[0][:count]
+
+
+def test_full_onnx_matches_forward_full(loaded, exports):
+    from adapler_export.baseline import FullModelBackend, PyTorchFullBackend
+    from adapler_export.evaluation import encode
+
+    model = loaded.model
+    backend = FullModelBackend(exports["full"], model.num_layers, device="cpu")
+    ids, mask = encode(loaded.tokenizer, sst2_texts(12), 64)
+    rng = np.random.default_rng(0)
+    long_ids = rng.integers(1000, model.config.vocab_size, size=(2, 300)).astype(np.int32)
+    long_mask = np.ones_like(long_ids)
+    long_mask[1, 200:] = 0
+    for i, m in ((ids, mask), (long_ids, long_mask)):
+        want = model.forward_full(torch.from_numpy(i), torch.from_numpy(m)).detach().numpy()
+        out = backend.run(i, m)
+        assert np.abs(out.logits - want).max() <= 1e-4
+        assert len(out.kept) == model.num_layers
+        for kept in out.kept:  # no removal: every live position, in order, -1 padding
+            np.testing.assert_array_equal(kept, np.where(m == 1, np.arange(m.shape[1])[None], -1))
+        np.testing.assert_allclose(PyTorchFullBackend(model).run(i, m).logits, want, atol=1e-6)
+
+
+def _compact_case(rng, b, s, h, dtype=np.float32, dead_rows=0, all_dropped=0, full_rows=False):
+    hidden = rng.standard_normal((b, s, h)).astype(dtype)
+    lengths = np.full(b, s) if full_rows else rng.integers(1, s + 1, size=b)
+    mask = (np.arange(s)[None] < lengths[:, None]).astype(np.int32)
+    mask[:dead_rows] = 0
+    exp = np.exp(rng.standard_normal((b, s)) * 2) * np.maximum(mask, np.eye(1, s, dtype=np.int32))
+    scores = (exp / exp.sum(1, keepdims=True)).astype(np.float32)
+    scores[dead_rows:dead_rows + all_dropped, 1:] = 0.0
+    positions = np.where(mask == 1, np.arange(s)[None], -1).astype(np.int32)
+    return hidden, scores, mask, positions
+
+
+@pytest.mark.parametrize("b,s,h", [(1, 1, 8), (1, 25, 16), (3, 17, 16), (8, 64, 32), (2, 512, 8), (5, 2, 4)])
+@pytest.mark.parametrize("eta", [0.01, 0.25, 0.9, 1.0])
+def test_fast_link_is_bit_identical_to_reference(b, s, h, eta):
+    from adapler_export.backends.onnxruntime import token_compact_fast
+    from adapler_export.link import token_compact_numpy
+
+    rng = np.random.default_rng(b * 1000 + s + int(eta * 100))
+    cases = [_compact_case(rng, b, s, h, dead_rows=1 if b > 3 else 0, all_dropped=1 if b > 1 else 0),
+             _compact_case(rng, b, s, h, dtype=np.float16),
+             _compact_case(rng, b, s, h, full_rows=True)]
+    for case in cases:
+        want = token_compact_numpy(*case, eta)
+        got = token_compact_fast(*case, eta)
+        assert got.new_len == want.new_len
+        for g, w in zip(got[:3], want[:3]):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+    # Nothing dropped, no padding: the identity, without a copy.
+    hidden, _, mask, positions = _compact_case(rng, 1, s, h, full_rows=True)
+    scores = np.full((1, s), 1.0 / s, np.float32)
+    got = token_compact_fast(hidden, scores, mask, positions, 1.0)
+    assert got.hidden is hidden and got.new_len == s
+
+
+def test_onnxruntime_backend_matches_reference_when_dropping(loaded, exports):
+    from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+    from adapler_export.backends.pytorch import PyTorchBackend
+    from adapler_export.evaluation import encode
+
+    etas = [float(e) for e in loaded.model.eta.detach()]
+    backend = OnnxRuntimeBackend(exports["segments"], etas, device="cpu")
+    reference = PyTorchBackend(loaded.model)
+    texts = sst2_texts(24)
+    dropped = 0
+    for batch in (texts[:1], texts[1:2], texts[2:10], texts):
+        ids, mask = encode(loaded.tokenizer, batch, 64)
+        got, want = backend.run(ids, mask), reference.run(ids, mask)
+        assert np.abs(got.logits - want.logits).max() <= 1e-4
+        for g, w in zip(got.kept, want.kept):
+            np.testing.assert_array_equal(g, w)
+        dropped += int(mask.sum() - (got.kept[-1] >= 0).sum())
+    assert dropped > 0, "the test checkpoint should drop tokens"
+
+
+REQUIRED = ("backend", "device", "batch", "workload", "wallclock_speedup", "flops_speedup", "adaptive_s", "full_s",
+            "examples", "threads", "padded_flops_speedup", "adaptive_peak_rss_delta_mb", "full_peak_rss_delta_mb")
+
+
+def test_bench_cpu_quick_writes_results(bench_ckpt, exports, tmp_path):
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(BENCH / "bench_cpu.py"), "--ckpt", str(bench_ckpt), "--quick", "--name", "t",
+           "--output-dir", str(out), "--work-dir", str(exports["dir"].parent), "--batches", "1,2",
+           "--long-examples", "2", "--data", str(sst2_dir() / "dev.tsv")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "using cached exports" in proc.stdout
+    result = json.loads((out / "t-bench.json").read_text())
+    assert (out / "t-bench.png").stat().st_size > 0
+    assert result["quick"] and result["machine"]["cpu_model"] and result["machine"]["versions"]["onnxruntime"]
+    assert {(r["backend"], r["workload"], r["batch"]) for r in result["rows"]} == \
+        {(b, w, n) for b in ("onnxruntime", "pytorch") for w in ("sst2-dev", "long-256-512") for n in (1, 2)}
+    for row in result["rows"]:
+        for key in REQUIRED:
+            assert key in row, key
+        assert row["device"] == "cpu" and row["wallclock_speedup"] > 0 and row["flops_speedup"] > 1.0
+        assert row["adaptive_vs_full"]["label_agreement"] >= 0.0
+        if row["backend"] == "onnxruntime":  # same kept tokens as the PyTorch reference, batch by batch
+            assert row["adaptive_vs_pytorch_adaptive"]["kept_identical_fraction"] == 1.0
+            assert row["adaptive_vs_pytorch_adaptive"]["max_abs_logit_diff"] <= 1e-4
+    long_rows = [r for r in result["rows"] if r["workload"] == "long-256-512"]
+    assert all(256 <= r["mean_input_length"] <= 512 for r in long_rows)
+    profile = result["profile_onnxruntime_batch1"]["sst2-dev"]
+    assert profile["segments_ms"] > 0 and len(profile["per_link_ms"]) == 6 and profile["explanation"]
+
+
+def test_memory_probe_reports_a_peak(bench_ckpt, exports, tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import bench_cpu
+
+    batch = tmp_path / "b.npz"
+    np.savez(batch, input_ids=np.full((2, 16), 1000, np.int32), attention_mask=np.ones((2, 16), np.int32))
+    probe = bench_cpu.run_probe({"backend": "onnxruntime", "model": "adaptive", "ckpt": str(bench_ckpt), "threads": 1,
+                                 "segments": [str(p) for p in exports["segments"]], "full": str(exports["full"]),
+                                 "batch_file": str(batch)})
+    assert probe["peak_rss_delta_mb"] >= 0 and probe["rss_after_load_mb"] > 0 and probe["shape"] == [2, 16]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the script would benchmark")
+def test_bench_gpu_without_gpu_exits_with_a_message():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_gpu.py"), "--quick"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr

@@ -1,0 +1,359 @@
+"""Threshold calibration (sweep, Pareto front, operating point, derived checkpoint, plots) and INT8.
+
+The selection logic is tested on hand-made points; the sweep, the derived checkpoint and the INT8 artifact
+on the real CI checkpoint (session fixture), with small --samples so the whole file stays within minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adapler_export.errors import AdaplerError
+from calibration.sweep import (SweepPoint, default_scales, mark_pareto, objective, refine_per_layer,
+                               reference_accuracy, scaled_eta, select_point, temporary_eta,
+                               write_derived_checkpoint)
+
+try:  # tests/ as a package or as rootdir-relative modules (no tests/__init__.py)
+    from .conftest import sst2_dir
+except ImportError:
+    from conftest import sst2_dir
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def point(label, accuracy, speedup, kind="global", scale=1.0, eta=(0.3, 0.3)):
+    return SweepPoint(label, kind, scale, [scale] * len(eta), list(eta), accuracy, speedup, [10.0] * len(eta),
+                      [1.0] * len(eta), 100)
+
+
+def hand_made():
+    return [
+        point("none", 0.90, 0.99, kind="no-removal", scale=0.0, eta=(0.0, 0.0)),
+        point("a", 0.90, 1.10, scale=0.5),   # front: as accurate as no removal, faster
+        point("b", 0.88, 1.50, scale=1.0),   # front
+        point("c", 0.87, 1.40, scale=1.2),   # dominated by b
+        point("d", 0.86, 2.00, scale=2.0),   # front
+        point("e", 0.80, 2.00, scale=3.0),   # dominated by d (same speed, less accurate)
+        point("f", 0.70, 3.00, scale=4.0),   # front
+    ]
+
+
+def by_label(points):
+    return {p.label: p for p in points}
+
+
+# ----- selection logic on hand-made points --------------------------------------------------------------------
+def test_pareto_front_on_hand_made_points():
+    points = hand_made()
+    front = mark_pareto(points)
+    assert [p.label for p in front] == ["a", "b", "d", "f"]
+    flags = {p.label: p.pareto for p in points}
+    assert flags == {"none": False, "a": True, "b": True, "c": False, "d": True, "e": False, "f": True}
+
+
+def test_target_speedup_picks_the_most_accurate_fast_enough_point():
+    points = hand_made()
+    assert select_point(points, target_speedup=1.45).label == "b"
+    assert select_point(points, target_speedup=1.5).label == "b"  # the bound is inclusive
+    assert select_point(points, target_speedup=1.51).label == "d"  # d beats e at the same speed
+    assert select_point(points, target_speedup=2.5).label == "f"
+    # never the no-removal baseline, even for a target every point meets
+    assert select_point(points, target_speedup=0.5).label == "a"
+
+
+def test_max_accuracy_drop_picks_the_fastest_point_within_the_drop():
+    points = hand_made()
+    ref = reference_accuracy(points, "no-removal")
+    assert ref == pytest.approx(0.90)
+    assert select_point(points, max_accuracy_drop=0.0, reference_acc=ref).label == "a"
+    assert select_point(points, max_accuracy_drop=2.0, reference_acc=ref).label == "b"  # 0.88 >= 0.88
+    assert select_point(points, max_accuracy_drop=4.0, reference_acc=ref).label == "d"
+    assert select_point(points, max_accuracy_drop=50.0, reference_acc=ref).label == "f"
+    # reference = the checkpoint's own eta (scale 1.0, point b)
+    ref_ckpt = reference_accuracy(points, "checkpoint")
+    assert ref_ckpt == pytest.approx(0.88)
+    assert select_point(points, max_accuracy_drop=2.0, reference_acc=ref_ckpt).label == "d"
+
+
+def test_unreachable_targets_raise_clear_errors():
+    points = hand_made()
+    with pytest.raises(AdaplerError, match=r"target speedup 5x is unreachable.*3\.00x"):
+        select_point(points, target_speedup=5.0)
+    only_baseline = [point("none", 0.9, 0.99, kind="no-removal", scale=0.0, eta=(0.0, 0.0))]
+    with pytest.raises(AdaplerError, match="no point that removes tokens"):
+        select_point(only_baseline, target_speedup=0.5)
+    worse = [point("none", 0.95, 0.99, kind="no-removal", scale=0.0, eta=(0.0, 0.0)), point("x", 0.80, 2.0)]
+    with pytest.raises(AdaplerError, match=r"within 1 points.*80\.00%"):
+        select_point(worse, max_accuracy_drop=1.0, reference_acc=0.95)
+    with pytest.raises(AdaplerError, match="exactly one"):
+        select_point(points, target_speedup=2.0, max_accuracy_drop=1.0, reference_acc=0.9)
+    with pytest.raises(AdaplerError, match="accuracy points"):
+        select_point(points, max_accuracy_drop=-1.0, reference_acc=0.9)
+
+
+def test_scaled_eta_and_default_grid():
+    base = [0.2, 0.5, 0.05]
+    assert scaled_eta(base, [0, 0, 0]) == [0.0, 0.0, 0.0]
+    assert scaled_eta(base, [1, 1, 1]) == pytest.approx(base)
+    assert scaled_eta(base, [3, 3, 3]) == pytest.approx([0.6, 1.0, 0.15])  # clipped to 1
+    with pytest.raises(AdaplerError):
+        scaled_eta(base, [-1, 1, 1])
+    grid = default_scales(base, 20)
+    assert grid[0] == 0.0 and 1.0 in grid and 17 <= len(grid) <= 21
+    assert scaled_eta(base, [grid[-1]] * 3) == [1.0, 1.0, 1.0], "the top of the grid reaches eta = 1 everywhere"
+    assert grid == sorted(grid)
+
+
+class _FakeEvaluator:
+    """Accuracy falls and speed rises with each layer's scale; layer 1's scale costs no accuracy."""
+
+    def __init__(self):
+        self.base_eta = [0.2, 0.2, 0.2]
+        self.calls = 0
+
+    def evaluate(self, scales, label, kind, scale=None):
+        self.calls += 1
+        eta = scaled_eta(self.base_eta, scales)
+        speed = 1.0 + sum(eta)
+        acc = 0.9 - 0.05 * (eta[0] + eta[2])
+        return SweepPoint(label, kind, scale, list(scales), eta, acc, speed, [1.0] * 3, [1.0] * 3, 10)
+
+
+def test_refinement_accepts_only_moves_that_pay_against_the_target():
+    ev = _FakeEvaluator()
+    start = ev.evaluate([1.0, 1.0, 1.0], "start", "global", 1.0)
+    # max drop: the floor is the start accuracy, so only layer 1 may grow (free speed)
+    key = objective(None, 0.0, start.accuracy)
+    best, tried, steps = refine_per_layer(ev, start, key, multipliers=(0.5, 2.0), passes=3)
+    assert tried and steps
+    assert best.accuracy >= start.accuracy - 1e-12
+    assert best.flops_speedup > start.flops_speedup
+    assert best.eta[0] == start.eta[0] and best.eta[2] == start.eta[2]
+    assert best.eta[1] > start.eta[1]
+    assert all(s["layer"] == 1 for s in steps)
+    # target speedup: the most accurate point at >= the start's speed, so the free layer-1 speed is traded
+    key = objective(start.flops_speedup, None, None)
+    best, _, _ = refine_per_layer(ev, start, key, multipliers=(0.5, 2.0), passes=3)
+    assert best.flops_speedup >= start.flops_speedup - 1e-9 and best.accuracy > start.accuracy
+
+
+def test_derived_checkpoint_refuses_to_overwrite_its_source(tmp_path):
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    with pytest.raises(AdaplerError, match="overwrite its source"):
+        write_derived_checkpoint(src, src, [0.5], {})
+    with pytest.raises(AdaplerError, match="inside the source"):
+        write_derived_checkpoint(src, src / "sub", [0.5], {})
+
+
+# ----- the real checkpoint ---------------------------------------------------------------------------------
+def tree_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sweep_report(ci_checkpoint, tmp_path_factory):
+    """A target-free sweep (report only) on 64 dev sentences: what the targets below are chosen from."""
+    from calibration.sweep import CalibrateOptions, calibrate
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("sweep_report")
+    result = calibrate(ci_checkpoint, None, CalibrateOptions(data_dir=str(sst2_dir()), samples=64, num_scales=9,
+                                                             report_dir=str(out)), log=lambda *_: None)
+    return result
+
+
+@pytest.mark.slow
+def test_sweep_points_are_consistent(ci_checkpoint, sweep_report):
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.evaluation import evaluate_full
+    from training.data import load_task
+
+    points = sweep_report.points
+    none = next(p for p in points if p.kind == "no-removal")
+    # no removal keeps every token at every layer and matches the plain backbone's accuracy
+    assert none.kept_fraction_per_layer == pytest.approx([1.0] * len(none.kept_per_layer))
+    ckpt = load_checkpoint(ci_checkpoint)
+    dev = load_task("sst2", sst2_dir())["dev"].subset(64)
+    assert none.accuracy == pytest.approx(evaluate_full(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, 64))
+    # larger scales keep fewer tokens (monotone in every layer) and the largest one removes something
+    glob = sorted([p for p in points if p.kind == "global"], key=lambda p: p.scale)
+    for lo, hi in zip(glob, glob[1:]):
+        assert all(b <= a + 1e-9 for a, b in zip(lo.kept_per_layer, hi.kept_per_layer)), (lo.label, hi.label)
+    assert glob[-1].flops_speedup > 1.2, "the CI checkpoint must drop tokens at eta = 1"
+    assert glob[-1].eta == [1.0] * len(glob[-1].eta)
+    # the model's eta was restored after the sweep's in-place changes
+    assert sweep_report.record["source"]["eta"] == pytest.approx([float(e) for e in ckpt.model.eta])
+    # the report (no target): json + two valid PNGs, no checkpoint
+    assert sweep_report.checkpoint is None
+    for key in ("json", "tradeoff_png", "kept_png"):
+        assert sweep_report.files[key].is_file()
+    record = json.loads(sweep_report.files["json"].read_text())
+    assert record["chosen"] is None and len(record["points"]) == len(points)
+
+
+@pytest.mark.slow
+def test_temporary_eta_restores_even_on_error(ci_checkpoint):
+    from adapler_export.checkpoint import load_checkpoint
+
+    model = load_checkpoint(ci_checkpoint).model
+    before = model.eta.detach().clone()
+    with pytest.raises(RuntimeError):
+        with temporary_eta(model, [0.0] * model.num_layers):
+            assert float(model.eta.abs().sum()) == 0.0
+            raise RuntimeError("boom")
+    assert torch.equal(model.eta.detach(), before)
+
+
+@pytest.mark.slow
+def test_calibrate_cli_writes_derived_checkpoint_and_leaves_the_original(ci_checkpoint, sweep_report, tmp_path,
+                                                                        capsys):
+    from PIL import Image
+
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.cli import main
+    from adapler_export.evaluation import evaluate_adaptive
+    from training.data import load_task
+
+    removing = [p for p in sweep_report.points if p.removes]
+    speeds = sorted({round(p.flops_speedup, 3) for p in removing})
+    target = speeds[len(speeds) // 2] - 1e-3  # reachable, and not by every point
+    before = tree_digest(ci_checkpoint)
+    out = tmp_path / "calibrated"
+    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--target-speedup", f"{target:.4f}", "--samples", "64",
+               "--num-scales", "9", "--data-dir", str(sst2_dir()), "--output", str(out), "--measure",
+               "--measure-samples", "8", "--repeats", "2", "--threads", "1", "--json"])
+    assert rc == 0
+    record = json.loads(capsys.readouterr().out)
+    assert tree_digest(ci_checkpoint) == before, "the source checkpoint must not change"
+
+    chosen = record["chosen"]
+    target = record["target"]["flops_speedup"]  # as the CLI parsed it
+    assert chosen["flops_speedup"] >= target - 1e-9
+    feasible = [p for p in record["points"] if all(e > 0 for e in p["eta"]) and p["flops_speedup"] >= target - 1e-9]
+    assert chosen["accuracy"] == max(p["accuracy"] for p in feasible), "the most accurate point meeting the target"
+    front = [p for p in record["points"] if p["pareto"]]
+    for p in front:  # no point dominates a front point
+        assert not any(q["accuracy"] >= p["accuracy"] and q["flops_speedup"] >= p["flops_speedup"]
+                       and (q["accuracy"] > p["accuracy"] or q["flops_speedup"] > p["flops_speedup"])
+                       for q in record["points"])
+    measured = [p for p in record["points"] if p["measured_speedup"] is not None]
+    assert measured and all(p["measured_ms"] > 0 for p in measured)
+    assert record["measurement"]["keep_all_chain_ms"] > 0 and record["measurement"]["full_graph_ms"] > 0
+
+    # the derived checkpoint: new eta in heads + config, a calibration record, and it reproduces the point
+    derived = load_checkpoint(out)
+    assert [float(e) for e in derived.model.eta] == pytest.approx(chosen["eta"], abs=1e-7)
+    config = json.loads((out / "adapler_config.json").read_text())
+    assert config["eta"] == pytest.approx(chosen["eta"], abs=1e-7)
+    assert config["calibration"]["source"]["path"] == str(ci_checkpoint.resolve())
+    assert config["calibration"]["target"] == {"kind": "speedup", "flops_speedup": pytest.approx(target, abs=1e-4)}
+    original = load_checkpoint(ci_checkpoint)
+    assert torch.equal(original.model.eta, torch.tensor(config["calibration"]["source"]["eta"]))
+    dev = load_task("sst2", sst2_dir())["dev"].subset(64)
+    again = evaluate_adaptive(derived.model, derived.tokenizer, dev.texts, dev.labels, 64)
+    assert again.accuracy == pytest.approx(chosen["accuracy"])
+    assert again.flops_speedup == pytest.approx(chosen["flops_speedup"], rel=1e-6)
+
+    # plots and report beside calibration.json
+    report = out / "calibration"
+    assert json.loads((report / "calibration.json").read_text())["chosen"]["eta"] == chosen["eta"]
+    for name in ("tradeoff.png", "kept_per_layer.png"):
+        data = (report / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        with Image.open(report / name) as image:
+            image.verify()
+        with Image.open(report / name) as image:
+            assert image.size[0] > 400 and image.size[1] > 200
+
+
+@pytest.mark.slow
+def test_calibrate_cli_unreachable_target_fails_cleanly(ci_checkpoint, tmp_path, capsys):
+    from adapler_export.cli import main
+
+    out = tmp_path / "never"
+    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--target-speedup", "1000", "--samples", "32",
+               "--num-scales", "5", "--no-refine", "--data-dir", str(sst2_dir()), "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert "unreachable" in err[-1] and err[-1].startswith("adapler-export: error:")
+    assert not out.exists()
+
+
+# ----- INT8 ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
+    import onnx
+
+    from adapler_export.backends import load_backend
+    from adapler_export.cli import main
+    from adapler_export.evaluation import encode
+    from calibration.int8 import INT8_TOLERANCES
+
+    try:
+        import tensorrt_rtx  # noqa: F401
+        trt_args = ["--tensorrt", "--max-batch", "4"]
+    except ImportError:
+        trt_args = []
+    before = tree_digest(built_artifact)
+    out = tmp_path / "int8"
+    rc = main(["quantize", "--artifact", str(built_artifact), "--output", str(out), "--calib-samples", "32",
+               "--samples", "96", "--data-dir", str(sst2_dir()), "--threads", "1", "--json", *trt_args])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert tree_digest(built_artifact) == before
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    parity = json.loads((out / "parity.json").read_text())["end_to_end"]
+    assert parity["passed"] and parity["examples"] == 96
+    assert parity["label_agreement"] >= INT8_TOLERANCES.min_label_agreement
+    assert parity["flip_rate"] <= INT8_TOLERANCES.max_flip_rate
+    assert summary["accuracy"]["int8"] >= summary["accuracy"]["fp32_reference"] - 0.05
+    assert summary["speed"]["batch_1"]["int8_ms"] > 0
+
+    # the graphs: int8 QDQ in the encoder segments, the CP scoring path untouched
+    quant = manifest["quantization"]
+    for k, seg in enumerate(quant["segments"]):
+        model = onnx.load(str(out / "onnx" / seg["segment"]))
+        ops = {n.op_type for n in model.graph.node}
+        if k == 0:
+            assert "DequantizeLinear" not in ops, "segment 0 (embeddings + CP) has nothing to quantize"
+            continue
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops and len(seg["quantized_nodes"]) >= 6
+        cp_nodes = [n for n, why in seg["excluded"].items() if why.startswith("CP")]
+        assert cp_nodes, "the CP MatMuls are excluded"
+        producers = {o: n for n in model.graph.node for o in n.output}
+        for node in model.graph.node:
+            if node.name in cp_nodes:
+                assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear"
+                           for i in node.input), f"{node.name} reads a dequantized tensor"
+    assert (out / "onnx" / "single.onnx").is_file() and (out / "tokenizer").is_dir()
+
+    backend = load_backend(out, kind="onnxruntime")
+    from transformers import AutoTokenizer
+
+    ids, mask = encode(AutoTokenizer.from_pretrained(out / "tokenizer"), ["a gorgeous , witty film ."], 64)
+    result = backend.run(ids, mask)
+    assert result.logits.shape == (1, len(manifest["labels"])) and np.isfinite(result.logits).all()
+
+    if trt_args:  # TensorRT explicit quantization: engines from the symmetric QDQ graphs, or a recorded reason
+        engines = manifest["engines"]
+        assert engines["status"] in ("built", "partial", "failed", "not built")
+        if engines["status"] == "built":
+            plans = sorted((out / "engines").glob("segment_*.int8.plan"))
+            assert len(plans) == manifest["num_layers"] + 1
+        else:
+            assert engines.get("failures") or engines.get("reason")
+        graphs = quant["tensorrt_graphs"]
+        assert graphs["parity_via_onnxruntime"]["label_agreement"] >= INT8_TOLERANCES.min_label_agreement
+        sym = onnx.load(str(out / "onnx" / "tensorrt_int8" / "segment_01.onnx"))
+        zero_points = [onnx.numpy_helper.to_array(i) for i in sym.graph.initializer if i.name.endswith("zero_point")]
+        assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points), \
+            "TensorRT needs symmetric int8 (zero point 0)"

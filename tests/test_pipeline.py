@@ -1,0 +1,39 @@
+"""The CI-sized end-to-end run: all three training stages on an SST-2 subset, then `evaluate`."""
+import json
+
+import pytest
+
+from adapler_export.checkpoint import load_checkpoint
+from adapler_export.cli import main
+
+from .conftest import sst2_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_trained_model_drops_tokens_and_is_accurate(ci_checkpoint, capsys):
+    ckpt = load_checkpoint(ci_checkpoint)
+    training = ckpt.config.training
+    assert {"stage1", "stage3", "saliency"} <= set(training)
+    assert ckpt.config.data["train"]["examples"] == 4000
+    assert len(ckpt.config.data["train"]["sha256"]) == 64
+    assert main(["evaluate", "--ckpt", str(ci_checkpoint), "--data-dir", str(sst2_dir()), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "flops_speedup", "kept_per_layer"} <= set(result)
+    assert result["examples"] == 872
+    assert result["accuracy"] > 0.75, "far above chance (0.5) on SST-2 dev"
+    assert result["kept_fraction_per_layer"][-1] < 1.0, "the adaptive model must really drop tokens"
+    assert result["flops_speedup"] > 1.0
+    kept = result["kept_per_layer"]
+    assert all(a >= b for a, b in zip(kept, kept[1:])), "a dropped token never comes back"
+
+
+def test_training_resumes_finished_stages(ci_checkpoint, adapler_home, capsys):
+    """Re-running the same command reuses every finished stage (no retraining) and rewrites the checkpoint."""
+    from .conftest import CI_TRAIN_ARGS
+
+    before = (ci_checkpoint / "adapler_heads.safetensors").read_bytes()
+    assert main(["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]) == 0
+    err = capsys.readouterr().err
+    assert "stage 1: already done" in err and "stage 2: already done" in err and "stage 3: already done" in err
+    assert (ci_checkpoint / "adapler_heads.safetensors").read_bytes() == before
