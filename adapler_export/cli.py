@@ -32,7 +32,8 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone,
                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                      max_length=args.max_length, seed=args.seed, stage3_init=args.stage3_init)
+                      max_length=args.max_length, seed=args.seed, stage3_init=args.stage3_init,
+                      stage3_train_samples=args.stage3_train_samples)
     cfg.stage1.epochs, cfg.stage1.lr, cfg.stage1.batch_size = args.epochs_stage1, args.lr_stage1, args.batch_size
     cfg.stage3.epochs, cfg.stage3.batch_size = args.epochs_stage3, args.batch_size
     cfg.stage3.lambda_base, cfg.stage3.lambda_mult = args.lambda_schedule
@@ -153,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.005, help="KL weight")
     p.add_argument("--phi", type=float, default=0.0005, help="length-loss weight")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained"], default="finetuned")
-    p.add_argument("--stage3-samples-per-epoch", type=int)
+    p.add_argument("--stage3-samples-per-epoch", type=int, help="cap on stage-3 examples per epoch")
+    p.add_argument("--stage3-train-samples", type=int,
+                   help="run stages 2-3 on a fixed random subset of this many training examples")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
     p.set_defaults(func=cmd_train)

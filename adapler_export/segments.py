@@ -195,8 +195,14 @@ def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, prec
         with torch.no_grad():
             expected = module(*(torch.from_numpy(v) for v in feeds.values()))
         expected = expected if isinstance(expected, tuple) else (expected,)
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(None, feeds)
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(None, feeds)
+        except Exception as exc:  # ONNX Runtime raises its own exception types (e.g. NOT_IMPLEMENTED)
+            hint = " (this ONNX Runtime build lacks an fp16 kernel: build fp32, or use --backend tensorrt)" \
+                if precision == "fp16" else ""
+            raise AdaplerError(f"{spec.file_name}: ONNX Runtime cannot run the {precision} graph: "
+                               f"{str(exc).splitlines()[0]}{hint}") from exc
         tol = 1e-3 if precision == "fp32" else 5e-2
         for name, want, have in zip(spec.outputs, expected, got):
             want = want.float().numpy()

@@ -46,8 +46,11 @@ def build_sessions(paths, threads, global_pool=False):
 
 def make_chain(sessions, etas, link, raw=False):
     """The adaptive pipeline of OnnxRuntimeBackend.run, with a pluggable link and call style."""
+    import onnxruntime as ort
+
     names = [[o.name for o in s.get_outputs()] for s in sessions]
-    calls = [s._sess.run if raw else s.run for s in sessions]
+    options = ort.RunOptions()
+    calls = [(lambda n, f, c=s._sess.run: c(n, f, options)) if raw else s.run for s in sessions]
 
     def run(ids, mask):
         hidden, scores = calls[0](names[0], {"input_ids": ids, "attention_mask": mask})

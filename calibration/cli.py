@@ -79,6 +79,7 @@ def cmd_quantize(args) -> int:
     options = QuantizeOptions(calib_samples=args.calib_samples, calib_split=args.calib_split,
                               calibrate_method=args.method, per_channel=not args.per_tensor,
                               symmetric_activations=args.symmetric, quantize_attention=args.quantize_attention,
+                              quantize_ffn_out=args.quantize_ffn_out, quantize_outputs=args.quantize_outputs,
                               data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
                               threads=args.threads or 1, tensorrt=args.tensorrt, max_batch=args.max_batch,
                               max_seq=args.max_seq)
@@ -140,11 +141,15 @@ def add_calibrate_parser(subparsers) -> None:
     q.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
     q.add_argument("--calib-samples", type=int, default=256, help="sentences to calibrate on")
     q.add_argument("--calib-split", default="train", choices=["train", "dev"])
-    q.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    q.add_argument("--method", default="minmax", choices=["minmax", "minmax-moving-average"],
+                   help="activation ranges (histogram methods need equal shapes; compacted inputs are ragged)")
     q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
     q.add_argument("--symmetric", action="store_true",
                    help="symmetric int8 activations in the ONNX Runtime graphs too (default: uint8, faster on x86)")
     q.add_argument("--quantize-attention", action="store_true", help="also quantize Q.K^T and P.V")
+    q.add_argument("--quantize-ffn-out", action="store_true",
+                   help="also quantize the FFN down projection (faster, much less accurate: see README)")
+    q.add_argument("--quantize-outputs", action="store_true", help="also Q/DQ on MatMul outputs")
     q.add_argument("--data-dir", help="task data (train for calibration, dev for parity)")
     q.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
     q.add_argument("--tensorrt", action="store_true",

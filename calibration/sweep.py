@@ -256,6 +256,7 @@ def refine_per_layer(evaluator: Evaluator, start: SweepPoint, key: Callable, mul
                      passes: int = 2) -> tuple:
     """Greedy coordinate search on one layer's scale at a time. Returns (best point, tried points, steps)."""
     best, tried, steps = start, [], []
+    seen = {tuple(start.eta)}
     layers = len(start.layer_scales)
     for pass_index in range(passes):
         improved = False
@@ -263,9 +264,11 @@ def refine_per_layer(evaluator: Evaluator, start: SweepPoint, key: Callable, mul
             for m in multipliers:
                 scales = list(best.layer_scales)
                 scales[layer] = scales[layer] * m
-                if scaled_eta(evaluator.base_eta, scales) == best.eta:
-                    continue  # clipped at eta = 1: nothing new
-                label = "refined " + ",".join(f"{s:.3g}" for s in scales)
+                eta = tuple(scaled_eta(evaluator.base_eta, scales))
+                if eta in seen:
+                    continue  # evaluated already, or clipped at eta = 1: nothing new
+                seen.add(eta)
+                label = f"refined #{len(tried) + 1}: L{layer} x{m:g}"
                 point = evaluator.evaluate(scales, label, "refined")
                 tried.append(point)
                 if key(point) > key(best):
@@ -444,7 +447,6 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
                               start={"label": chosen.label, "accuracy": chosen.accuracy,
                                      "flops_speedup": chosen.flops_speedup})
             if best is not chosen:
-                best.label = "refined (chosen)"
                 log(f"refinement paid: {chosen.accuracy * 100:.2f}% / {chosen.flops_speedup:.2f}x -> "
                     f"{best.accuracy * 100:.2f}% / {best.flops_speedup:.2f}x")
             else:

@@ -45,6 +45,12 @@ def ci_checkpoint(adapler_home) -> Path:
     from adapler_export.cli import main
 
     data = sst2_dir()
+    reuse = os.environ.get("ADAPLER_TEST_CHECKPOINT")
+    if reuse:  # developers: reuse a checkpoint trained with CI_TRAIN_ARGS instead of training again
+        import shutil
+
+        shutil.copytree(reuse, adapler_home / "checkpoints" / "ci")
+        return adapler_home / "checkpoints" / "ci"
     rc = main(["train", "--task", "sst2", "--data-dir", str(data), "--output", "ci", *CI_TRAIN_ARGS])
     assert rc == 0
     return adapler_home / "checkpoints" / "ci"

@@ -143,7 +143,7 @@ def test_bench_cpu_quick_writes_results(bench_ckpt, exports, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, str(BENCH / "bench_cpu.py"), "--ckpt", str(bench_ckpt), "--quick", "--name", "t",
            "--output-dir", str(out), "--work-dir", str(exports["dir"].parent), "--batches", "1,2",
-           "--long-examples", "2", "--data", str(sst2_dir() / "dev.tsv")]
+           "--long-examples", "2", "--sst2-examples", "8", "--threads", "1", "--data", str(sst2_dir() / "dev.tsv")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "using cached exports" in proc.stdout

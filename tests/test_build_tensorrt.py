@@ -6,7 +6,7 @@ import pytest
 
 from adapler_export.cli import main
 
-from .conftest import sst2_dir
+from conftest import sst2_dir
 
 pytestmark = pytest.mark.slow
 

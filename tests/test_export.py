@@ -1,7 +1,9 @@
 """Segmented export, the single graph, `build` / `verify`, parity and polygraphy, on a real trained checkpoint."""
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -14,7 +16,7 @@ from adapler_export.evaluation import encode
 from adapler_export.parity import capture_segment_io
 from adapler_export.segments import export_segments
 
-from .conftest import sst2_dir
+from conftest import sst2_dir
 
 pytestmark = pytest.mark.slow
 
@@ -73,9 +75,16 @@ def test_single_graph_has_one_link_node_per_layer(built_artifact):
     assert [o.name for o in model.graph.output] == manifest["single_graph"]["outputs"]
 
 
+def polygraphy_cli() -> str:
+    beside_python = Path(sys.executable).with_name("polygraphy")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("polygraphy")
+    assert found, "the polygraphy command line (pip install polygraphy) is part of the test dependencies"
+    return found
+
+
 def test_polygraphy_cli_compares_a_segment_with_saved_pytorch_outputs(built_artifact):
     def run(segment, outputs_of):
-        cmd = [sys.executable, "-m", "polygraphy", "run", f"onnx/segment_{segment:02d}.onnx", "--onnxrt",
+        cmd = [polygraphy_cli(), "run", f"onnx/segment_{segment:02d}.onnx", "--onnxrt",
                "--load-inputs", f"polygraphy/segment_{segment:02d}.inputs.json",
                "--load-outputs", f"polygraphy/segment_{outputs_of:02d}.outputs.json", "--atol", "1e-4", "--rtol", "1e-4"]
         return subprocess.run(cmd, cwd=built_artifact, capture_output=True, text=True, timeout=300)

@@ -6,7 +6,7 @@ import pytest
 from adapler_export.checkpoint import load_checkpoint
 from adapler_export.cli import main
 
-from .conftest import sst2_dir
+from conftest import sst2_dir
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_trained_model_drops_tokens_and_is_accurate(ci_checkpoint, capsys):
 
 def test_training_resumes_finished_stages(ci_checkpoint, adapler_home, capsys):
     """Re-running the same command reuses every finished stage (no retraining) and rewrites the checkpoint."""
-    from .conftest import CI_TRAIN_ARGS
+    from conftest import CI_TRAIN_ARGS
 
     before = (ci_checkpoint / "adapler_heads.safetensors").read_bytes()
     assert main(["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]) == 0

@@ -22,7 +22,7 @@ from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
 
 from .common import seed_everything
-from .data import load_task
+from .data import TaskData, load_task
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
 from .stage3_adapler import Stage3Config, run_stage3
@@ -38,6 +38,9 @@ class TrainConfig:
     max_length: int = 64
     seed: int = 42
     stage3_init: str = "finetuned"  # or "pretrained" (the official README's choice)
+    # Stages 2-3 on a fixed random subset of the training split (None: all of it). Saliency extraction
+    # and CP training then cost in proportion; stage 1 still fine-tunes on everything.
+    stage3_train_samples: int | None = None
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage3: Stage3Config = field(default_factory=Stage3Config)
 
@@ -47,8 +50,10 @@ class TrainConfig:
         settings = dataclasses.asdict(self)
         stage3 = settings.pop("stage3")
         settings.pop("stage3_init")
+        settings.pop("stage3_train_samples")
         key1 = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-        key3 = hashlib.sha256(json.dumps([key1, stage3, self.stage3_init], sort_keys=True).encode()).hexdigest()[:10]
+        key3 = hashlib.sha256(json.dumps([key1, stage3, self.stage3_init, self.stage3_train_samples],
+                                         sort_keys=True).encode()).hexdigest()[:10]
         return key1, key3
 
 
@@ -77,11 +82,17 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     started = time.time()
 
     stage1 = run_stage1(model, tokenizer, data, cfg.stage1, work_dir / f"stage1-{key1}", log=log)
-    saliencies = run_stage2(model, tokenizer, data, cfg.max_length, work_dir / f"stage2-{key1}", log=log)
+    stage3_data = data
+    if cfg.stage3_train_samples is not None:
+        stage3_data = TaskData(data.task, data.labels, dict(data.splits))
+        stage3_data.splits["train"] = data["train"].subset(cfg.stage3_train_samples, cfg.seed + 1)
+    subset = "" if cfg.stage3_train_samples is None else f"-n{len(stage3_data['train'])}"
+    saliencies = run_stage2(model, tokenizer, stage3_data, cfg.max_length, work_dir / f"stage2-{key1}{subset}",
+                            log=log)
     if cfg.stage3_init == "pretrained":
         pretrained, _ = load_backbone(cfg.backbone, len(data.labels), id2label)
         model.backbone.load_state_dict(pretrained.state_dict())
-    stage3 = run_stage3(model, tokenizer, data, saliencies, cfg.stage3, work_dir / f"stage3-{key3}",
+    stage3 = run_stage3(model, tokenizer, stage3_data, saliencies, cfg.stage3, work_dir / f"stage3-{key3}",
                         stage1["dev_accuracy"], log=log)
 
     final = evaluate_adaptive(model, tokenizer, data["dev"].texts, data["dev"].labels, cfg.max_length)
@@ -91,8 +102,8 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         backbone=cfg.backbone, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
         labels=data.labels, max_length=cfg.max_length, task=cfg.task,
         lambda_final=stage3["lambda_final"],
-        data={split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
-              for split in ("train", "dev")},
+        data={**{split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
+                 for split in ("train", "dev")}, "stage3_train_examples": len(stage3_data["train"])},
         training={"config": dataclasses.asdict(cfg), "stage1": stage1, "stage3": stage3,
                   "saliency": "gradient x input at the embedding output, best stage-1 epoch only",
                   "seconds": round(time.time() - started, 1)},
