@@ -57,7 +57,7 @@ from adapler_export.errors import AdaplerError, ParityError
 from adapler_export.parity import Tolerances
 
 #: int8 parity bounds: reported in full, bounded loosely (see the module docstring)
-INT8_TOLERANCES = Tolerances(max_abs_logit=None, mean_abs_logit=0.3, max_flip_rate=0.05, min_label_agreement=0.97)
+INT8_TOLERANCES = Tolerances.for_precision("int8")
 CALIBRATION_METHODS = ("minmax", "minmax-moving-average")
 TENSORRT_GRAPHS = "tensorrt_int8"  # onnx/<this>/segment_XX.onnx: the symmetric QDQ graphs engines are built from
 

@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from adapler_export.backends import BackendOutput, as_int32_inputs
 from adapler_export.backends.onnxruntime import OnnxRuntimeBackend, session_options
-from adapler_export.link import token_compact_numpy
 
 
 class SweepOrtBackend(OnnxRuntimeBackend):
     """The ONNX Runtime segment chain with settable thresholds; eta <= 0 at a link means "no removal":
-    the link is skipped (every token goes on, nothing is compacted)."""
+    the link is skipped (every token goes on, nothing is compacted), as `OnnxRuntimeBackend.run` does."""
 
     name = "onnxruntime-sweep"
 
@@ -47,55 +43,13 @@ class SweepOrtBackend(OnnxRuntimeBackend):
         self.etas = etas
         return self
 
-    def run(self, input_ids, attention_mask) -> BackendOutput:
-        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
-        hidden, scores = self.sessions[0].run(None, {"input_ids": input_ids, "attention_mask": mask})
-        positions = np.where(mask == 1, np.arange(mask.shape[1], dtype=np.int32)[None], -1).astype(np.int32)
-        kept, logits = [], None
-        for index, session in enumerate(self.sessions[1:]):
-            if self.etas[index] > 0:
-                hidden, mask, positions, _ = token_compact_numpy(hidden, scores, mask, positions, self.etas[index])
-            kept.append(positions)
-            outputs = session.run(None, {"hidden": hidden, "attention_mask": mask})
-            if index + 1 < len(self.etas):
-                hidden, scores = outputs
-            else:
-                logits = outputs[0]
-        return BackendOutput(logits.astype(np.float32), kept)
-
-
-class _FullGraph(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model.forward_full(input_ids, attention_mask).float()
 
 
 def export_full_graph(model, path: Path) -> Path:
     """One ONNX graph of the plain backbone classifier (no CPs, no links), checked against PyTorch."""
-    import onnxruntime as ort
+    from adapler_export.baseline import export_full_onnx
 
-    from adapler_export.segments import OPSET
-
-    module = _FullGraph(model).eval()
-    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 2204, 3185, 102, 0, 0]], dtype=torch.int32)
-    mask = (ids != 0).to(torch.int32)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], opset_version=OPSET, do_constant_folding=True, dynamo=False,
-                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                        "logits": {0: "batch"}})
-    module.eval()
-    with torch.no_grad():
-        want = module(ids, mask).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
-    if not np.allclose(want, got, atol=1e-3):
-        raise RuntimeError(f"full-graph export differs from PyTorch by {np.abs(want - got).max():.3g}")
-    return path
+    return export_full_onnx(model, path)
 
 
 def encode_single(tokenizer, texts, max_length: int) -> list:

@@ -54,6 +54,8 @@ def test_pareto_front_on_hand_made_points():
     assert [p.label for p in front] == ["a", "b", "d", "f"]
     flags = {p.label: p.pareto for p in points}
     assert flags == {"none": False, "a": True, "b": True, "c": False, "d": True, "e": False, "f": True}
+    twins = [point("x", 0.8, 2.0), point("y", 0.8, 2.0), point("z", 0.7, 1.0)]
+    assert [p.label for p in mark_pareto(twins)] == ["x", "y"], "equal points do not dominate each other"
 
 
 def test_target_speedup_picks_the_most_accurate_fast_enough_point():
@@ -206,7 +208,7 @@ def test_temporary_eta_restores_even_on_error(ci_checkpoint):
     before = model.eta.detach().clone()
     with pytest.raises(RuntimeError):
         with temporary_eta(model, [0.0] * model.num_layers):
-            assert float(model.eta.abs().sum()) == 0.0
+            assert float(model.eta.detach().abs().sum()) == 0.0
             raise RuntimeError("boom")
     assert torch.equal(model.eta.detach(), before)
 
@@ -284,6 +286,30 @@ def test_calibrate_cli_unreachable_target_fails_cleanly(ci_checkpoint, tmp_path,
     assert rc == 2
     assert "unreachable" in err[-1] and err[-1].startswith("adapler-export: error:")
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_measurement_backend_matches_the_reference(ci_checkpoint, built_artifact):
+    """The timed chain computes what the reference computes, keep-all (eta 0: links skipped) included."""
+    from adapler_export.backends.pytorch import PyTorchBackend
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.evaluation import encode
+    from calibration.measure import SweepOrtBackend
+
+    ckpt = load_checkpoint(ci_checkpoint)
+    layers = ckpt.model.num_layers
+    backend = SweepOrtBackend([built_artifact / "onnx" / f"segment_{k:02d}.onnx" for k in range(layers + 1)])
+    ids, mask = encode(ckpt.tokenizer, ["a gorgeous , witty , seductive movie .", "the film is strictly routine .",
+                                        "it 's a charming and often affecting journey , full of small surprises ."], 64)
+    for eta in ([0.0] * layers, [0.6] * layers, [1.0] * layers):
+        got = backend.set_etas(eta).run(ids, mask)
+        with temporary_eta(ckpt.model, eta):
+            want = PyTorchBackend(ckpt.model).run(ids, mask)
+        np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
+        for g, w in zip(got.kept, want.kept):
+            np.testing.assert_array_equal(g, w)
+        if eta[0] == 0.0:
+            assert all((k >= 0).sum() == mask.sum() for k in got.kept), "keep-all keeps every live token"
 
 
 # ----- INT8 ----------------------------------------------------------------------------------------------------

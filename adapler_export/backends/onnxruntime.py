@@ -1,4 +1,4 @@
-"""ONNX Runtime backend: the segment graphs, chained from Python, linked by the reference link.
+"""ONNX Runtime backend: the segment graphs, chained from Python, linked by the reference link rule.
 
 Session settings matter on small CPUs (../shared/DESIGN.md §7): with default settings every session's
 intra-op threads spin and the chain of sessions fights over the cores (39 ms against 6.6 ms for one
@@ -8,10 +8,17 @@ The link runs `token_compact_fast`: the reference rule (`link.keep_mask_numpy`) 
 bit-identical to `link.token_compact_numpy` (pure copies). The reference's per-element
 `take_along_axis` cost 0.05 ms at [1, 25, 384] and 24 ms at [32, 512, 384] per link; a row gather costs
 about what copying the kept rows costs, and nothing at all when every slot of every row is kept.
+
+Memory: every session used to keep its own CPU arena at its own peak, so a chain of L+1 sessions held
+about L+1 times the activation memory of one graph (peak RSS growth 2.2 GB vs 0.46 GB on [8, 505] long
+texts, MiniLM-L6). `session_options` now registers one CPU arena in ONNX Runtime's environment (once per
+process) and makes sessions allocate from it (`session.use_env_allocators`): the segments run one after
+another, so they reuse the same memory. Speed unchanged (interleaved runs: 1.00-1.02x).
 """
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +28,32 @@ from ..link import CompactResult, keep_mask_numpy
 from . import Backend, BackendOutput, as_int32_inputs
 
 
+_SHARED_ARENA = {"registered": False, "lock": threading.Lock()}
+
+
+def register_shared_cpu_arena() -> bool:
+    """Register, once per process, a CPU arena allocator in ONNX Runtime's environment; sessions created
+    with `session.use_env_allocators = 1` allocate from it instead of from an arena of their own."""
+    import onnxruntime as ort
+
+    with _SHARED_ARENA["lock"]:
+        if not _SHARED_ARENA["registered"]:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+                _SHARED_ARENA["registered"] = True
+            except (AttributeError, RuntimeError) as exc:  # pragma: no cover - older/odd builds: own arenas
+                _SHARED_ARENA["error"] = str(exc)
+        return _SHARED_ARENA["registered"]
+
+
 def session_options(threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if register_shared_cpu_arena():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -100,7 +128,8 @@ class OnnxRuntimeBackend(Backend):
         positions = np.where(mask == 1, np.arange(mask.shape[1], dtype=np.int32)[None], -1).astype(np.int32)
         kept = []
         for index, session in enumerate(self.sessions[1:]):
-            hidden, mask, positions, _ = self.link(hidden, scores, mask, positions, self.etas[index])
+            if self.etas[index] > 0:  # a threshold of 0 disables the link: every token goes on (calibration)
+                hidden, mask, positions, _ = self.link(hidden, scores, mask, positions, self.etas[index])
             kept.append(positions)
             outputs = session.run(None, {"hidden": hidden, "attention_mask": mask})
             if index + 1 < len(self.etas):

@@ -36,7 +36,7 @@ from . import Backend, BackendOutput, as_int32_inputs
 
 log = logging.getLogger(__name__)
 
-SEGMENT_PLAN_RE = re.compile(r"segment_(\d+)\.(fp32|fp16)\.plan$")
+SEGMENT_PLAN_RE = re.compile(r"segment_(\d+)\.(fp32|fp16|int8)\.plan$")
 
 
 class TensorRTBackendUnavailable(AdaplerError, RuntimeError):

@@ -562,6 +562,77 @@ def timing(torch, lib, rng, quick: bool) -> list[dict]:
     return rows
 
 
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def run_segments(model, precision: str, input_ids, attention_mask, link_fn, device):
+    """The whole adaptive model as PyTorch segments (adapler_export.segments) linked by `link_fn`
+    (the CUDA kernel on a GPU). Returns logits [B,C] and the kept positions per link, on the host."""
+    import torch
+
+    from adapler_export.segments import precision_model, segment_modules
+
+    modules = [m.to(device) for m in segment_modules(precision_model(model, precision))]
+    ids = torch.as_tensor(input_ids, dtype=torch.int32, device=device)
+    mask = torch.as_tensor(attention_mask, dtype=torch.int32, device=device)
+    positions = torch.where(mask == 1, torch.arange(mask.shape[1], device=device, dtype=torch.int32)[None],
+                            torch.full_like(mask, -1))
+    kept = []
+    with torch.no_grad():
+        hidden, scores = modules[0](ids, mask)
+        for k, module in enumerate(modules[1:]):
+            hidden, mask, positions, _ = link_fn(hidden, scores, mask, positions, float(model.eta[k]))
+            kept.append(positions.cpu().numpy())
+            out = module(hidden, mask)
+            if k + 1 < len(modules) - 1:
+                hidden, scores = out
+            else:
+                logits = out
+    return logits.float().cpu().numpy(), kept
+
+
+def end_to_end(checks: Checks, ckpt: str, link_fn, device, samples: int, label: str) -> list:
+    """Adaptive model on `device` with `link_fn` against the CPU fp32 reference (`forward_hard`) on SST-2
+    dev sentences: fp32 must keep every decision and agree within 1e-3; fp16 is bounded like a build."""
+    import copy
+
+    from adapler_export.backends.pytorch import PyTorchBackend
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.evaluation import encode
+    from adapler_export.parity import Tolerances, kept_matrix
+    from training.data import load_task
+
+    loaded = load_checkpoint(ckpt)
+    texts = load_task(loaded.config.task)["dev"].texts[:samples]
+    reference = PyTorchBackend(loaded.model)
+    rows = []
+    for precision in ("fp32", "fp16"):
+        diffs, flips, decisions, agree = [], 0, 0, 0
+        for start in range(0, len(texts), 32):
+            ids, mask = encode(loaded.tokenizer, texts[start:start + 32], loaded.config.max_length)
+            ref = reference.run(ids, mask)
+            logits, kept = run_segments(copy.deepcopy(loaded.model), precision, ids, mask, link_fn, device)
+            diffs.append(np.abs(ref.logits - logits).ravel())
+            agree += int((ref.logits.argmax(-1) == logits.argmax(-1)).sum())
+            live = mask == 1
+            for r, c in zip(ref.kept, kept):
+                flips += int((kept_matrix(r, mask.shape[1]) != kept_matrix(c, mask.shape[1]))[live].sum())
+                decisions += int(live.sum())
+        diffs = np.concatenate(diffs)
+        tol = Tolerances.for_precision(precision)
+        row = {"precision": precision, "examples": len(texts), "max_abs_logit_diff": float(diffs.max()),
+               "label_agreement": agree / len(texts), "flip_rate": flips / max(1, decisions), "flips": flips}
+        ok = row["flip_rate"] <= tol.max_flip_rate and row["label_agreement"] >= tol.min_label_agreement and \
+            (tol.max_abs_logit is None or row["max_abs_logit_diff"] <= tol.max_abs_logit)
+        line = (f"[e2e {label}] {precision}: {len(texts)} SST-2 dev sentences, max |dlogit| "
+                f"{row['max_abs_logit_diff']:.3g}, label agreement {row['label_agreement']:.4f}, "
+                f"flips {flips}/{decisions}")
+        if checks.check(ok, line):
+            print(f"  ok   {line}")
+        rows.append(row)
+    return rows
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -577,6 +648,12 @@ def main(argv=None) -> int:
                     help="also compile the kernel source as host C++ with a CPU emulation of CUDA blocks, warps "
                          "and barriers (tools/host_emu) and run the GPU correctness checks on it; no GPU needed, "
                          "no timing, not a substitute for the GPU run")
+    ap.add_argument("--ckpt", default=None,
+                    help="checkpoint for the end-to-end check (default: $ADAPLER_HOME/checkpoints/sst2 if present)")
+    ap.add_argument("--e2e-samples", type=int, default=256, help="SST-2 dev sentences for the end-to-end check")
+    ap.add_argument("--e2e-cpu-wiring", action="store_true",
+                    help="without a GPU: run the end-to-end chaining on the CPU with the reference link "
+                         "(checks the wiring of this script, not the kernel)")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = np.random.default_rng(seed)
@@ -642,6 +719,25 @@ def main(argv=None) -> int:
         except Exception:
             traceback.print_exc()
             checks.check(False, "GPU checks raised")
+    ckpt = a.ckpt
+    if ckpt is None:
+        from adapler_export.checkpoint import checkpoints_dir
+        ckpt = str(checkpoints_dir() / "sst2") if (checkpoints_dir() / "sst2").is_dir() else None
+    if ckpt is not None and has_gpu and lib is not None:
+        from adapler_export.link_cuda import token_compact_cuda
+        try:
+            report["end_to_end"] = end_to_end(
+                checks, ckpt, lambda *x: token_compact_cuda(*x, library=lib), torch.device("cuda"),
+                a.e2e_samples, "GPU, CUDA link")
+        except Exception:
+            traceback.print_exc()
+            checks.check(False, "end-to-end GPU check raised")
+    elif ckpt is not None and a.e2e_cpu_wiring:
+        from adapler_export.link import token_compact_torch
+        report["end_to_end_cpu_wiring"] = end_to_end(checks, ckpt, token_compact_torch, torch.device("cpu"),
+                                                     a.e2e_samples, "CPU wiring, reference link")
+    elif ckpt is None:
+        print("[e2e] no checkpoint (pass --ckpt): the end-to-end check was skipped")
     report.update(passed=checks.passed, failed=checks.failed, gpu_skipped=skip_reason)
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))
