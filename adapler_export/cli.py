@@ -90,8 +90,7 @@ def cmd_build(args) -> int:
     options = BuildOptions(precision=precision, backend=args.backend, samples=args.samples, data_dir=args.data_dir,
                            max_batch=args.max_batch, max_seq=args.max_seq)
     result = build_artifact(args.ckpt, args.output, options, log=_log, progress=_progress)
-    print(result.parity.table())
-    print(f"artifact: {result.path}")
+    print(f"artifact: {result.path}")  # the parity table went to stderr with the build log
     return 0
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from adapler_export.backends import BackendOutput, as_int32_inputs
 from adapler_export.backends.onnxruntime import OnnxRuntimeBackend, session_options
 
 

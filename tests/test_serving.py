@@ -212,7 +212,7 @@ def test_cli_parsers(dev_artifact, tmp_path, capsys):
     sub = parser.add_subparsers(dest="command", required=True)
     add_triton_parser(sub)
     add_serve_parser(sub)
-    args = parser.parse_args(["triton", str(dev_artifact), "--out", str(tmp_path / "repo"), "--max-batch", "4"])
+    args = parser.parse_args(["triton", "--artifact", str(dev_artifact), "--repo", str(tmp_path / "repo"), "--max-batch", "4"])
     assert args.func(args) == 0
     assert "model repository written" in capsys.readouterr().out
     assert R.parse_config(tmp_path / "repo" / R.TEXT_MODEL / "config.pbtxt").max_batch_size == 4
