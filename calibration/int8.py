@@ -485,8 +485,8 @@ def build_int8_engines(onnx_dir, num_segments: int, engines_dir, hidden_size: in
         shutil.rmtree(engines_dir, ignore_errors=True)
     return {"flavor": flavor, "version": trt.__version__, "status": status, "segments": records,
             "failures": failures, "precision": "int8",
-            "runtime": "calibration.int8.load_int8_tensorrt_backend(artifact) on a GPU machine "
-                       "(TensorRTSegmentsBackend.from_artifact only globs fp32/fp16 plans)"}
+            "runtime": "calibration.int8.load_int8_tensorrt_backend(artifact), or "
+                       "`adapler-export verify --artifact DIR --backend tensorrt`, on a GPU machine"}
 
 
 def _has_gpu() -> bool:
