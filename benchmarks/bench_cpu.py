@@ -412,16 +412,9 @@ def main(argv=None) -> int:
 
     exports = export_models_logged(ckpt, work_dir, log)
     data_path = common.sst2_data_path(args.data)
-    workloads = []
-    for w in [w for w in args.workloads.split(",") if w]:
-        if w == "sst2":
-            workloads.append(common.sst2_workload(tokenizer, data_path, ckpt.config.max_length, args.sst2_examples))
-        elif w == "long":
-            max_len = min(args.long_max_length, model.config.max_position_embeddings)
-            workloads.append(common.long_workload(tokenizer, data_path, args.long_examples, min(common.LONG_MIN, max_len),
-                                                  max_len))
-        else:
-            raise SystemExit(f"unknown workload {w!r} (sst2, long)")
+    workloads = common.workloads_from_names(args.workloads, tokenizer, data_path, ckpt.config.max_length,
+                                            model.config.max_position_embeddings, args.sst2_examples,
+                                            args.long_examples, args.long_max_length)
     for w in workloads:
         s = w.summary()
         log(f"workload {s['name']}: {s['examples']} examples, length {s['min_length']}-{s['max_length_seen']} "

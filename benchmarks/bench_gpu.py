@@ -203,14 +203,9 @@ def main(argv=None) -> int:
     link, link_info = resolve_link(args.link)
     log(f"link: {link_info}")
     data_path = common.sst2_data_path(args.data)
-    workloads = []
-    for w in [w for w in args.workloads.split(",") if w]:
-        if w == "sst2":
-            workloads.append(common.sst2_workload(tokenizer, data_path, ckpt.config.max_length, args.sst2_examples))
-        elif w == "long":
-            workloads.append(common.long_workload(tokenizer, data_path, args.long_examples))
-        else:
-            raise SystemExit(f"unknown workload {w!r} (sst2, long)")
+    workloads = common.workloads_from_names(args.workloads, tokenizer, data_path, ckpt.config.max_length,
+                                            model.config.max_position_embeddings, args.sst2_examples,
+                                            args.long_examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started, load_start = time.time(), common.load_average()
     rows = []

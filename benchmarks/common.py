@@ -99,6 +99,23 @@ def long_workload(tokenizer, path: Path, count: int, min_len: int = LONG_MIN, ma
                     f"consecutive SST-2 dev sentences joined to {min_len}-{max_len} wordpieces (uniform, seed {seed})")
 
 
+def workloads_from_names(names: str, tokenizer, path: Path, max_length: int, max_positions: int,
+                         sst2_examples: int | None = None, long_examples: int = 32,
+                         long_max_length: int = LONG_MAX) -> list:
+    """The comma-separated workloads of a bench command line ("sst2", "long"); long texts are capped at the
+    model's position embeddings."""
+    workloads = []
+    for name in [n for n in names.split(",") if n]:
+        if name == "sst2":
+            workloads.append(sst2_workload(tokenizer, path, max_length, sst2_examples))
+        elif name == "long":
+            max_len = min(long_max_length, max_positions)
+            workloads.append(long_workload(tokenizer, path, long_examples, min(LONG_MIN, max_len), max_len))
+        else:
+            raise SystemExit(f"unknown workload {name!r} (sst2, long)")
+    return workloads
+
+
 def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False) -> list:
     """[(input_ids [B,S], attention_mask [B,S], example indices)], right-padded to the batch maximum.
     Dataset order by default (what a server sees); `sort` groups similar lengths (less padding)."""
