@@ -34,12 +34,19 @@ def test_missing_data_folder(tmp_path):
     assert_clean_error(result, "does not exist", tmp_path)
 
 
-def test_malformed_tsv_row(tmp_path):
+@pytest.mark.parametrize("train_text,dev_text,fragment", [
+    ("sentence\tlabel\ngood movie\t1\nbad\tmovie\t0\n", "sentence\tlabel\nfine\t1\n",
+     "train.tsv:3: expected 2 fields, got 3"),  # malformed row, reported with file and line
+    ("sentence\tlabel\n", "sentence\tlabel\nfine\t1\n", "no examples"),  # empty dataset
+    ("sentence\tlabel\ngood\t1\n", None, "has no dev.tsv"),  # missing split
+], ids=["malformed-row", "empty-dataset", "missing-split"])
+def test_bad_data_folder(tmp_path, train_text, dev_text, fragment):
     data = tmp_path / "data"
-    write_split(data, "train.tsv", "sentence\tlabel\ngood movie\t1\nbad\tmovie\t0\n")
-    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    write_split(data, "train.tsv", train_text)
+    if dev_text is not None:
+        write_split(data, "dev.tsv", dev_text)
     result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
-    assert_clean_error(result, "train.tsv:3: expected 2 fields, got 3", tmp_path)
+    assert_clean_error(result, fragment, tmp_path)
 
 
 def test_bad_label(tmp_path):
@@ -48,21 +55,6 @@ def test_bad_label(tmp_path):
     write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
     with pytest.raises(Exception, match="label 'maybe'"):
         load_folder("sst2", data)
-
-
-def test_empty_dataset(tmp_path):
-    data = tmp_path / "data"
-    write_split(data, "train.tsv", "sentence\tlabel\n")
-    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
-    result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
-    assert_clean_error(result, "no examples", tmp_path)
-
-
-def test_missing_split(tmp_path):
-    data = tmp_path / "data"
-    write_split(data, "train.tsv", "sentence\tlabel\ngood\t1\n")
-    result = run_cli("train", "--data-dir", str(data), "--output", "x", env_home=tmp_path)
-    assert_clean_error(result, "has no dev.tsv", tmp_path)
 
 
 def test_unknown_backbone(tmp_path):
