@@ -1,9 +1,11 @@
-"""`build`: checkpoint -> verified deployable artifact (../shared/DESIGN.md §3).
+"""`build`: checkpoint -> verified deployable artifact (../shared/DESIGN.md §3, docs/INTERFACES.md).
 
 Steps: export the segments (validated one by one), join them into single.onnx with link nodes, save the
-tokenizer, build TensorRT engines where asked, check every segment with polygraphy, run end-to-end parity
-against the PyTorch reference, write manifest.json. Everything happens in a temporary directory that is
-renamed into place only when parity passes: a failed build leaves no artifact.
+tokenizer, build TensorRT engines where asked, check every segment with polygraphy, write the manifest
+(the contract, with every file's digest), then run end-to-end parity against the PyTorch reference for
+every backend kind the artifact has and this machine can run (the others are named, with the reason).
+Everything happens in a temporary folder renamed into place only when parity passes: a failed build
+leaves no artifact, and an existing folder is replaced only if it is an earlier artifact and `force`.
 """
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .backends.onnxruntime import OnnxRuntimeBackend
-from .backends.pytorch import PyTorchBackend
-from .checkpoint import atomic_directory, checkpoint_digest, load_checkpoint, resolve_output_dir
-from .errors import AdaplerError, ParityError
-from .parity import ParityReport, Tolerances, capture_segment_io, compare_backends, polygraphy_segment_check
-from .segments import OPSET, build_single_graph, export_segments
+from .artifact import EnginesRecord, Manifest, write_manifest
+from .checkpoint import checkpoint_digest, load_checkpoint
+from .data import parity_texts
+from .errors import AdaplerError, BackendUnavailable, ParityError
+from .evaluation import encode
+from .parity import (ParityReport, Tolerances, artifact_backend_kinds, capture_segment_io, compare_backends,
+                     polygraphy_segment_check)
+from .segments import LINK_DOMAIN, LINK_OP, build_single_graph, export_segments
+from .specs import OPSET
+from .storage import atomic_directory, check_output_dir, resolve_output_dir
 
 BACKENDS = ("onnxruntime", "tensorrt")
+POLYGRAPHY_EXAMPLES = 8
 
 
 @dataclass
@@ -35,37 +42,30 @@ class BuildOptions:
     opt_batch: int = 1
     batch_size: int = 32  # parity batches
     tolerances: Tolerances | None = None
+    force: bool = False  # replace an earlier artifact at the output
 
 
 @dataclass
 class BuildResult:
     path: Path
     parity: ParityReport
-    manifest: dict
-
-
-def parity_texts(task: str, data_dir: str | None, samples: int | None) -> list:
-    from training.data import load_task
-
-    dev = load_task(task, data_dir)["dev"]
-    return list(dev.texts if samples is None else dev.subset(samples).texts)
+    manifest: Manifest
 
 
 def tool_versions() -> dict:
     import onnx
     import onnxruntime
+    import polygraphy
     import torch
     import transformers
 
-    versions = {"adapler_export": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-    try:
-        import polygraphy
+    return {"adapler_export": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "polygraphy": polygraphy.__version__,
+            "python": platform.python_version()}
 
-        versions["polygraphy"] = polygraphy.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    return versions
+
+def default_artifact_name(ckpt_path: Path, precision: str) -> str:
+    return f"{ckpt_path.name}-{precision}"
 
 
 def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOptions | None = None,
@@ -74,84 +74,73 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
     if options.backend not in BACKENDS:
         raise AdaplerError(f"--backend must be one of {BACKENDS}, got {options.backend!r}")
     ckpt = load_checkpoint(ckpt_name)
+    out = resolve_output_dir(output or default_artifact_name(ckpt.path, options.precision), "artifacts")
+    check_output_dir(out, "artifact", options.force, inputs=[ckpt.path])  # before any work
     model, config = ckpt.model, ckpt.config
     max_seq = options.max_seq or config.max_length
-    out = resolve_output_dir(output, "artifacts") if output else \
-        resolve_output_dir(f"{ckpt.path.name}-{options.precision}", "artifacts")
     texts = parity_texts(config.task, options.data_dir, options.samples)
     started = time.time()
     etas = [float(e) for e in model.eta.detach()]
 
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, kind="artifact", force=options.force, inputs=[ckpt.path]) as tmp:
         onnx_dir = tmp / "onnx"
         log(f"exporting {model.num_layers + 1} segments ({options.precision}) from {ckpt.path}")
         specs = export_segments(model, onnx_dir, options.precision, progress=progress)
         build_single_graph(onnx_dir, specs, etas, onnx_dir / "single.onnx")
         ckpt.tokenizer.save_pretrained(tmp / "tokenizer")
 
-        engines = {}
+        engines = EnginesRecord(not_built={"segments": "not asked for (build --backend tensorrt)",
+                                           "single": "not asked for (build --backend tensorrt)"})
         if options.backend == "tensorrt":
-            engines = _build_engines(onnx_dir, specs, tmp / "engines", options, model.config.hidden_size, max_seq,
-                                     log)
+            from .engines import build_artifact_engines
+
+            engines = build_artifact_engines(tmp, specs, options.precision, options.max_batch, max_seq,
+                                             opt_batch=options.opt_batch, log=log)
 
         log("checking every segment graph with polygraphy (ONNX Runtime vs recorded PyTorch outputs)")
-        from .evaluation import encode
-
-        ids, mask = encode(ckpt.tokenizer, texts[: min(8, len(texts))], config.max_length)
-        records = capture_segment_io(model, specs, options.precision, ids, mask)
+        ids, mask = encode(ckpt.tokenizer, texts[:POLYGRAPHY_EXAMPLES], config.max_length)
+        records = capture_segment_io(model, options.precision, ids, mask)
         segment_check = polygraphy_segment_check(onnx_dir, specs, records, options.precision,
                                                  save_dir=tmp / "polygraphy")
         if not segment_check["passed"]:
             failed = [s["segment"] for s in segment_check["segments"] if not s["passed"]]
             raise ParityError(f"polygraphy: segment graphs differ from PyTorch: {', '.join(failed)}")
 
-        candidate = OnnxRuntimeBackend([onnx_dir / s.file_name for s in specs], etas)
-        report = compare_backends(PyTorchBackend(model), candidate, ckpt.tokenizer, texts, config.max_length,
-                                  options.precision, batch_size=options.batch_size, tolerances=options.tolerances,
-                                  progress=progress)
-        log(report.table())
-        manifest = {
-            "format_version": 1,
-            "checkpoint": {"path": str(ckpt.path), "digest": checkpoint_digest(ckpt.path)},
-            "backbone": config.backbone, "task": config.task, "labels": config.labels,
-            "max_length": config.max_length, "num_layers": model.num_layers,
-            "hidden_size": model.config.hidden_size, "eta": etas, "precision": options.precision,
-            "backend": options.backend, "opset": OPSET,
-            "segments": [s.to_dict() for s in specs],
-            "single_graph": {"file": "single.onnx", "link_op": "adapler::TokenCompact",
-                             "outputs": ["logits"] + [f"kept_positions_{k}" for k in range(model.num_layers)]},
-            "engines": engines, "tools": tool_versions(),
-            "parity": {"report": report.to_dict(), "segments": segment_check},
-            "build_seconds": round(time.time() - started, 1),
-        }
-        (tmp / "parity.json").write_text(json.dumps({"end_to_end": report.to_dict(), "segments": segment_check},
-                                                    indent=2) + "\n")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if not report.passed:
-            raise ParityError(f"parity failed ({'; '.join(report.failures)}); no artifact written")
+        manifest = Manifest(
+            checkpoint={"path": str(ckpt.path), "digest": checkpoint_digest(ckpt.path)},
+            backbone=config.backbone, task=config.task, labels=list(config.labels), max_length=config.max_length,
+            num_layers=model.num_layers, hidden_size=model.config.hidden_size, eta=etas,
+            precision=options.precision, opset=OPSET, segments=[s.to_dict() for s in specs],
+            single_graph={"file": "single.onnx", "link_op": f"{LINK_DOMAIN}::{LINK_OP}",
+                          "outputs": ["logits"] + [f"kept_positions_{k}" for k in range(model.num_layers)]},
+            engines=engines, tools=tool_versions())
+        write_manifest(tmp, manifest)  # the backends open the folder through the contract
+
+        from .backends import load_backend
+        from .backends.pytorch import PyTorchBackend
+
+        reference, reports, not_run = PyTorchBackend(model), {}, {}
+        for kind in artifact_backend_kinds(manifest):
+            try:
+                candidate = load_backend(tmp, kind=kind, log=log, check_files=False)
+            except BackendUnavailable as exc:
+                not_run[kind] = str(exc)
+                log(f"parity of {kind}: not run here ({exc})")
+                continue
+            with candidate:
+                reports[kind] = compare_backends(reference, candidate, ckpt.tokenizer, texts, config.max_length,
+                                                 options.precision, batch_size=options.batch_size,
+                                                 tolerances=options.tolerances, progress=progress)
+            log(reports[kind].table())
+        parity = {"end_to_end": {k: r.to_dict() for k, r in reports.items()}, "not_run": not_run,
+                  "polygraphy_segments": segment_check}
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        manifest.parity = parity
+        manifest.build_seconds = round(time.time() - started, 1)
+        write_manifest(tmp, manifest)
+        failed = {k: r for k, r in reports.items() if not r.passed}
+        if failed:
+            raise ParityError("parity failed (" + "; ".join(f"{k}: {', '.join(r.failures)}" for k, r in failed.items())
+                              + "); no artifact written")
     log(f"artifact written to {out}")
-    return BuildResult(out, report, manifest)
-
-
-def _build_engines(onnx_dir: Path, specs, engines_dir: Path, options: BuildOptions, hidden: int, max_seq: int,
-                   log) -> dict:
-    """TensorRT segment engines (tensorrt, else tensorrt_rtx ahead of time on the CPU)."""
-    from .engines import build_segment_engines, import_tensorrt, segment_profiles
-
-    trt, flavor = import_tensorrt()
-    profiles = segment_profiles(len(specs), hidden, options.max_batch, max_seq, opt_batch=options.opt_batch,
-                                opt_seq=max_seq)
-    log(f"building {len(specs)} segment engines with {flavor} {trt.__version__} ({options.precision}, "
-        f"batch 1..{options.max_batch}, seq 1..{max_seq})")
-    engines_dir.mkdir(parents=True, exist_ok=True)
-    infos = build_segment_engines([onnx_dir / s.file_name for s in specs], engines_dir, options.precision, profiles,
-                                  timing_cache_path=engines_dir / "timing.cache")
-    records = []
-    for info in infos:
-        record = info.to_dict()
-        # Paths inside the artifact are relative so the directory can move.
-        record["plan_path"] = str(Path(info.plan_path).relative_to(engines_dir.parent))
-        record["onnx_path"] = str(Path(info.onnx_path).relative_to(engines_dir.parent))
-        records.append(record)
-    return {"flavor": flavor, "version": trt.__version__, "segments": records,
-            "engine_parity": "run `adapler-export verify --artifact DIR --backend tensorrt` on a GPU machine"}
+    return BuildResult(out, reports["onnxruntime"], manifest)

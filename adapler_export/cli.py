@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 
 from .errors import AdaplerError
@@ -22,9 +23,12 @@ def _log(message: str) -> None:
 
 # ----- train / evaluate ----------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from training.pipeline import TrainConfig, train
+    from .storage import check_output_dir, resolve_output_dir
 
-    from .checkpoint import resolve_output_dir
+    output = resolve_output_dir(args.output or args.task)
+    check_output_dir(output, "checkpoint", args.force, inputs=[args.data_dir])  # before hours of training
+
+    from training.pipeline import TrainConfig, train
 
     if args.threads:
         import torch
@@ -39,8 +43,7 @@ def cmd_train(args) -> int:
     cfg.stage3.lambda_base, cfg.stage3.lambda_mult = args.lambda_schedule
     cfg.stage3.gamma, cfg.stage3.phi, cfg.stage3.cp_lr = args.gamma, args.phi, args.cp_lr
     cfg.stage3.max_train_samples_per_epoch = args.stage3_samples_per_epoch
-    output = resolve_output_dir(args.output or args.task)
-    path = train(cfg, output, log=_log)
+    path = train(cfg, output, log=_log, force=args.force)
     print(f"checkpoint written to {path}")
     return 0
 
@@ -54,15 +57,14 @@ def _lambda_schedule(text: str):
 
 
 def cmd_evaluate(args) -> int:
-    from training.data import load_task
-
     from .checkpoint import load_checkpoint
+    from .data import load_dev
     from .evaluation import evaluate_adaptive
 
     ckpt = load_checkpoint(args.ckpt)
-    data = load_task(ckpt.config.task, args.data_dir)
-    dev = data["dev"].subset(args.samples)
-    result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, ckpt.config.max_length)
+    dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
+    result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, ckpt.config.max_length,
+                               progress=_progress)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -76,19 +78,24 @@ def cmd_evaluate(args) -> int:
 
 # ----- build / verify -----------------------------------------------------------------------------------
 def _progress(iterable, desc):
-    from training.common import progress
+    from .progress import progress
 
-    return progress(iterable, desc, total=len(iterable) if hasattr(iterable, "__len__") else None)
+    return progress(iterable, desc)
+
+
+def build_precision(fp16: bool, dtype: str | None) -> str:
+    """`--fp16` is `--dtype fp16`; the two may agree but not contradict."""
+    if fp16 and dtype not in (None, "fp16"):
+        raise AdaplerError(f"--fp16 and --dtype {dtype} contradict each other")
+    return "fp16" if fp16 else (dtype or "fp32")
 
 
 def cmd_build(args) -> int:
     from .build import BuildOptions, build_artifact
 
-    precision = "fp16" if args.fp16 else args.dtype
-    if args.fp16 and args.dtype == "fp32" and "--dtype" in sys.argv:
-        raise AdaplerError("--fp16 and --dtype fp32 contradict each other")
-    options = BuildOptions(precision=precision, backend=args.backend, samples=args.samples, data_dir=args.data_dir,
-                           max_batch=args.max_batch, max_seq=args.max_seq)
+    options = BuildOptions(precision=build_precision(args.fp16, args.dtype), backend=args.backend,
+                           samples=args.samples, data_dir=args.data_dir, max_batch=args.max_batch,
+                           max_seq=args.max_seq, force=args.force)
     result = build_artifact(args.ckpt, args.output, options, log=_log, progress=_progress)
     print(f"artifact: {result.path}")  # the parity table went to stderr with the build log
     return 0
@@ -97,21 +104,26 @@ def cmd_build(args) -> int:
 def cmd_verify(args) -> int:
     from .parity import verify_artifact
 
-    report = verify_artifact(args.artifact, backend=args.backend, ckpt=args.ckpt, data_dir=args.data_dir,
-                             samples=args.samples, progress=_progress)
+    backends = None if args.backend == "all" else [args.backend]
+    result = verify_artifact(args.artifact, backends=backends, ckpt=args.ckpt, data_dir=args.data_dir,
+                             samples=args.samples, progress=_progress, log=_log)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(report.table())
-    return 0 if report.passed else 1
+        print(result.table())
+    if not result.reports:
+        raise AdaplerError("no backend could run here: " + "; ".join(f"{k}: {v}" for k, v in result.not_run.items()))
+    return 0 if result.passed else 1
 
 
 def cmd_predict(args) -> int:
     from .serving.runtime import TextClassifier
 
+    from .data import read_texts
+
     texts = list(args.texts)
     if args.file:
-        texts += [line.rstrip("\n") for line in open(args.file, encoding="utf-8")]
+        texts += read_texts(args.file)
     if not texts:
         raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
     classifier = TextClassifier(args.artifact, backend_kind=args.backend)
@@ -125,6 +137,20 @@ def cmd_predict(args) -> int:
             kept = prediction.kept_tokens[-1]
             print(f"{prediction.label:<10} p={max(record['probabilities']):.3f}  kept by the last layer: "
                   f"{' '.join(kept)}")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .storage import adapler_home, cache_entries, remove_cache_entries
+
+    if args.action == "list":
+        entries = cache_entries()
+        print(f"{adapler_home()}  ({sum(e[3] for e in entries) / 1e6:.1f} MB)")
+        for folder, name, _, size in entries:
+            print(f"  {folder:<12} {name:<40} {size / 1e6:>10.1f} MB")
+        return 0
+    for path in remove_cache_entries(args.folder, args.names):
+        print(f"removed {path}")
     return 0
 
 
@@ -158,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run stages 2-3 on a fixed random subset of this many training examples")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
+    p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="dev accuracy, tokens kept per layer and FLOPs speedup")
@@ -170,18 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="export segments, build engines, verify parity, write an artifact")
     p.add_argument("--ckpt", required=True, help="checkpoint name or path")
     p.add_argument("--fp16", action="store_true", help="fp16 segments (CP scores stay fp32); same as --dtype fp16")
-    p.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--dtype", choices=["fp32", "fp16"], help="segment precision (default fp32)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--output", help="artifact name (under $ADAPLER_HOME/artifacts) or path")
     p.add_argument("--data-dir", help="dev data for parity (default: the task's)")
     p.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
     p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
     p.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
+    p.add_argument("--force", action="store_true", help="replace an earlier artifact at --output")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("verify", help="re-run parity of an artifact against its checkpoint")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--backend", default="all", choices=["all", "onnxruntime", "tensorrt", "tensorrt-single"],
+                   help="which form to check (default: every form the artifact has; those this machine cannot "
+                        "run are named, with the reason)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
     p.add_argument("--data-dir")
     p.add_argument("--samples", type=int)
@@ -195,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cache", help="list or clean $ADAPLER_HOME (checkpoints, artifacts, training work)")
+    p.add_argument("action", choices=["list", "clean"])
+    p.add_argument("folder", nargs="?", default="work", choices=["work", "checkpoints", "artifacts"],
+                   help="what `clean` removes (default: work, the training intermediates)")
+    p.add_argument("names", nargs="*", help="entries to remove (default: every entry of the folder)")
+    p.set_defaults(func=cmd_cache)
 
     from .serving.cli_commands import add_serve_parser, add_triton_parser
 
@@ -210,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    terminated = {"by": None}
+
+    def on_sigterm(signum, frame):  # SIGTERM unwinds like Ctrl-C: every temporary folder is removed
+        terminated["by"] = "terminated"
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     if not args.verbose:
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:  # the per-shard "Loading weights" bars say nothing useful on every command
@@ -226,8 +270,17 @@ def main(argv=None) -> int:
         print(f"adapler-export: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("adapler-export: interrupted", file=sys.stderr)
-        return 130
+        print(f"adapler-export: {terminated['by'] or 'interrupted'}; nothing half-written was left", file=sys.stderr)
+        return 143 if terminated["by"] else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

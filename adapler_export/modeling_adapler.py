@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .link import CompactResult, compact_by_keep, keep_mask_torch
+from .link import CompactResult, compact_by_keep_torch, initial_positions_torch, keep_mask_torch
 
 CP_HIDDEN = 32
 ATTENTION_MASK_VALUE = -10000.0  # the official code's additive mask; representable in fp16
@@ -207,11 +207,7 @@ class AdapLeRForSequenceClassification(nn.Module):
 
     def link(self, index: int, hidden, scores, mask, positions) -> CompactResult:
         keep = keep_mask_torch(scores, mask, self.eta[index].detach())
-        return compact_by_keep(hidden, keep, positions)
-
-    def initial_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(attention_mask.shape[1], dtype=torch.int32)[None].expand_as(attention_mask)
-        return torch.where(attention_mask == 1, positions, torch.full_like(positions, -1)).to(torch.int32)
+        return compact_by_keep_torch(hidden, keep, positions)
 
     @torch.no_grad()
     def forward_hard(self, input_ids, attention_mask) -> HardOutput:
@@ -219,7 +215,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         the compacted length is the batch maximum (shorter rows padded and masked)."""
         attention_mask = attention_mask.to(torch.int32)
         hidden = self.embed(input_ids)
-        mask, positions = attention_mask, self.initial_positions(attention_mask)
+        mask, positions = attention_mask, initial_positions_torch(attention_mask)
         out = HardOutput(None)
         for index, layer in enumerate(self.layers):
             scores = cp_distribution(self.cps[index](hidden), mask)

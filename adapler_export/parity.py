@@ -1,41 +1,29 @@
 """Parity: a candidate backend against the PyTorch reference (../shared/DESIGN.md §4).
 
-Two checks, each small and composable:
+Small composable checks:
 - `compare_backends`: end to end on a dataset. Max / mean |Δlogit|, predicted-label agreement, and for
-  every link the fraction of (example, input token) keep decisions that differ (flips).
+  every link the fraction of the keep decisions made at that link that differ (flips).
 - `polygraphy_segment_check`: each segment graph alone, fed the exact inputs the PyTorch reference saw,
   compared by polygraphy's `Comparator` / `CompareFunc.simple` with ONNX Runtime as the runner. The
   inputs and reference outputs are saved as polygraphy JSON so anyone can re-run
   `polygraphy run onnx/segment_XX.onnx --onnxrt --load-inputs ... --load-outputs ...`.
+- `verify_artifact`: an artifact's recorded digests, then `compare_backends` for every backend kind it
+  has, naming the kinds this machine cannot run.
+Tolerances come from `tolerances.Tolerances`, nowhere else.
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .backends import Backend
+from .errors import BackendUnavailable, ParityError
 from .evaluation import encode
-
-
-@dataclass
-class Tolerances:
-    max_abs_logit: float | None  # None: reported, not bounded
-    mean_abs_logit: float
-    max_flip_rate: float
-    min_label_agreement: float
-
-    @classmethod
-    def for_precision(cls, precision: str) -> "Tolerances":
-        if precision == "fp32":
-            return cls(max_abs_logit=1e-3, mean_abs_logit=1e-4, max_flip_rate=0.0, min_label_agreement=0.995)
-        if precision == "int8":  # quantised weights: reported, bounded loosely (calibration/README.md)
-            return cls(max_abs_logit=None, mean_abs_logit=0.3, max_flip_rate=0.05, min_label_agreement=0.97)
-        # fp16 may flip decisions whose score sits within rounding of the threshold: bounded, reported.
-        return cls(max_abs_logit=None, mean_abs_logit=0.05, max_flip_rate=0.005, min_label_agreement=0.995)
+from .tolerances import Tolerances
 
 
 @dataclass
@@ -94,37 +82,55 @@ def kept_matrix(kept_positions: np.ndarray, seq_len: int) -> np.ndarray:
     return out
 
 
+def link_decisions(kept: list, mask: np.ndarray) -> list:
+    """Per link k: (tokens that reached link k, tokens link k kept), both [B, S] bool over input positions.
+
+    The tokens that reach link 0 are the live input tokens; those that reach link k > 0 are the ones link
+    k-1 kept. A keep decision is made at link k for exactly the tokens that reached it."""
+    seq = mask.shape[1]
+    reached, out = mask == 1, []
+    for positions in kept:
+        kept_k = kept_matrix(positions, seq)
+        out.append((reached, kept_k))
+        reached = kept_k
+    return out
+
+
 def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, max_length: int, precision: str,
                      batch_size: int = 32, tolerances: Tolerances | None = None, progress=None) -> ParityReport:
+    """End-to-end parity on `texts`. A link's flip rate is over the decisions made *at that link*: the
+    tokens that reached it in the reference or in the candidate (a token dropped earlier by both is no
+    decision of a later link, so it neither dilutes nor inflates that link's rate)."""
     tolerances = tolerances or Tolerances.for_precision(precision)
     diffs, agree = [], 0
-    link_flips = link_decisions = None
-    kept_ref = kept_cand = None
+    flips = decisions = kept_ref = kept_cand = None
     starts = list(range(0, len(texts), batch_size))
     for start in (progress(starts, f"parity {candidate.name}") if progress else starts):
         ids, mask = encode(tokenizer, texts[start: start + batch_size], max_length)
         ref, cand = reference.run(ids, mask), candidate.run(ids, mask)
         diffs.append(np.abs(ref.logits - cand.logits).ravel())
         agree += int((ref.logits.argmax(-1) == cand.logits.argmax(-1)).sum())
-        if link_flips is None:
+        if flips is None:
             n_links = len(ref.kept)
-            link_flips, link_decisions = np.zeros(n_links, np.int64), np.zeros(n_links, np.int64)
+            flips, decisions = np.zeros(n_links, np.int64), np.zeros(n_links, np.int64)
             kept_ref, kept_cand = np.zeros(n_links), np.zeros(n_links)
-        live = mask == 1
-        for k, (r, c) in enumerate(zip(ref.kept, cand.kept)):
-            rk, ck = kept_matrix(r, mask.shape[1]), kept_matrix(c, mask.shape[1])
-            link_flips[k] += int((rk != ck)[live].sum())
-            link_decisions[k] += int(live.sum())
-            kept_ref[k] += rk.sum()
-            kept_cand[k] += ck.sum()
+        if len(cand.kept) != len(ref.kept):
+            raise ParityError(f"{candidate.name} reports {len(cand.kept)} links, the reference {len(ref.kept)}")
+        pairs = zip(link_decisions(ref.kept, mask), link_decisions(cand.kept, mask))
+        for k, ((reached_r, kept_r), (reached_c, kept_c)) in enumerate(pairs):
+            decided = reached_r | reached_c
+            flips[k] += int(((kept_r != kept_c) & decided).sum())
+            decisions[k] += int(decided.sum())
+            kept_ref[k] += kept_r.sum()
+            kept_cand[k] += kept_c.sum()
     diffs = np.concatenate(diffs)
     n = len(texts)
-    links = [asdict(LinkParity(k, int(link_decisions[k]), int(link_flips[k]),
-                               float(link_flips[k] / max(1, link_decisions[k])), float(kept_ref[k] / n),
-                               float(kept_cand[k] / n))) for k in range(len(link_flips))]
-    flips, decisions = int(link_flips.sum()), int(link_decisions.sum())
-    report = ParityReport(candidate.name, precision, n, float(diffs.max()), float(diffs.mean()), agree / n, flips,
-                          decisions, flips / max(1, decisions), links, asdict(tolerances))
+    links = [asdict(LinkParity(k, int(decisions[k]), int(flips[k]), float(flips[k] / max(1, decisions[k])),
+                               float(kept_ref[k] / n), float(kept_cand[k] / n))) for k in range(len(flips))]
+    total_flips, total_decisions = int(flips.sum()), int(decisions.sum())
+    report = ParityReport(candidate.name, precision, n, float(diffs.max()), float(diffs.mean()), agree / n,
+                          total_flips, total_decisions, total_flips / max(1, total_decisions), links,
+                          tolerances.to_dict())
     t = tolerances
     if not np.isfinite(diffs).all():
         report.failures.append("non-finite logits")
@@ -140,41 +146,54 @@ def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, m
 
 
 # ----- per-segment check with polygraphy -------------------------------------------------------------------
-def capture_segment_io(model, specs, precision: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
-    """Run the PyTorch segments (at the artifact's precision) chained by the reference link and record each
-    segment's inputs and outputs as NumPy feeds: the exact tensors a segment graph must reproduce."""
-    from .link import token_compact_torch
-    from .segments import precision_model, segment_modules
+def capture_segment_io(model, precision: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
+    """Run the PyTorch segments (at the artifact's precision) through the one chain with the reference link
+    and record each segment's inputs and outputs as NumPy feeds: what a segment graph must reproduce."""
+    import torch
 
-    modules = segment_modules(precision_model(model, precision))
+    from .backends.pytorch import PyTorchSegmentsBackend
+
     records = []
-    ids, mask = torch.from_numpy(input_ids.astype(np.int32)), torch.from_numpy(attention_mask.astype(np.int32))
-    positions = model.initial_positions(mask)
-    with torch.no_grad():
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        for k, (spec, module) in enumerate(zip(specs, modules)):
-            outputs = module(*feeds.values())
-            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-            records.append(({n: v.numpy() for n, v in feeds.items()},
-                            {n: v.numpy() for n, v in zip(spec.outputs, outputs)}))
-            if k == len(specs) - 1:
-                break
-            hidden, scores = outputs
-            hidden, mask, positions, _ = token_compact_torch(hidden, scores, mask, positions, float(model.eta[k]))
-            feeds = {"hidden": hidden, "attention_mask": mask}
+
+    def record(index, feeds, outputs):
+        records.append(({n: v.detach().cpu().numpy() for n, v in feeds.items()},
+                        {n: v.detach().cpu().numpy() for n, v in outputs.items()}))
+
+    backend = PyTorchSegmentsBackend(model, precision)
+    backend.run_tensors(torch.from_numpy(input_ids.astype(np.int32)),
+                        torch.from_numpy(attention_mask.astype(np.int32)), on_segment=record)
     return records
+
+
+@contextlib.contextmanager
+def polygraphy_diagnostics():
+    """Polygraphy prints its log on stdout; ours carries results only. Inside this block its messages go to
+    stderr, and only errors (one line per segment is ours to print, not polygraphy's [W]/[I] lines)."""
+    from polygraphy.logger import G_LOGGER
+
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        G_LOGGER.module_severity = severity
 
 
 def polygraphy_segment_check(onnx_dir: Path, specs, records, precision: str, save_dir: Path | None = None) -> dict:
     """Compare every segment graph (ONNX Runtime via polygraphy) with the recorded PyTorch outputs."""
+    with polygraphy_diagnostics():
+        return _polygraphy_segment_check(onnx_dir, specs, records, precision, save_dir)
+
+
+def _polygraphy_segment_check(onnx_dir: Path, specs, records, precision: str, save_dir: Path | None) -> dict:
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.comparator import Comparator, CompareFunc, RunResults
+    from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.WARNING  # one line per segment is ours to print, not 20 of polygraphy's
-    atol, rtol = (1e-4, 1e-4) if precision == "fp32" else (2e-2, 2e-2)
+    tolerances = Tolerances.for_precision(precision)
+    atol, rtol = tolerances.segment_atol, tolerances.segment_rtol
     result = {"tool": "polygraphy", "atol": atol, "rtol": rtol, "segments": []}
     for spec, (feeds, expected) in zip(specs, records):
         path = onnx_dir / spec.file_name
@@ -187,7 +206,7 @@ def polygraphy_segment_check(onnx_dir: Path, specs, records, precision: str, sav
         combined.append(("pytorch", reference["pytorch"]))
         for name, iters in run_results.items():
             combined.append((name, iters))
-        accuracy = Comparator.compare_accuracy(combined, compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+        accuracy = Comparator.compare_accuracy(combined, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
         passed = bool(accuracy)
         result["segments"].append({"segment": spec.file_name, "passed": passed})
         if save_dir is not None:
@@ -199,17 +218,68 @@ def polygraphy_segment_check(onnx_dir: Path, specs, records, precision: str, sav
     return result
 
 
-def verify_artifact(artifact_dir, backend: str = "onnxruntime", ckpt=None, data_dir=None, samples=None,
-                    batch_size: int = 32, progress=None) -> ParityReport:
-    """Re-run end-to-end parity on any artifact against the checkpoint it was built from."""
-    from .backends import load_backend, read_manifest
-    from .backends.pytorch import PyTorchBackend
-    from .build import parity_texts
-    from .checkpoint import load_checkpoint
+# ----- verify an artifact -----------------------------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    """Parity of every backend kind that was asked for: a report where it ran, the reason where it could not."""
+    artifact: str
+    reports: dict = field(default_factory=dict)  # kind -> ParityReport
+    not_run: dict = field(default_factory=dict)  # kind -> reason
 
-    manifest = read_manifest(artifact_dir)
-    checkpoint = load_checkpoint(ckpt or manifest["checkpoint"]["path"])
-    candidate = load_backend(artifact_dir, kind=backend)
-    texts = parity_texts(manifest["task"], data_dir, samples)
-    return compare_backends(PyTorchBackend(checkpoint.model), candidate, checkpoint.tokenizer, texts,
-                            manifest["max_length"], manifest["precision"], batch_size=batch_size, progress=progress)
+    @property
+    def passed(self) -> bool:
+        return bool(self.reports) and all(r.passed for r in self.reports.values())
+
+    def to_dict(self) -> dict:
+        return {"artifact": self.artifact, "passed": self.passed,
+                "reports": {k: r.to_dict() for k, r in self.reports.items()}, "not_run": dict(self.not_run)}
+
+    def table(self) -> str:
+        parts = [r.table() for r in self.reports.values()]
+        parts += [f"{kind}: not run here: {reason}" for kind, reason in self.not_run.items()]
+        return "\n".join(parts)
+
+
+def artifact_backend_kinds(manifest) -> list:
+    """Every backend kind that can run this artifact somewhere: ONNX Runtime always, TensorRT kinds where
+    the artifact has their engines."""
+    kinds = ["onnxruntime"]
+    if manifest.engines.segments:
+        kinds.append("tensorrt")
+    if manifest.engines.single:
+        kinds.append("tensorrt-single")
+    return kinds
+
+
+def verify_artifact(artifact_dir, backends=None, ckpt=None, data_dir=None, samples=None, batch_size: int = 32,
+                    progress=None, log=None) -> VerifyResult:
+    """Re-check an artifact: its files against their recorded digests, then end-to-end parity against the
+    checkpoint it was built from, for each backend kind in `backends` (default: every kind the artifact
+    has). A kind this machine cannot run (`BackendUnavailable`) is reported as not run, with the reason."""
+    from .artifact import open_artifact
+    from .backends import load_backend
+    from .backends.pytorch import PyTorchBackend
+    from .checkpoint import checkpoint_digest, load_checkpoint
+    from .data import parity_texts
+
+    path, manifest = open_artifact(artifact_dir, check_files=True)
+    checkpoint = load_checkpoint(ckpt or manifest.checkpoint["path"])
+    digest = checkpoint_digest(checkpoint.path)
+    if digest != manifest.checkpoint["digest"]:
+        raise ParityError(f"checkpoint {checkpoint.path} (digest {digest}) is not the one {path} was built from "
+                          f"({manifest.checkpoint['digest']}); pass --ckpt with that checkpoint")
+    kinds = list(backends) if backends else artifact_backend_kinds(manifest)
+    texts = parity_texts(manifest.task, data_dir, samples)
+    reference = PyTorchBackend(checkpoint.model)
+    result = VerifyResult(str(path))
+    for kind in kinds:
+        try:
+            candidate = load_backend(path, kind=kind, log=log, check_files=False)
+        except BackendUnavailable as exc:
+            result.not_run[kind] = str(exc)
+            continue
+        with candidate:
+            result.reports[kind] = compare_backends(reference, candidate, checkpoint.tokenizer, texts,
+                                                    manifest.max_length, manifest.precision,
+                                                    batch_size=batch_size, progress=progress)
+    return result

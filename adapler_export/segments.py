@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,50 +20,10 @@ import torch
 from torch import nn
 
 from .errors import AdaplerError
+from .specs import OPSET, PRECISIONS, SegmentSpec, segment_specs  # noqa: F401  (re-exported)
+from .tolerances import Tolerances
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution, encoder_layer
 
-OPSET = 17
-DYNAMIC = {0: "batch", 1: "seq"}
-PRECISIONS = ("fp32", "fp16")
-
-
-@dataclass
-class SegmentSpec:
-    """What one segment graph takes and gives (names, dtypes, shapes with symbolic dims)."""
-    index: int
-    inputs: dict  # name -> (numpy dtype name, shape with "batch"/"seq"/ints)
-    outputs: dict
-    description: str = ""
-
-    @property
-    def file_name(self) -> str:
-        return f"segment_{self.index:02d}.onnx"
-
-    def dynamic_axes(self) -> dict:
-        axes = {}
-        for name, (_, shape) in {**self.inputs, **self.outputs}.items():
-            axes[name] = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
-        return axes
-
-    def to_dict(self) -> dict:
-        return {"index": self.index, "file": self.file_name, "description": self.description,
-                "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
-                "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
-
-
-def segment_specs(num_layers: int, hidden: int, num_labels: int, precision: str) -> list:
-    ht = "float16" if precision == "fp16" else "float32"
-    bs, bsh = ["batch", "seq"], ["batch", "seq", hidden]
-    specs = [SegmentSpec(0, {"input_ids": ("int32", bs), "attention_mask": ("int32", bs)},
-                         {"hidden": (ht, bsh), "scores": ("float32", bs)}, "embeddings + CP_0")]
-    for k in range(1, num_layers):
-        specs.append(SegmentSpec(k, {"hidden": (ht, bsh), "attention_mask": ("int32", bs)},
-                                 {"hidden_out": (ht, bsh), "scores": ("float32", bs)},
-                                 f"encoder layer {k - 1} + CP_{k}"))
-    specs.append(SegmentSpec(num_layers, {"hidden": (ht, bsh), "attention_mask": ("int32", bs)},
-                             {"logits": ("float32", ["batch", num_labels])},
-                             f"encoder layer {num_layers - 1} + classifier"))
-    return specs
 
 
 class _CPScores(nn.Module):
@@ -125,9 +84,36 @@ def precision_model(model: AdapLeRForSequenceClassification, precision: str) -> 
 
     half = copy.deepcopy(model).eval()
     half.backbone.half()
-    # The embeddings' LayerNorm output feeds the fp32 CP_0 and is cast to fp16 for the encoder.
+    # The embeddings' LayerNorm output feeds the fp32 CP_0 and is cast to fp16 for the encoder, so the
+    # embedding block computes in fp32; its tables (most of a small model's bytes) are *stored* in fp16.
     half.base.embeddings.float()
+    for name, child in list(half.base.embeddings.named_children()):
+        if isinstance(child, nn.Embedding):
+            setattr(half.base.embeddings, name, Fp16StoredEmbedding(child))
     return half
+
+
+class Fp16StoredEmbedding(nn.Module):
+    """An embedding table stored in fp16 (half the bytes on disk) whose gathered rows are fp32: a Gather on
+    an fp16 initializer followed by a Cast in the exported graph."""
+
+    def __init__(self, embedding: nn.Embedding):
+        super().__init__()
+        self.weight = nn.Parameter(embedding.weight.detach().half(), requires_grad=False)
+        self.padding_idx = embedding.padding_idx
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight, self.padding_idx).float()
+
+
+def example_token_ids(rng, vocab: int, shape) -> np.ndarray:
+    """Random token ids valid for any vocabulary size: ordinary wordpieces (id >= 1000 in BERT vocabularies,
+    the upper half of a small one) and BERT's [CLS] id in slot 0 where the vocabulary has it."""
+    low = min(1000, vocab // 2)
+    ids = rng.integers(low, max(vocab, low + 1), size=shape).astype(np.int32)
+    ids[:, 0] = min(101, vocab - 1)
+    return ids
 
 
 def example_inputs(spec: SegmentSpec, batch: int = 2, seq: int = 7, vocab: int = 1000, seed: int = 0):
@@ -136,8 +122,7 @@ def example_inputs(spec: SegmentSpec, batch: int = 2, seq: int = 7, vocab: int =
     for name, (dtype, shape) in spec.inputs.items():
         dims = [batch if d == "batch" else seq if d == "seq" else d for d in shape]
         if name == "input_ids":
-            value = rng.integers(1000, vocab, size=dims).astype(dtype)
-            value[:, 0] = 101
+            value = example_token_ids(rng, vocab, dims).astype(dtype)
         elif name == "attention_mask":
             value = np.ones(dims, dtype=dtype)
             value[-1, seq // 2:] = 0  # a padded row
@@ -203,7 +188,7 @@ def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, prec
                 if precision == "fp16" else ""
             raise AdaplerError(f"{spec.file_name}: ONNX Runtime cannot run the {precision} graph: "
                                f"{str(exc).splitlines()[0]}{hint}") from exc
-        tol = 1e-3 if precision == "fp32" else 5e-2
+        tol = Tolerances.for_precision(precision).export_relative
         for name, want, have in zip(spec.outputs, expected, got):
             want = want.float().numpy()
             err = float(np.abs(want - have.astype(np.float32)).max())
@@ -214,6 +199,9 @@ def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, prec
 
 # ----- the single graph: segments joined by adapler::TokenCompact nodes --------------------------------------
 LINK_DOMAIN, LINK_OP, LINK_VERSION = "adapler", "TokenCompact", 1
+# TensorRT's ONNX parser looks an unknown op up as a plugin creator by these node attributes (else the
+# empty namespace and version "1"): they are written into the file, not added at engine-build time.
+LINK_NODE_ATTRIBUTES = {"plugin_namespace": LINK_DOMAIN, "plugin_version": str(LINK_VERSION)}
 
 
 def build_single_graph(segment_dir: Path, specs: list, etas: list, out_path: Path) -> None:
@@ -272,7 +260,8 @@ def build_single_graph(segment_dir: Path, specs: list, etas: list, out_path: Pat
         link_outs = [f"link{k}_hidden", f"link{k}_mask", f"link{k}_positions", f"link{k}_new_len"]
         nodes.append(helper.make_node(LINK_OP, [hidden_out, prefix + "scores",
                                                 "attention_mask" if k == 0 else mask_name, positions_name],
-                                      link_outs, domain=LINK_DOMAIN, name=f"link_{k}", eta=float(etas[k])))
+                                      link_outs, domain=LINK_DOMAIN, name=f"link_{k}", eta=float(etas[k]),
+                                      **LINK_NODE_ATTRIBUTES))
         hidden_name, mask_name, positions_name = link_outs[0], link_outs[1], link_outs[2]
         nodes.append(helper.make_node("Identity", [positions_name], [f"kept_positions_{k}"]))
         kept_outputs.append(helper.make_tensor_value_info(f"kept_positions_{k}", TensorProto.INT32,

@@ -50,7 +50,8 @@ DEFINITIONS = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sst2", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
-    p.add_argument("--data", default=None, help="SST-2 dev.tsv (default ../shared/data/sst2/dev.tsv)")
+    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder with dev.tsv "
+                                                     "(default: $ADAPLER_DATA_DIR/sst2, else ../shared/data/sst2)")
     p.add_argument("--name", default=None, help="result name: <output-dir>/<name>-bench.json (default: ckpt name)")
     p.add_argument("--output-dir", default=None, help="default docs/results (quick mode: a temp folder)")
     p.add_argument("--work-dir", default=None, help="export cache (default $ADAPLER_HOME/bench)")
@@ -88,11 +89,9 @@ def parse_args(argv=None):
 def make_runners(backend: str, ckpt, exports: dict, threads: int):
     """(adaptive, full) objects with `.run(input_ids, attention_mask) -> BackendOutput`."""
     if backend == "onnxruntime":
-        from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
         from adapler_export.baseline import FullModelBackend
 
-        etas = [float(e) for e in ckpt.model.eta.detach()]
-        return (OnnxRuntimeBackend(exports["segments"], etas, device="cpu", threads=threads),
+        return (common.onnxruntime_chain(ckpt.model, exports["segments"], threads),
                 FullModelBackend(exports["full"], ckpt.model.num_layers, device="cpu", threads=threads))
     if backend == "pytorch":
         import torch
@@ -135,18 +134,13 @@ class _TimedSession:
 def profile_ort_adaptive(adaptive, full, batches: list, repeats: int) -> dict:
     """Where the adaptive ONNX Runtime pipeline's time goes: segment sessions, links, Python glue.
 
-    The backend's own `run` is executed with its sessions wrapped in timers and its link function
-    wrapped likewise (so the profile follows whatever the backend does), then compared with the full
-    graph on the same batches and with the fixed cost of one session call (each graph at B=1, S=1)."""
-    import adapler_export.backends.onnxruntime as ort_backend
-
+    The backend's own `run` is executed with its sessions wrapped in timers and its link wrapped likewise
+    (so the profile follows whatever the backend does), then compared with the full graph on the same
+    batches and with the fixed cost of one session call (each graph at B=1, S=1)."""
     n_seg = len(adaptive.sessions)
     counters = {"segment": np.zeros(n_seg), "link": np.zeros(n_seg - 1), "link_calls": 0}
     seg_tokens = np.zeros(n_seg)
-    original_sessions = adaptive.sessions
-    # The link: the backend's `link` attribute, or (older backends) the module's link function.
-    link_owner, link_name = (adaptive, "link") if hasattr(adaptive, "link") else (ort_backend, "token_compact_numpy")
-    original_link = getattr(link_owner, link_name)
+    original_sessions, original_link = adaptive.sessions, adaptive.link
 
     def timed_link(*a, **kw):
         start = time.perf_counter()
@@ -157,7 +151,7 @@ def profile_ort_adaptive(adaptive, full, batches: list, repeats: int) -> dict:
 
     total = full_total = 0.0
     adaptive.sessions = [_TimedSession(s, i, counters) for i, s in enumerate(original_sessions)]
-    setattr(link_owner, link_name, timed_link)
+    adaptive.link = timed_link
     try:
         for _ in range(repeats):
             for ids, mask, _ in batches:
@@ -173,7 +167,7 @@ def profile_ort_adaptive(adaptive, full, batches: list, repeats: int) -> dict:
                     seg_tokens[k + 1] += kept.shape[1]
     finally:
         adaptive.sessions = original_sessions
-        setattr(link_owner, link_name, original_link)
+        del adaptive.link  # the backend's own link again
     calls = repeats * len(batches)
     seg, link = counters["segment"], counters["link"]
     floor = call_floor(adaptive, full)
@@ -198,11 +192,17 @@ def call_floor(adaptive, full, calls: int = 60) -> dict:
     from onnx import TensorProto, helper
 
     from adapler_export.backends.onnxruntime import session_options
+    from adapler_export.baseline import INPUTS
 
-    hidden_size = adaptive.sessions[1].get_inputs()[0].shape[2]
     ids = np.array([[101]], np.int32)
     one = np.ones((1, 1), np.int32)
-    hidden = np.zeros((1, 1, hidden_size), adaptive.hidden_dtype)
+    # Each segment's inputs at B = 1, S = 1, named by its spec, in the chain's order: (input_ids, mask)
+    # for segment 0, (hidden, mask) after it.
+    unit_feeds = [dict(zip(adaptive.specs[0].inputs, (ids, one)))]
+    for spec in adaptive.specs[1:]:
+        _, hidden_shape = next(iter(spec.inputs.values()))
+        hidden = np.zeros([1 if isinstance(d, str) else d for d in hidden_shape], spec.hidden_dtype)
+        unit_feeds.append(dict(zip(spec.inputs, (hidden, one))))
 
     def min_time(fn):
         for _ in range(5):
@@ -222,11 +222,10 @@ def call_floor(adaptive, full, calls: int = 60) -> dict:
     identity = ort.InferenceSession(model.SerializeToString(), session_options(full.session.get_session_options()
                                                                                .intra_op_num_threads),
                                     providers=["CPUExecutionProvider"])
-    per_session = [min_time(lambda: adaptive.sessions[0].run(None, {"input_ids": ids, "attention_mask": one}))]
-    for session in adaptive.sessions[1:]:
-        per_session.append(min_time(lambda s=session: s.run(None, {"hidden": hidden, "attention_mask": one})))
+    per_session = [min_time(lambda k=k, feeds=feeds: adaptive.run_segment(k, feeds))
+                   for k, feeds in enumerate(unit_feeds)]
     return {"per_segment_ms": per_session, "segments_sum_ms": float(sum(per_session)),
-            "full_ms": min_time(lambda: full.session.run(None, {"input_ids": ids, "attention_mask": one})),
+            "full_ms": min_time(lambda: full.session.run(None, dict(zip(INPUTS, (ids, one))))),
             "adaptive_run_ms": min_time(lambda: adaptive.run(ids, one)),
             "empty_call_ms": min_time(lambda: identity.run(None, {"x": one})),
             "note": f"each graph at B=1, S=1, minimum of {calls} calls: the cost that does not shrink with the "
@@ -395,7 +394,8 @@ def main(argv=None) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     import torch  # noqa: F401  (before onnxruntime: same import order as the library)
 
-    from adapler_export.checkpoint import adapler_home, load_checkpoint
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.storage import adapler_home
 
     ckpt = load_checkpoint(args.ckpt)
     model, tokenizer = ckpt.model, ckpt.tokenizer
@@ -411,8 +411,7 @@ def main(argv=None) -> int:
     started = time.time()
 
     exports = export_models_logged(ckpt, work_dir, log)
-    data_path = common.sst2_data_path(args.data)
-    workloads = common.workloads_from_names(args.workloads, tokenizer, data_path, ckpt.config.max_length,
+    workloads = common.workloads_from_names(args.workloads, tokenizer, args.data_dir, ckpt.config.max_length,
                                             model.config.max_position_embeddings, args.sst2_examples,
                                             args.long_examples, args.long_max_length)
     for w in workloads:

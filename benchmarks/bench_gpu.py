@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Adaptive (PyTorch segments + CUDA link) vs the full static model on a CUDA GPU.
 
-The adaptive pipeline is the exported segment modules (`adapler_export.segments.segment_modules`: the
-exact computation of the ONNX segments, fp16 with the CPs in fp32) chained on the GPU by the CUDA
-`TokenCompact` kernel (`adapler_export.link_cuda`), or, where that library is not built, by the PyTorch
-reference link on CUDA tensors (`link.token_compact_torch`; the JSON records which). The baseline is
-`forward_full` in the same precision. Per precision (fp32, fp16), workload (SST-2 dev; long texts of
+The adaptive pipeline is `adapler_export.backends.pytorch.PyTorchSegmentsBackend`: the exported segment
+modules (the exact computation of the ONNX segments, fp16 with the CPs in fp32) chained on the GPU by the
+library's one chain, linked by the CUDA `TokenCompact` kernel (`adapler_export.link_cuda`) or, where that
+library is not built, by the PyTorch reference link on CUDA tensors (`link.token_compact_torch`; the JSON
+records which). The baseline is `forward_full` in the same precision (`baseline.PyTorchFullBackend`). Per precision (fp32, fp16), workload (SST-2 dev; long texts of
 256-512 wordpieces) and batch (1, 8, 32): CUDA-event timings, interleaved, medians, wall-clock vs FLOPs
 speedup, peak allocated GPU memory of each model.
 
@@ -33,7 +33,7 @@ NO_GPU_EXIT = 2
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sst2")
-    p.add_argument("--data", default=None)
+    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder (default: the task's)")
     p.add_argument("--name", default=None)
     p.add_argument("--output-dir", default=None)
     p.add_argument("--precisions", default="fp32,fp16")
@@ -93,36 +93,19 @@ def resolve_link(choice: str):
                                      "reason": "CUDA link unavailable: " + " ".join(str(exc).split())[:400]}
 
 
-class AdaptiveGPU:
-    """Segments chained by the link, all on the GPU. Returns (logits, kept) as CUDA tensors."""
+def device_models(model, precision: str, device, link) -> tuple:
+    """(adaptive, full) tensor callables on `device`: the segment backend's `run_tensors` (ChainResult of
+    device tensors) and the full model's `logits`. They run a copy of the model (both share its weights in
+    fp32), so the caller's stays on the CPU as the reference."""
+    import copy
 
-    def __init__(self, model, precision: str, device, link):
-        import copy
+    from adapler_export.backends.pytorch import PyTorchSegmentsBackend
+    from adapler_export.baseline import PyTorchFullBackend
 
-        from adapler_export.segments import precision_model, segment_modules
-
-        converted = precision_model(model, precision)  # fp32: the model itself; keep the caller's on the CPU
-        self.model = (copy.deepcopy(converted) if converted is model else converted).to(device)
-        self.segments = segment_modules(self.model)
-        self.etas = [float(e) for e in model.eta.detach().cpu()]
-        self.link = link
-
-    def __call__(self, ids, mask):
-        import torch
-
-        hidden, scores = self.segments[0](ids, mask)
-        positions = torch.where(mask == 1, torch.arange(mask.shape[1], device=mask.device, dtype=torch.int32)[None],
-                                torch.full_like(mask, -1)).to(torch.int32)
-        kept, logits = [], None
-        last = len(self.segments) - 1
-        for k in range(last):
-            hidden, mask, positions, _ = self.link(hidden, scores, mask, positions, self.etas[k])
-            kept.append(positions)
-            if k + 1 < last:
-                hidden, scores = self.segments[k + 1](hidden, mask)
-            else:
-                logits = self.segments[last](hidden, mask)
-        return logits, kept
+    on_device = copy.deepcopy(model)
+    adaptive = PyTorchSegmentsBackend(on_device, precision, device, link=link)
+    full = PyTorchFullBackend(on_device, device, precision)
+    return adaptive.run_tensors, full.logits
 
 
 def time_events(run_a, run_f, batches, repeats, warmup):
@@ -187,7 +170,6 @@ def main(argv=None) -> int:
         return NO_GPU_EXIT
     import torch
 
-    from adapler_export.baseline import FullModel
     from adapler_export.checkpoint import load_checkpoint
 
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -202,19 +184,14 @@ def main(argv=None) -> int:
         (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else common.RESULTS_DIR)
     link, link_info = resolve_link(args.link)
     log(f"link: {link_info}")
-    data_path = common.sst2_data_path(args.data)
-    workloads = common.workloads_from_names(args.workloads, tokenizer, data_path, ckpt.config.max_length,
+    workloads = common.workloads_from_names(args.workloads, tokenizer, args.data_dir, ckpt.config.max_length,
                                             model.config.max_position_embeddings, args.sst2_examples,
                                             args.long_examples)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started, load_start = time.time(), common.load_average()
     rows = []
     for precision in [p for p in args.precisions.split(",") if p]:
-        adaptive = AdaptiveGPU(model, precision, device, link)
-        full_module = FullModel(adaptive.model).eval()  # shares the weights (and precision) of the segments
-
-        run_full = full_module
-
+        adaptive, run_full = device_models(model, precision, device, link)
         for workload in workloads:
             for batch in [int(b) for b in args.batches.split(",") if b]:
                 host = common.make_batches(workload, batch, pad_id, sort=args.sort)
@@ -231,13 +208,13 @@ def main(argv=None) -> int:
                         mem_a = mem_f = None
                     # Parity columns against the CPU fp32 reference (forward_hard), on up to 4 batches.
                     ref_diff, ref_kept_same, ref_kept_total = 0.0, 0, 0
-                    for (ids, mask, _), (logits, kept) in list(zip(host, outs_a))[:4]:
+                    for (ids, mask, _), out in list(zip(host, outs_a))[:4]:
                         ref = reference.forward_hard(torch.from_numpy(ids), torch.from_numpy(mask))
-                        ref_diff = max(ref_diff, float((logits.float().cpu() - ref.logits).abs().max()))
-                        for kg, kr in zip(kept, ref.kept):
+                        ref_diff = max(ref_diff, float((out.logits.float().cpu() - ref.logits).abs().max()))
+                        for kg, kr in zip(out.kept, ref.kept):
                             ref_kept_total += 1
                             ref_kept_same += int(tuple(kg.shape) == tuple(kr.shape) and bool((kg.cpu() == kr).all()))
-                kept_np = [[k.cpu().numpy() for k in kept] for _, kept in outs_a]
+                kept_np = [[k.cpu().numpy() for k in out.kept] for out in outs_a]
                 row = {"backend": "pytorch-cuda" if device.type == "cuda" else "pytorch-cpu-smoke",
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                        "precision": precision,
@@ -250,7 +227,7 @@ def main(argv=None) -> int:
                 row["efficiency"] = row["wallclock_speedup"] / row["flops_speedup"]
                 row["adaptive_peak_gpu_mb"] = None if mem_a is None else round(mem_a, 1)
                 row["full_peak_gpu_mb"] = None if mem_f is None else round(mem_f, 1)
-                pred_a = np.concatenate([o[0].argmax(-1).cpu().numpy() for o in outs_a])
+                pred_a = np.concatenate([o.logits.argmax(-1).cpu().numpy() for o in outs_a])
                 pred_f = np.concatenate([o.argmax(-1).cpu().numpy() for o in outs_f])
                 row["adaptive_vs_full"] = {"label_agreement": float((pred_a == pred_f).mean())}
                 row["adaptive_vs_cpu_reference"] = {"max_abs_logit_diff": ref_diff,
@@ -263,7 +240,7 @@ def main(argv=None) -> int:
                 log(f"{precision} {workload.name:>12} B={batch:<3} adaptive {row['adaptive_ms_per_example']:8.3f} ms/ex"
                     f"  full {row['full_ms_per_example']:8.3f} ms/ex  wall-clock {row['wallclock_speedup']:.3f}x"
                     f"  FLOPs {row['flops_speedup']:.3f}x (padded {row['padded_flops_speedup']:.3f}x)")
-        del adaptive, full_module
+        del adaptive, run_full
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python benchmarks/bench_cpu.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-DEFAULT_SST2_DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
 LONG_MIN, LONG_MAX = 256, 512
 RESULTS_DIR = REPO / "docs" / "results"
 
@@ -47,44 +46,27 @@ class Workload:
                 "max_length_seen": int(lengths.max()), "description": self.description}
 
 
-def sst2_data_path(path: str | None = None) -> Path:
-    if path:
-        return Path(path)
-    env = os.environ.get("ADAPLER_DATA_DIR")
-    return Path(env) / "sst2" / "dev.tsv" if env else DEFAULT_SST2_DEV
+def sst2_dev(data_dir: str | None = None):
+    """The SST-2 dev split (`adapler_export.data`: a GLUE folder, default the task's), in dataset order."""
+    from adapler_export.data import load_dev
+
+    return load_dev("sst2", data_dir)
 
 
-def read_tsv(path: Path) -> tuple:
-    """GLUE SST-2 style TSV (header `sentence<TAB>label`)."""
-    import csv
-
-    texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        ti, li = header.index("sentence"), header.index("label")
-        for row in reader:
-            texts.append(row[ti])
-            labels.append(int(row[li]))
-    return texts, np.array(labels, dtype=np.int64)
-
-
-def sst2_workload(tokenizer, path: Path, max_length: int, limit: int | None = None) -> Workload:
-    texts, labels = read_tsv(path)
-    if limit:
-        texts, labels = texts[:limit], labels[:limit]
+def sst2_workload(tokenizer, dev, max_length: int, limit: int | None = None) -> Workload:
+    """The first `limit` sentences of the dev split `dev` (`sst2_dev`), unpadded, with their labels."""
+    texts, labels = dev.texts[:limit], dev.labels[:limit]
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     examples = [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
     return Workload("sst2-dev", examples, labels, max_length,
-                    f"SST-2 dev sentences ({path.name}), tokenized with max_length {max_length}, dataset order")
+                    f"SST-2 dev sentences ({dev.source}), tokenized with max_length {max_length}, dataset order")
 
 
-def long_workload(tokenizer, path: Path, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
+def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
                   seed: int = 0) -> Workload:
-    """Consecutive dev sentences joined into documents of L wordpieces, L ~ U[min_len, max_len]
-    ([CLS]/[SEP] included), cycling through the dev set. Deterministic for a seed."""
-    texts, _ = read_tsv(path)
-    pieces = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    """Consecutive `texts` (the dev sentences) joined into documents of L wordpieces, L ~ U[min_len, max_len]
+    ([CLS]/[SEP] included), cycling through them. Deterministic for a seed."""
+    pieces = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     rng = np.random.default_rng(seed)
     examples, cursor = [], 0
@@ -99,18 +81,19 @@ def long_workload(tokenizer, path: Path, count: int, min_len: int = LONG_MIN, ma
                     f"consecutive SST-2 dev sentences joined to {min_len}-{max_len} wordpieces (uniform, seed {seed})")
 
 
-def workloads_from_names(names: str, tokenizer, path: Path, max_length: int, max_positions: int,
+def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length: int, max_positions: int,
                          sst2_examples: int | None = None, long_examples: int = 32,
                          long_max_length: int = LONG_MAX) -> list:
-    """The comma-separated workloads of a bench command line ("sst2", "long"); long texts are capped at the
-    model's position embeddings."""
+    """The comma-separated workloads of a bench command line ("sst2", "long") from the SST-2 dev split in
+    `data_dir`; long texts are capped at the model's position embeddings."""
+    dev = sst2_dev(data_dir)
     workloads = []
     for name in [n for n in names.split(",") if n]:
         if name == "sst2":
-            workloads.append(sst2_workload(tokenizer, path, max_length, sst2_examples))
+            workloads.append(sst2_workload(tokenizer, dev, max_length, sst2_examples))
         elif name == "long":
             max_len = min(long_max_length, max_positions)
-            workloads.append(long_workload(tokenizer, path, long_examples, min(LONG_MIN, max_len), max_len))
+            workloads.append(long_workload(tokenizer, dev.texts, long_examples, min(LONG_MIN, max_len), max_len))
         else:
             raise SystemExit(f"unknown workload {name!r} (sst2, long)")
     return workloads
@@ -135,6 +118,22 @@ def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False
 
 
 # ----------------------------------------------------------------------------------------------- exports
+def fp32_specs(model) -> list:
+    """The `SegmentSpec`s of the model's fp32 segment graphs (what the exports below contain)."""
+    from adapler_export.specs import segment_specs
+
+    return segment_specs(model.num_layers, model.config.hidden_size, model.config.num_labels, "fp32")
+
+
+def onnxruntime_chain(model, segment_paths: list, threads: int | None):
+    """The exported segments in the library's ONNX Runtime backend (the one chain, the host link), at the
+    model's thresholds, on the CPU."""
+    from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(segment_paths, fp32_specs(model), [float(e) for e in model.eta.detach()],
+                              device="cpu", threads=threads)
+
+
 def export_models(ckpt, work_dir: Path, log=print) -> dict:
     """Segments (adaptive) and full.onnx (baseline) for a checkpoint, cached in `work_dir` by checkpoint
     digest and tool versions. Both exports are validated against PyTorch when written."""
@@ -144,14 +143,14 @@ def export_models(ckpt, work_dir: Path, log=print) -> dict:
 
     from adapler_export.baseline import FULL_FILE, export_full_onnx
     from adapler_export.checkpoint import checkpoint_digest
-    from adapler_export.segments import export_segments, segment_specs
+    from adapler_export.segments import export_segments
 
     model = ckpt.model
     stamp = {"digest": checkpoint_digest(ckpt.path), "torch": torch.__version__, "onnx": onnx.__version__,
              "onnxruntime": onnxruntime.__version__, "format": 1}
     work_dir = Path(work_dir) / stamp["digest"]
     stamp_path = work_dir / "stamp.json"
-    specs = segment_specs(model.num_layers, model.config.hidden_size, model.config.num_labels, "fp32")
+    specs = fp32_specs(model)
     segment_paths = [work_dir / "onnx" / s.file_name for s in specs]
     full_path = work_dir / "onnx" / FULL_FILE
     cached = stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp and full_path.is_file() \
@@ -406,10 +405,10 @@ REQUIRED_ROW_KEYS = ("backend", "device", "batch", "workload", "wallclock_speedu
 
 
 def write_json(path: Path, data: dict) -> None:
+    from adapler_export.storage import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def plot_rows(rows: list, path: Path, title: str) -> Path | None:

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Cheap runtime variants of the adaptive ONNX Runtime pipeline, timed against each other.
 
-All variants chain the same segment graphs and produce the same outputs (checked bit for bit against the
-reference chain on every batch before timing); they differ only in how the chain is driven:
+Every variant is the library's `OnnxRuntimeBackend` (the one chain, `chain.run_chain`) over the same segment
+graphs and produces the same outputs (checked bit for bit against the reference variant on every batch
+before timing); they differ only in the link and in how a segment is called, the subjects of this script:
 
-  reference      the chain as first written: `link.token_compact_numpy` (argsort + take_along_axis)
-  fast-link      `backends.onnxruntime.token_compact_fast`: identity when nothing is dropped, else one
-                 row gather (np.take on [B*S, H]) instead of per-element fancy indexing
+  reference      the reference link, `link.token_compact_numpy` (argsort + take_along_axis)
+  fast-link      `link.token_compact_fast` (the backend's default): identity when nothing is dropped, else
+                 one row gather (np.take on [B*S, H]) instead of per-element fancy indexing
   fast-link+raw  the same, calling the C++ session directly (`session._sess.run`, output names prepared)
   threads=1      fast-link with single-threaded sessions (the full model then also gets 1 thread)
 
@@ -19,10 +20,10 @@ Timing: round robin over variants, batch by batch, rotating who goes first; medi
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,40 +45,41 @@ def build_sessions(paths, threads, global_pool=False):
     return [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
 
 
-def make_chain(sessions, etas, link, raw=False):
-    """The adaptive pipeline of OnnxRuntimeBackend.run, with a pluggable link and call style."""
+def chain_variant(backend, link=None, raw: bool = False):
+    """`backend` (an OnnxRuntimeBackend) with another link and/or its segments called through the C++
+    session directly; the chain stays the library's. Returns `run(ids, mask) -> (logits, kept)`."""
     import onnxruntime as ort
 
-    names = [[o.name for o in s.get_outputs()] for s in sessions]
-    options = ort.RunOptions()
-    calls = [(lambda n, f, c=s._sess.run: c(n, f, options)) if raw else s.run for s in sessions]
+    variant = copy.copy(backend)
+    if link is not None:
+        variant.link = link
+    if raw:
+        options = ort.RunOptions()
+        calls = [session._sess.run for session in backend.sessions]
+
+        def run_segment(index, feeds):
+            names = backend.output_names[index]
+            return dict(zip(names, calls[index](names, feeds, options)))
+        variant.run_segment = run_segment
 
     def run(ids, mask):
-        hidden, scores = calls[0](names[0], {"input_ids": ids, "attention_mask": mask})
-        positions = np.where(mask == 1, np.arange(mask.shape[1], dtype=np.int32)[None], -1).astype(np.int32)
-        kept = []
-        for index in range(1, len(sessions)):
-            hidden, mask, positions, _ = link(hidden, scores, mask, positions, etas[index - 1])
-            kept.append(positions)
-            outputs = calls[index](names[index], {"hidden": hidden, "attention_mask": mask})
-            if index < len(etas):
-                hidden, scores = outputs
-            else:
-                logits = outputs[0]
-        return logits, kept
+        out = variant.run(ids, mask)
+        return out.logits, out.kept
     return run
 
 
 def make_full(session, raw=False):
+    from adapler_export.baseline import INPUTS
+
     call = session._sess.run if raw else session.run
     names = [o.name for o in session.get_outputs()]
-    return lambda ids, mask: (call(names, {"input_ids": ids, "attention_mask": mask})[0], None)
+    return lambda ids, mask: (call(names, dict(zip(INPUTS, (ids, mask))))[0], None)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sst2")
-    p.add_argument("--data", default=None)
+    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder (default: the task's)")
     p.add_argument("--workload", default="sst2", choices=["sst2", "long"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--examples", type=int, default=None, help="default: 400 (sst2) / 32 (long)")
@@ -92,39 +94,35 @@ def main(argv=None) -> int:
     import torch  # noqa: F401
     import onnxruntime as ort
 
-    from adapler_export.checkpoint import adapler_home, load_checkpoint
-    from adapler_export.link import token_compact_numpy
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.link import token_compact_fast, token_compact_numpy
+    from adapler_export.storage import adapler_home
 
     threads = args.threads or len(os.sched_getaffinity(0))
     if args.global_pool:
         ort.set_global_thread_pool_sizes(threads, 1)
     ckpt = load_checkpoint(args.ckpt)
     exports = common.export_models(ckpt, Path(args.work_dir) if args.work_dir else adapler_home() / "bench")
-    etas = [float(e) for e in ckpt.model.eta.detach()]
-    data = common.sst2_data_path(args.data)
+    dev = common.sst2_dev(args.data_dir)
     if args.workload == "sst2":
-        workload = common.sst2_workload(ckpt.tokenizer, data, ckpt.config.max_length, args.examples or 400)
+        workload = common.sst2_workload(ckpt.tokenizer, dev, ckpt.config.max_length, args.examples or 400)
     else:
-        workload = common.long_workload(ckpt.tokenizer, data, args.examples or 32)
+        workload = common.long_workload(ckpt.tokenizer, dev.texts, args.examples or 32)
     batches = common.make_batches(workload, args.batch, ckpt.tokenizer.pad_token_id or 0)
 
-    try:
-        from adapler_export.backends.onnxruntime import token_compact_fast
-    except ImportError:
-        sys.path.insert(0, str(Path(tempfile.gettempdir()) / "bench_dev"))
-        from fastlink import token_compact_take as token_compact_fast
-
-    segs = build_sessions(exports["segments"], threads, args.global_pool)
+    chain = common.onnxruntime_chain(ckpt.model, exports["segments"], threads)
+    if args.global_pool:  # the subject of --global-pool: the same chain over sessions sharing one thread pool
+        chain.sessions = build_sessions(exports["segments"], threads, global_pool=True)
     full = build_sessions([exports["full"]], threads, args.global_pool)[0]
     variants = {
-        "reference": make_chain(segs, etas, token_compact_numpy),
-        "fast-link": make_chain(segs, etas, token_compact_fast),
-        "fast-link+raw": make_chain(segs, etas, token_compact_fast, raw=True),
+        "reference": chain_variant(chain, token_compact_numpy),
+        "fast-link": chain_variant(chain, token_compact_fast),
+        "fast-link+raw": chain_variant(chain, token_compact_fast, raw=True),
         "full": make_full(full),
     }
     if not args.global_pool and threads > 1:
-        segs1 = build_sessions(exports["segments"], 1)
-        variants["threads=1"] = make_chain(segs1, etas, token_compact_fast)
+        variants["threads=1"] = chain_variant(common.onnxruntime_chain(ckpt.model, exports["segments"], 1),
+                                              token_compact_fast)
         variants["full threads=1"] = make_full(build_sessions([exports["full"]], 1)[0])
 
     # Same outputs, bit for bit, before any timing.

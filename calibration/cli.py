@@ -6,7 +6,8 @@ Wire into ``adapler_export/cli.py`` (both commands come with the one call)::
     add_calibrate_parser(sub)
 
 Each parser sets ``func`` (``args.func(args) -> int``); user errors raise ``AdaplerError``, which the CLI
-prints as one line with exit status 2.
+prints as one line with exit status 2. Every argument is checked before any work. Results go to stdout
+once (the sweep table, the chosen point, where things were written); progress and diagnostics to stderr.
 """
 from __future__ import annotations
 
@@ -14,21 +15,17 @@ import argparse
 import json
 import sys
 
-from adapler_export.errors import AdaplerError
-
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def _scales(text: str) -> list:
+    """Comma-separated numbers (their range is checked with the other options: CalibrateOptions.validate)."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError("expected comma-separated numbers, e.g. 0,0.5,1,2,4") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("scales must be >= 0 (0 = no removal)")
-    return values
 
 
 def _set_threads(threads: int | None) -> None:
@@ -45,14 +42,13 @@ def _json_default(value):
 def cmd_calibrate(args) -> int:
     from .sweep import CalibrateOptions, calibrate
 
-    _set_threads(args.threads)
-    if args.samples is not None and args.samples < 1:
-        raise AdaplerError(f"--samples must be >= 1, got {args.samples}")
     options = CalibrateOptions(target_speedup=args.target_speedup, max_accuracy_drop=args.max_accuracy_drop,
                                reference=args.reference, data_dir=args.data_dir, samples=args.samples,
                                scales=args.scales, num_scales=args.num_scales, refine=not args.no_refine,
                                measure=args.measure, measure_samples=args.measure_samples,
-                               measure_repeats=args.repeats, threads=args.threads or 1, report_dir=args.report_dir)
+                               measure_repeats=args.repeats, threads=args.threads or 1, report_dir=args.report_dir,
+                               force=args.force).validate()
+    _set_threads(args.threads)
     result = calibrate(args.ckpt, args.output, options, log=_log)
     if args.json:
         record = dict(result.record)
@@ -67,22 +63,23 @@ def cmd_calibrate(args) -> int:
               + (f", measured {c.measured_speedup:.2f}x" if c.measured_speedup is not None else "")
               + f"; eta {' '.join(f'{e:.3f}' for e in c.eta)}")
         print(f"calibrated checkpoint: {result.checkpoint}")
-    print(f"report: {result.files.get('json')}  plots: {result.files.get('tradeoff_png')}, "
-          f"{result.files.get('kept_png')}")
+    else:
+        print("no target given: sweep report only, no checkpoint written")
+    print(f"report: {result.files['json']}  plots: {result.files['tradeoff_png']}, {result.files['kept_png']}")
     return 0
 
 
 def cmd_quantize(args) -> int:
     from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
 
-    _set_threads(args.threads)
     options = QuantizeOptions(calib_samples=args.calib_samples, calib_split=args.calib_split,
                               calibrate_method=args.method, per_channel=not args.per_tensor,
                               symmetric_activations=args.symmetric, quantize_attention=args.quantize_attention,
                               quantize_ffn_out=args.quantize_ffn_out, quantize_outputs=args.quantize_outputs,
                               data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
                               threads=args.threads or 1, tensorrt=args.tensorrt, max_batch=args.max_batch,
-                              max_seq=args.max_seq)
+                              max_seq=args.max_seq, force=args.force).validate()
+    _set_threads(args.threads)
     result = quantize_artifact(args.artifact, args.output, options, ckpt=args.ckpt, log=_log)
     summary = quantize_summary(result)
     if args.json:
@@ -92,13 +89,16 @@ def cmd_quantize(args) -> int:
     acc = summary["accuracy"]
     print(f"dev accuracy: fp32 reference {acc['fp32_reference'] * 100:.2f}%  int8 {acc['int8'] * 100:.2f}%  "
           f"({acc['examples']} examples)")
-    if summary["speed"]:
-        for key, value in summary["speed"].items():
-            if key.startswith("batch_"):
-                print(f"speed {key.replace('_', ' ')}: fp32 {value['fp32_ms']:.2f} ms  int8 {value['int8_ms']:.2f} ms "
-                      f"per sentence ({value['speedup']:.2f}x, ONNX Runtime CPU, {summary['speed']['threads']} thread(s))")
-    if summary["engines"]:
-        print(f"TensorRT INT8 engines: {json.dumps(summary['engines'], default=_json_default)}")
+    speed = summary["speed"] or {}
+    for key, value in speed.items():
+        if key.startswith("batch_"):
+            print(f"speed {key.replace('_', ' ')}: fp32 {value['fp32_ms']:.2f} ms  int8 {value['int8_ms']:.2f} ms "
+                  f"per sentence ({value['speedup']:.2f}x, ONNX Runtime CPU, {speed['threads']} thread(s))")
+    engines = summary["engines"]
+    if engines["plans"]:
+        print(f"TensorRT INT8 engines ({engines['flavor']} {engines['version']}): {', '.join(engines['plans'])}")
+    for kind, reason in engines["not_built"].items():
+        print(f"TensorRT {kind} engines not built: {reason}")
     print(f"artifact: {result.path}")
     return 0
 
@@ -119,6 +119,9 @@ def add_calibrate_parser(subparsers) -> None:
                                     "(default: beside the source, <name>-cal-x<X> / <name>-cal-drop<P>)")
     p.add_argument("--report-dir", help="where calibration.json and the plots go when no target is given "
                                         "(default: $ADAPLER_HOME/calibration/<name>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier calibrated checkpoint (or sweep report) at the output place; "
+                        "a folder that is not one is never replaced")
     p.add_argument("--data-dir", help="GLUE-style folder with dev.tsv (default: the task's)")
     p.add_argument("--samples", type=int, help="dev examples to calibrate on (default: all)")
     p.add_argument("--scales", type=_scales, help="global scales to sweep, e.g. 0,0.5,1,2 (default: ~20 "
@@ -135,7 +138,8 @@ def add_calibrate_parser(subparsers) -> None:
 
     q = subparsers.add_parser("quantize", help="INT8 artifact from an fp32 one (static QDQ quantization, "
                                                "calibrated on the inputs each segment really sees)")
-    q.add_argument("--artifact", required=True, help="an fp32 artifact directory (from `build`)")
+    q.add_argument("--artifact", required=True,
+                   help="an fp32 artifact: a name under $ADAPLER_HOME/artifacts or a path")
     q.add_argument("--output", help="int8 artifact name (under $ADAPLER_HOME/artifacts) or path "
                                     "(default: beside the source, <name>-int8)")
     q.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
@@ -158,6 +162,8 @@ def add_calibrate_parser(subparsers) -> None:
     q.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
     q.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
     q.add_argument("--no-bench", action="store_true", help="skip the int8 vs fp32 timing")
+    q.add_argument("--force", action="store_true",
+                   help="replace an earlier artifact at the output place; a folder that is not one is never replaced")
     q.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime threads (default: 1)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)

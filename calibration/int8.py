@@ -1,12 +1,15 @@
 """INT8: static quantization of the segment graphs (ONNX Runtime, QDQ format) and TensorRT INT8 engines.
 
-`quantize_artifact(fp32_artifact)` writes an int8 artifact with the build's layout (manifest precision
-"int8", onnx/segment_XX.onnx as QDQ graphs, onnx/single.onnx, tokenizer/, parity.json):
+`quantize_artifact(fp32_artifact)` writes an int8 artifact with the build's layout and contract
+(`adapler_export.artifact`: manifest precision "int8", `derived_from` the fp32 artifact, a `quantization`
+record; onnx/segment_XX.onnx as QDQ graphs, onnx/single.onnx, tokenizer/, parity.json), so every backend
+opens it through `load_backend`:
 
 - **Calibration data = the real inputs each segment sees.** N task sentences (train split by default, so
   the dev set stays for parity) go through the fp32 PyTorch segments chained by the reference link
-  (`adapler_export.parity.capture_segment_io`) at the artifact's thresholds; segment k is calibrated on
-  exactly the hidden states / compacted masks that reach it.
+  (`adapler_export.parity.capture_segment_io`) at the checkpoint's thresholds, which are the artifact's
+  (the checkpoint's digest is checked against the manifest); segment k is calibrated on exactly the hidden
+  states / compacted masks that reach it.
 - **What is quantized:** MatMul nodes with a constant weight — Q, K, V, attention output, FFN up
   projection: per-channel int8 weights (output-channel axis), 8-bit activations on their inputs.
   **Kept in fp32:** the CP scoring path (every node that feeds `scores` only: the keep decisions compare s~
@@ -27,38 +30,37 @@
   activations by default, and `--tensorrt` adds `onnx/tensorrt_int8/segment_XX.onnx` with symmetric int8
   activations (`ActivationSymmetric`), from the same recorded calibration inputs, for the engines; those
   graphs are parity-checked too (run by ONNX Runtime, as a proxy for what the engines compute).
-- **Parity** against the PyTorch fp32 reference with int8 tolerances (`INT8_TOLERANCES`: reported, bounded
-  loosely: label agreement >= 97 %, keep-decision flips <= 5 %, mean |dlogit| <= 0.3; max |dlogit| reported,
-  not bounded). The artifact is written only when they hold. Dev accuracy of both and the speed of the
-  int8 chain against the fp32 chain (ONNX Runtime, same threads) are recorded in manifest.json.
+- **Parity** against the PyTorch fp32 reference with `Tolerances.for_precision("int8")` (reported in full,
+  bounded loosely: label agreement >= 97 %, keep-decision flips <= 5 %, mean |dlogit| <= 0.3; max |dlogit|
+  reported, not bounded) — the same bounds `adapler-export verify` applies to an int8 artifact. The artifact
+  is written only when they hold. Dev accuracy of both and the speed of the int8 chain against the fp32
+  chain (ONNX Runtime, same threads) are recorded in the manifest's `quantization` record and parity.json.
 
-`adapler-export verify` on an int8 artifact uses `Tolerances.for_precision("int8")`, which today falls into
-the fp16 bounds (99.5 % agreement): stricter than int8 is meant to meet. The int8 parity that counts is the
-one this module records; see calibration/README.md.
-
-TensorRT: `build_int8_engines` builds one strongly typed engine per QDQ segment graph with
-`adapler_export.engines.build_segment_engine` (explicit quantization: the Q/DQ nodes carry the scales, no
-calibrator, no precision flag). Plans are `engines/segment_XX.int8.plan`.
+TensorRT: `build_int8_engines` builds one strongly typed engine per symmetric QDQ segment graph with
+`adapler_export.engines.build_engine` (explicit quantization: the Q/DQ nodes carry the scales, no
+calibrator, no precision flag), recorded in the manifest's `engines` like the build's, so the registry's
+`tensorrt` backend runs them: `adapler-export verify --artifact INT8 --backend tensorrt` on a GPU machine.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from adapler_export.chain import SCORES
 from adapler_export.errors import AdaplerError, ParityError
-from adapler_export.parity import Tolerances
+from calibration.sweep import check_count
 
-#: int8 parity bounds: reported in full, bounded loosely (see the module docstring)
-INT8_TOLERANCES = Tolerances.for_precision("int8")
 CALIBRATION_METHODS = ("minmax", "minmax-moving-average")
+CALIBRATION_SPLITS = ("train", "dev")
 TENSORRT_GRAPHS = "tensorrt_int8"  # onnx/<this>/segment_XX.onnx: the symmetric QDQ graphs engines are built from
 
 
@@ -77,7 +79,6 @@ class QuantizeOptions:
     data_dir: str | None = None
     samples: int | None = None  # dev examples for parity and accuracy (None: all)
     batch_size: int = 32
-    tolerances: Tolerances = field(default_factory=lambda: INT8_TOLERANCES)
     bench: bool = True
     bench_samples: int = 64
     bench_repeats: int = 5
@@ -85,13 +86,33 @@ class QuantizeOptions:
     tensorrt: bool = False
     max_batch: int = 32
     max_seq: int | None = None
+    force: bool = False  # replace an earlier int8 artifact at the output place
+
+    def validate(self) -> "QuantizeOptions":
+        """Every option, checked before any work: each bad one is a one-line AdaplerError."""
+        if self.calibrate_method not in CALIBRATION_METHODS:
+            raise AdaplerError(f"calibration method must be one of {CALIBRATION_METHODS}, "
+                               f"got {self.calibrate_method!r}")
+        if self.calib_split not in CALIBRATION_SPLITS:
+            raise AdaplerError(f"--calib-split must be one of {CALIBRATION_SPLITS}, got {self.calib_split!r}")
+        counts = [("--calib-samples", self.calib_samples, 1), ("calib_batch", self.calib_batch, 1),
+                  ("batch_size", self.batch_size, 1), ("bench_samples", self.bench_samples, 1),
+                  ("bench_repeats", self.bench_repeats, 1), ("--threads", self.threads, 1),
+                  ("--max-batch", self.max_batch, 1)]
+        counts += [(flag, value, 1) for flag, value in (("--samples", self.samples), ("--max-seq", self.max_seq))
+                   if value is not None]
+        for flag, value, low in counts:
+            check_count(flag, value, low)
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise AdaplerError(f"--data-dir {self.data_dir} is not a folder")
+        return self
 
 
 @dataclass
 class QuantizeResult:
     path: Path
-    parity: object  # ParityReport
-    manifest: dict
+    parity: object  # ParityReport of the int8 ONNX Runtime graphs
+    manifest: object  # adapler_export.artifact.Manifest
 
 
 class SegmentFeeds:
@@ -116,30 +137,50 @@ class SegmentFeeds:
         self.reader = _Reader(list(feeds))
 
 
-def record_segment_inputs(model, specs, tokenizer, texts, max_length: int, eta, batch: int = 1) -> list:
-    """Per segment, the list of input feeds it sees when the fp32 reference pipeline (reference link, the
-    artifact's eta) runs on `texts`."""
-    import torch
-
+def record_segment_inputs(model, tokenizer, texts, max_length: int, batch: int = 1) -> list:
+    """Per segment, the list of input feeds it sees when the fp32 reference pipeline (the PyTorch segments,
+    the reference link, the model's eta) runs on `texts`."""
     from adapler_export.evaluation import encode
     from adapler_export.parity import capture_segment_io
-    from calibration.sweep import temporary_eta
 
-    per_segment = [[] for _ in specs]
-    with temporary_eta(model, eta), torch.no_grad():
-        for start in range(0, len(texts), batch):
-            ids, mask = encode(tokenizer, texts[start: start + batch], max_length)
-            for k, (feeds, _) in enumerate(capture_segment_io(model, specs, "fp32", ids, mask)):
-                per_segment[k].append({name: np.ascontiguousarray(v) for name, v in feeds.items()})
+    per_segment = None
+    for start in range(0, len(texts), batch):
+        ids, mask = encode(tokenizer, texts[start: start + batch], max_length)
+        records = capture_segment_io(model, "fp32", ids, mask)
+        per_segment = per_segment or [[] for _ in records]
+        for k, (feeds, _) in enumerate(records):
+            per_segment[k].append({name: np.ascontiguousarray(v) for name, v in feeds.items()})
     return per_segment
+
+
+def exclusive_ancestor_nodes(model, outputs) -> set:
+    """Names of the nodes that feed `outputs` and no other graph output (the CP scoring path); unnamed
+    ones get a name here, since the quantizer selects nodes by name."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def ancestors(names):
+        seen, stack = set(), list(names)
+        while stack:
+            node = producers.get(stack.pop())
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.extend(i for i in node.input if i)
+        return seen
+
+    targets = [o for o in outputs if o in producers]
+    others = [o.name for o in model.graph.output if o.name not in targets]
+    exclusive = ancestors(targets) - ancestors(others)
+    nodes = [n for n in model.graph.node if id(n) in exclusive]
+    for i, node in enumerate(n for n in nodes if not n.name):
+        node.name = f"_adapler_fp32_{i}"
+    return {n.name for n in nodes}
 
 
 def quantization_plan(model_proto, options: QuantizeOptions) -> dict:
     """Which nodes get quantized and which stay fp32 (and why), for one segment graph."""
-    from adapler_export.engines import exclusive_ancestor_nodes
-
     graph_outputs = {o.name for o in model_proto.graph.output}
-    cp_path = exclusive_ancestor_nodes(model_proto, ["scores"]) if "scores" in graph_outputs else set()
+    cp_path = exclusive_ancestor_nodes(model_proto, [SCORES]) if SCORES in graph_outputs else set()
     shapes = {i.name: list(i.dims) for i in model_proto.graph.initializer}
     for n in model_proto.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].t.dims:
@@ -254,8 +295,8 @@ def keep_unquantized_consumers_fp32(model) -> int:
 class _Recording:
     """Wraps a backend and keeps every batch's logits (to score accuracy from a parity run)."""
 
-    def __init__(self, backend):
-        self.backend, self.name, self.logits = backend, backend.name, []
+    def __init__(self, backend, name: str | None = None):
+        self.backend, self.name, self.logits = backend, name or backend.name, []
 
     def run(self, input_ids, attention_mask):
         out = self.backend.run(input_ids, attention_mask)
@@ -266,16 +307,12 @@ class _Recording:
         return float((np.concatenate(self.logits).argmax(-1) == np.asarray(labels)).mean())
 
 
-def bench_chains(fp32_paths, int8_paths, etas, tokenizer, texts, max_length, threads=1, repeats=5,
-                 batches=(1, 32)) -> dict:
-    """ONNX Runtime chain, int8 vs fp32, same thresholds and threads: median ms per sentence."""
-    from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+def bench_chains(fp32, int8, tokenizer, texts, max_length, repeats=5, batches=(1, 32)) -> dict:
+    """Two ONNX Runtime chains (int8 vs fp32, same thresholds and threads): median ms per sentence."""
     from adapler_export.evaluation import encode
     from calibration.measure import time_round_robin
 
-    fp32 = OnnxRuntimeBackend(fp32_paths, etas, device="cpu", threads=threads)
-    int8 = OnnxRuntimeBackend(int8_paths, etas, device="cpu", threads=threads)
-    result = {"backend": "onnxruntime (CPU)", "threads": threads, "repeats": repeats, "sentences": len(texts),
+    result = {"backend": "onnxruntime (CPU)", "repeats": repeats, "sentences": len(texts),
               "statistic": "median round, ms per sentence"}
     for batch in batches:
         inputs = [encode(tokenizer, texts[i: i + batch], max_length) for i in range(0, len(texts), batch)]
@@ -292,115 +329,63 @@ def default_int8_output(artifact: Path) -> Path:
     return artifact.parent / f"{stem}-int8"
 
 
+def _load_calibration_data(task: str, options: QuantizeOptions) -> tuple:
+    """(calibration split, dev split): only the splits needed are read (--calib-split dev needs no train.tsv)."""
+    from adapler_export.data import load_task
+
+    splits = ("dev",) if options.calib_split == "dev" else (options.calib_split, "dev")
+    data = load_task(task, options.data_dir, splits=splits)
+    return data[options.calib_split].subset(options.calib_samples, seed=1), data["dev"].subset(options.samples)
+
+
 def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None = None, ckpt=None, log=print,
                       progress=None) -> QuantizeResult:
+    """fp32 artifact -> int8 artifact (see the module docstring). Every argument, the source artifact's
+    files (their recorded digests), the checkpoint's digest and the output place are checked first."""
     import onnxruntime
 
-    from adapler_export.backends import read_manifest
+    from adapler_export.artifact import EnginesRecord, open_artifact, write_manifest
+    from adapler_export.backends import load_backend
     from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
     from adapler_export.backends.pytorch import PyTorchBackend
     from adapler_export.build import tool_versions
-    from adapler_export.checkpoint import atomic_directory, checkpoint_digest, load_checkpoint, resolve_output_dir
+    from adapler_export.checkpoint import checkpoint_digest, load_checkpoint
     from adapler_export.parity import compare_backends
-    from adapler_export.segments import build_single_graph, segment_specs
-    from training.data import load_task
+    from adapler_export.segments import build_single_graph
+    from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
 
-    options = options or QuantizeOptions()
-    if options.calibrate_method not in CALIBRATION_METHODS:
-        raise AdaplerError(f"calibration method must be one of {CALIBRATION_METHODS}, got {options.calibrate_method!r}")
-    if options.calib_samples < 1:
-        raise AdaplerError(f"--calib-samples must be >= 1, got {options.calib_samples}")
-    artifact = Path(artifact_dir).expanduser().resolve()
-    manifest = read_manifest(artifact)
-    if manifest.get("precision") != "fp32":
-        raise AdaplerError(f"{artifact} is a {manifest.get('precision')} artifact: quantize an fp32 one "
+    options = (options or QuantizeOptions()).validate()
+    source_dir, source = open_artifact(artifact_dir)
+    if source.precision != "fp32":
+        raise AdaplerError(f"{source_dir} is a {source.precision} artifact: quantize an fp32 one "
                            "(`adapler-export build --ckpt ...`)")
-    out = resolve_output_dir(output, "artifacts") if output else default_int8_output(artifact)
-    if out.resolve() == artifact:
-        raise AdaplerError("the int8 artifact would overwrite its fp32 source; pass another --output")
-    checkpoint = load_checkpoint(ckpt or manifest["checkpoint"]["path"])
+    out = resolve_output_dir(output, "artifacts") if output else default_int8_output(source_dir)
+    check_output_dir(out, "artifact", options.force, inputs=[source_dir])
+    checkpoint = load_checkpoint(ckpt or source.checkpoint["path"])
     digest = checkpoint_digest(checkpoint.path)
-    if digest != manifest["checkpoint"]["digest"]:
-        raise AdaplerError(f"checkpoint {checkpoint.path} (digest {digest}) is not the one {artifact} was built "
-                           f"from ({manifest['checkpoint']['digest']}); pass --ckpt")
+    if digest != source.checkpoint["digest"]:  # the same digest also means the same eta as the manifest's
+        raise AdaplerError(f"checkpoint {checkpoint.path} (digest {digest}) is not the one {source_dir} was built "
+                           f"from ({source.checkpoint['digest']}); pass --ckpt with that checkpoint")
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    etas = [float(e) for e in manifest["eta"]]
-    specs = segment_specs(manifest["num_layers"], manifest["hidden_size"], len(manifest["labels"]), "fp32")
-    fp32_paths = [artifact / "onnx" / s.file_name for s in specs]
-    missing = [str(p) for p in fp32_paths if not p.is_file()]
-    if missing:
-        raise AdaplerError(f"artifact {artifact} is missing {missing[0]}")
-    data = load_task(manifest["task"], options.data_dir)
-    if options.calib_split not in data.splits:
-        raise AdaplerError(f"no {options.calib_split!r} split for calibration (have {sorted(data.splits)})")
-    calib = data[options.calib_split].subset(options.calib_samples, seed=1)
-    dev = data["dev"].subset(options.samples)
+    specs, etas, max_length = source.specs(), list(source.eta), source.max_length
+    calib, dev = _load_calibration_data(source.task, options)
     started = time.time()
 
     log(f"recording segment inputs: {len(calib)} {options.calib_split} sentences through the fp32 reference "
         f"pipeline (eta {' '.join(f'{e:.3f}' for e in etas)})")
-    feeds = record_segment_inputs(model, specs, tokenizer, calib.texts, manifest["max_length"], etas,
-                                  batch=options.calib_batch)
-    with atomic_directory(out) as tmp:
+    feeds = record_segment_inputs(model, tokenizer, calib.texts, max_length, batch=options.calib_batch)
+    with atomic_directory(out, kind="artifact", force=options.force, inputs=[source_dir]) as tmp:
         onnx_dir = tmp / "onnx"
         onnx_dir.mkdir()
         segments = []
-        pairs = list(zip(specs, feeds))
-        for spec, seg_feeds in (progress(pairs, "quantize") if progress else pairs):
-            info = quantize_segment(artifact / "onnx" / spec.file_name, onnx_dir / spec.file_name, seg_feeds, options)
+        for spec, seg_feeds in (progress(list(zip(specs, feeds)), "quantize") if progress else zip(specs, feeds)):
+            info = quantize_segment(source_dir / "onnx" / spec.file_name, onnx_dir / spec.file_name, seg_feeds,
+                                    options)
             segments.append(info)
             log(f"  {spec.file_name}: {info['status']}, {len(info['quantized_nodes'])} MatMul int8, "
                 f"{len(info['excluded'])} kept fp32")
         build_single_graph(onnx_dir, specs, etas, onnx_dir / "single.onnx")
-        shutil.copytree(artifact / "tokenizer", tmp / "tokenizer")
-        int8_paths = [onnx_dir / s.file_name for s in specs]
-
-        reference = _Recording(PyTorchBackend(model))
-        candidate = _Recording(OnnxRuntimeBackend(int8_paths, etas, device="cpu", threads=options.threads))
-        candidate.name = "onnxruntime-int8"
-        with _eta_of(model, etas):
-            report = compare_backends(reference, candidate, tokenizer, dev.texts, manifest["max_length"], "int8",
-                                      batch_size=options.batch_size, tolerances=options.tolerances,
-                                      progress=progress)
-        accuracy = {"examples": len(dev), "split": "dev", "fp32_reference": reference.accuracy(dev.labels),
-                    "int8": candidate.accuracy(dev.labels)}
-        accuracy["drop_points"] = (accuracy["fp32_reference"] - accuracy["int8"]) * 100
-        log(report.table())
-        log(f"dev accuracy: fp32 reference {accuracy['fp32_reference'] * 100:.2f}%, int8 {accuracy['int8'] * 100:.2f}% "
-            f"({len(dev)} examples)")
-        bench = None
-        if options.bench:
-            bench = bench_chains(fp32_paths, int8_paths, etas, tokenizer, dev.texts[: options.bench_samples],
-                                 manifest["max_length"], threads=options.threads, repeats=options.bench_repeats)
-            log("speed (ONNX Runtime CPU, %d thread(s)): " % options.threads + ", ".join(
-                f"{k}: fp32 {v['fp32_ms']:.2f} ms, int8 {v['int8_ms']:.2f} ms/sentence ({v['speedup']:.2f}x)"
-                for k, v in bench.items() if k.startswith("batch_")))
-        engines, trt_graphs = {}, None
-        if options.tensorrt:
-            trt_dir = onnx_dir / TENSORRT_GRAPHS
-            trt_dir.mkdir()
-            log("TensorRT graphs: symmetric int8 activations (explicit quantization needs zero point 0)")
-            for spec, seg_feeds in pairs:
-                quantize_segment(artifact / "onnx" / spec.file_name, trt_dir / spec.file_name, seg_feeds, options,
-                                 symmetric=True)
-            trt_paths = [trt_dir / s.file_name for s in specs]
-            trt_candidate = _Recording(OnnxRuntimeBackend(trt_paths, etas, device="cpu", threads=options.threads))
-            trt_candidate.name = "onnxruntime-int8-symmetric (TensorRT graphs)"
-            with _eta_of(model, etas):
-                trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts,
-                                              manifest["max_length"], "int8", batch_size=options.batch_size,
-                                              tolerances=options.tolerances)
-            log(trt_report.table())
-            trt_graphs = {"folder": f"onnx/{TENSORRT_GRAPHS}", "activations": "int8 symmetric (zero point 0)",
-                          "parity_via_onnxruntime": trt_report.to_dict(),
-                          "accuracy": trt_candidate.accuracy(dev.labels)}
-            if trt_report.passed:
-                engines = build_int8_engines(trt_dir, len(specs), tmp / "engines", manifest["hidden_size"],
-                                             options.max_batch, options.max_seq or manifest["max_length"], log=log)
-            else:  # engines from graphs that miss the int8 bounds would only fail `verify` on the GPU
-                engines = {"status": "not built",
-                           "reason": "the symmetric int8 graphs fail parity: " + "; ".join(trt_report.failures)}
-                log(f"TensorRT int8 engines not built: {engines['reason']}")
+        shutil.copytree(source_dir / "tokenizer", tmp / "tokenizer")
         quantization = {
             "tool": "onnxruntime.quantization.quantize_static", "onnxruntime": onnxruntime.__version__,
             "format": "QDQ", "weights": "int8 symmetric, " + ("per-channel (axis 1)" if options.per_channel
@@ -411,160 +396,122 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             "quantize_matmul_outputs": options.quantize_outputs, "fp32_residuals": options.fp32_residuals,
             "calibration_data": {"split": options.calib_split, "examples": len(calib), "source": calib.source,
                                  "sha256": calib.sha256, "subset_seed": 1, "batch": options.calib_batch,
-                                 "pipeline": "fp32 PyTorch segments + reference link at the manifest's eta"},
-            "segments": segments,
-            "tensorrt_graphs": trt_graphs,
+                                 "pipeline": "fp32 PyTorch segments + reference link at the artifact's eta"},
+            "segments": segments, "tensorrt_graphs": None, "accuracy": None, "speed": None,
         }
-        new_manifest = dict(manifest)
-        new_manifest.update({
-            "precision": "int8", "backend": "onnxruntime", "engines": engines,
-            "source_artifact": {"path": str(artifact), "precision": manifest["precision"]},
-            "quantization": quantization, "tools": tool_versions(),
-            "parity": {"report": report.to_dict(), "tolerances": "int8 (calibration.int8.INT8_TOLERANCES)",
-                       "accuracy": accuracy, "speed": bench},
-            "single_graph": {**manifest.get("single_graph", {}), "file": "single.onnx"},
-            "build_seconds": round(time.time() - started, 1),
-        })
-        (tmp / "parity.json").write_text(json.dumps({"end_to_end": report.to_dict(), "accuracy": accuracy,
-                                                     "speed": bench}, indent=2) + "\n")
-        (tmp / "manifest.json").write_text(json.dumps(new_manifest, indent=2) + "\n")
+        not_asked = "not asked for (quantize --tensorrt)"
+        manifest = dataclasses.replace(
+            source, checkpoint={"path": str(checkpoint.path), "digest": digest}, precision="int8",
+            engines=EnginesRecord(not_built={"segments": not_asked, "single": not_asked}), tools=tool_versions(),
+            parity={}, files={}, derived_from={"path": str(source_dir), "precision": source.precision},
+            quantization=quantization)
+        write_manifest(tmp, manifest)  # the int8 graphs are opened through the contract, like any artifact's
+
+        reference = _Recording(PyTorchBackend(model))
+        with load_backend(tmp, kind="onnxruntime", check_files=False, device="cpu",
+                          threads=options.threads) as int8_graphs:
+            candidate = _Recording(int8_graphs, "onnxruntime-int8")
+            report = compare_backends(reference, candidate, tokenizer, dev.texts, max_length, "int8",
+                                      batch_size=options.batch_size, progress=progress)
+        log(report.table())
         if not report.passed:
             raise ParityError(f"int8 parity failed ({'; '.join(report.failures)}); no artifact written")
+        accuracy = {"examples": len(dev), "split": "dev", "fp32_reference": reference.accuracy(dev.labels),
+                    "int8": candidate.accuracy(dev.labels)}
+        accuracy["drop_points"] = (accuracy["fp32_reference"] - accuracy["int8"]) * 100
+        log(f"dev accuracy: fp32 reference {accuracy['fp32_reference'] * 100:.2f}%, int8 "
+            f"{accuracy['int8'] * 100:.2f}% ({len(dev)} examples)")
+        quantization["accuracy"] = accuracy
+        if options.bench:
+            with OnnxRuntimeBackend(source.segment_paths(source_dir), specs, etas, "cpu", options.threads) as fp32, \
+                    OnnxRuntimeBackend(manifest.segment_paths(tmp), specs, etas, "cpu", options.threads) as int8:
+                bench = bench_chains(fp32, int8, tokenizer, dev.texts[: options.bench_samples], max_length,
+                                     repeats=options.bench_repeats)
+            quantization["speed"] = {**bench, "threads": options.threads}
+            log(f"speed (ONNX Runtime CPU, {options.threads} thread(s)): " + ", ".join(
+                f"{k}: fp32 {v['fp32_ms']:.2f} ms, int8 {v['int8_ms']:.2f} ms/sentence ({v['speedup']:.2f}x)"
+                for k, v in bench.items() if k.startswith("batch_")))
+        parity = {"end_to_end": {"onnxruntime": report.to_dict()}, "not_run": {}, "accuracy": accuracy,
+                  "speed": quantization["speed"]}
+        if options.tensorrt:
+            trt_dir = onnx_dir / TENSORRT_GRAPHS
+            trt_dir.mkdir()
+            log("TensorRT graphs: symmetric int8 activations (explicit quantization needs zero point 0)")
+            for spec, seg_feeds in zip(specs, feeds):
+                quantize_segment(source_dir / "onnx" / spec.file_name, trt_dir / spec.file_name, seg_feeds, options,
+                                 symmetric=True)
+            trt_paths = [trt_dir / s.file_name for s in specs]
+            with OnnxRuntimeBackend(trt_paths, specs, etas, "cpu", options.threads) as trt_graphs:
+                trt_candidate = _Recording(trt_graphs, "onnxruntime-int8-symmetric (TensorRT graphs)")
+                trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts, max_length,
+                                              "int8", batch_size=options.batch_size)
+            log(trt_report.table())
+            parity["tensorrt_graphs_via_onnxruntime"] = trt_report.to_dict()
+            quantization["tensorrt_graphs"] = {"folder": f"onnx/{TENSORRT_GRAPHS}",
+                                               "activations": "int8 symmetric (zero point 0)",
+                                               "accuracy": trt_candidate.accuracy(dev.labels)}
+            if trt_report.passed:
+                manifest.engines = build_int8_engines(tmp, trt_dir, specs, options.max_batch,
+                                                      options.max_seq or max_length, log=log)
+            else:  # engines from graphs that miss the int8 bounds would only fail `verify` on the GPU
+                reason = "the symmetric int8 graphs fail parity: " + "; ".join(trt_report.failures)
+                manifest.engines = EnginesRecord(not_built={"segments": reason, "single": reason})
+                log(f"TensorRT int8 engines not built: {reason}")
+            if manifest.engines.segments:
+                parity["not_run"]["tensorrt"] = ("quantize runs the engines nowhere; on a machine with a CUDA GPU: "
+                                                 f"adapler-export verify --artifact {out} --backend tensorrt")
+        (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        manifest.parity = parity
+        manifest.build_seconds = round(time.time() - started, 1)
+        write_manifest(tmp, manifest)
     log(f"int8 artifact written to {out}")
-    return QuantizeResult(out, report, new_manifest)
-
-
-def _eta_of(model, etas):
-    from calibration.sweep import temporary_eta
-
-    return temporary_eta(model, etas)
+    return QuantizeResult(out, report, manifest)
 
 
 # ----- TensorRT explicit quantization ------------------------------------------------------------------------
-def int8_plan_filename(index: int) -> str:
-    return f"segment_{index:02d}.int8.plan"
+def build_int8_engines(artifact_dir: Path, graphs_dir: Path, specs, max_batch: int, max_seq: int, opt_batch: int = 1,
+                       log=print):
+    """Strongly typed INT8 segment engines (`engines/segment_XX.int8.plan`) from the symmetric QDQ graphs in
+    `graphs_dir` (TensorRT explicit quantization), as an `EnginesRecord` like the build's. Never raises for a
+    TensorRT that cannot do it: the record says why nothing was built (the ONNX Runtime int8 artifact stands
+    either way). No single engine: the plugin engine is built by `build` from fp32/fp16 graphs."""
+    from adapler_export.artifact import EnginesRecord
+    from adapler_export.engines import build_engine, import_tensorrt, input_profile, plan_relpath
 
-
-def build_int8_engines(onnx_dir, num_segments: int, engines_dir, hidden_size: int, max_batch: int, max_seq: int,
-                       opt_batch: int = 1, prefer: str | None = None, log=print) -> dict:
-    """Strongly typed INT8 engines from the QDQ segment graphs (TensorRT explicit quantization), with
-    `adapler_export.engines.build_segment_engine`. Never raises for a TensorRT that cannot do it: the
-    returned record says what was built, or why not (the ONNX Runtime int8 artifact stands either way)."""
-    from adapler_export.engines import build_segment_engine, import_tensorrt, segment_profiles
-
-    onnx_dir, engines_dir = Path(onnx_dir), Path(engines_dir)
+    artifact_dir, graphs_dir = Path(artifact_dir), Path(graphs_dir)
+    single = "int8 single-graph engines are not built (quantize builds segment engines)"
     try:
-        trt, flavor = import_tensorrt(prefer)
+        trt, flavor = import_tensorrt()
     except AdaplerError as exc:
         log(f"TensorRT INT8 engines not built: {exc}")
-        return {"status": "not built", "reason": str(exc)}
-    profiles = segment_profiles(num_segments, hidden_size, max_batch, max_seq, opt_batch=opt_batch, opt_seq=max_seq)
-    log(f"building {num_segments} INT8 segment engines from the QDQ graphs with {flavor} {trt.__version__}")
-    engines_dir.mkdir(parents=True, exist_ok=True)
-    records, failures = [], []
-    for k, profile in enumerate(profiles):
-        onnx_path = onnx_dir / f"segment_{k:02d}.onnx"
-        plan = engines_dir / int8_plan_filename(k)
+        return EnginesRecord(not_built={"segments": str(exc), "single": single})
+    record = EnginesRecord(flavor=flavor, version=str(trt.__version__), not_built={"single": single})
+    log(f"building {len(specs)} INT8 segment engines from the QDQ graphs with {flavor} {trt.__version__}")
+    for spec in specs:
+        profile = input_profile(spec.inputs, max_batch, max_seq, opt_batch)
+        onnx_path, plan = graphs_dir / spec.file_name, plan_relpath(spec.file_name, "int8")
         try:
-            info = build_segment_engine(onnx_path, plan, profile, prefer=prefer)
-        except Exception as exc:  # noqa: BLE001 - recorded, see the docstring
-            failures.append({"segment": onnx_path.name, "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
-            log(f"  {onnx_path.name}: FAILED ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
-            continue
-        record = info.to_dict()
-        record["precision"] = "int8 (explicit QDQ)"
-        record["plan_path"] = str(Path(info.plan_path).relative_to(engines_dir.parent))
-        record["onnx_path"] = str(Path(info.onnx_path).relative_to(engines_dir.parent))
-        int8_layers = _int8_layer_count(trt, plan) if _has_gpu() else None
-        if int8_layers is not None:
-            record["int8_layers"] = int8_layers
-        records.append(record)
-        log(f"  {onnx_path.name} -> {plan.name} ({info.build_seconds:.1f}s, {info.plan_bytes / 1e6:.1f} MB)")
-    status = "built" if not failures else ("partial" if records else "failed")
-    if failures and not records:
-        shutil.rmtree(engines_dir, ignore_errors=True)
-    return {"flavor": flavor, "version": trt.__version__, "status": status, "segments": records,
-            "failures": failures, "precision": "int8",
-            "runtime": "calibration.int8.load_int8_tensorrt_backend(artifact), or "
-                       "`adapler-export verify --artifact DIR --backend tensorrt`, on a GPU machine"}
-
-
-def _has_gpu() -> bool:
-    from adapler_export.engines import _cuda_device_count
-
-    try:
-        return _cuda_device_count() > 0
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _int8_layer_count(trt, plan: Path) -> int | None:
-    """Layers the engine runs in int8, from the engine inspector (None when it cannot say)."""
-    try:
-        from adapler_export.engines import tensorrt_logger
-
-        runtime = trt.Runtime(tensorrt_logger(trt))
-        engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-        if engine is None:
-            return None
-        inspector = engine.create_engine_inspector()
-        info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-        return sum(1 for layer in info.get("Layers", []) if "Int8" in json.dumps(layer))
-    except Exception:  # noqa: BLE001 - informational only; CPU-only TensorRT-RTX cannot deserialize
-        return None
-
-
-def load_int8_tensorrt_backend(artifact_dir, **kwargs):
-    """The TensorRT segment backend over `engines/segment_XX.int8.plan` (GPU machines)."""
-    from adapler_export.backends import read_manifest
-    from adapler_export.backends.tensorrt import TensorRTSegmentsBackend
-
-    artifact_dir = Path(artifact_dir)
-    manifest = read_manifest(artifact_dir)
-    plans = [artifact_dir / "engines" / int8_plan_filename(k) for k in range(len(manifest["segments"]))]
-    missing = [str(p) for p in plans if not p.is_file()]
-    if missing:
-        raise AdaplerError(f"{artifact_dir} has no INT8 engines ({missing[0]}); "
-                           "run `adapler-export quantize --artifact FP32_DIR --tensorrt`")
-    return TensorRTSegmentsBackend(plans, manifest["eta"], **kwargs)
-
-
-def verify_tensorrt_int8(artifact_dir, data_dir=None, samples: int | None = None, batch_size: int = 32,
-                         tolerances: Tolerances | None = None):
-    """Parity of the INT8 TensorRT engines against the PyTorch reference (needs a GPU)."""
-    from adapler_export.backends import read_manifest
-    from adapler_export.backends.pytorch import PyTorchBackend
-    from adapler_export.build import parity_texts
-    from adapler_export.checkpoint import load_checkpoint
-    from adapler_export.parity import compare_backends
-
-    manifest = read_manifest(artifact_dir)
-    checkpoint = load_checkpoint(manifest["checkpoint"]["path"])
-    candidate = load_int8_tensorrt_backend(artifact_dir)
-    texts = parity_texts(manifest["task"], data_dir, samples)
-    with _eta_of(checkpoint.model, manifest["eta"]):
-        return compare_backends(PyTorchBackend(checkpoint.model), candidate, checkpoint.tokenizer, texts,
-                                manifest["max_length"], "int8", batch_size=batch_size,
-                                tolerances=tolerances or INT8_TOLERANCES)
+            built = build_engine(onnx_path, artifact_dir / plan, profile, flavor, io=spec)
+        except AdaplerError as exc:  # recorded: a partial set of engines is of no use to the tensorrt backend
+            shutil.rmtree(artifact_dir / Path(plan).parent, ignore_errors=True)
+            reason = f"{spec.file_name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            log(f"TensorRT INT8 engines not built: {reason}")
+            return EnginesRecord(flavor=flavor, version=record.version, not_built={"segments": reason,
+                                                                                    "single": single})
+        record.segments.append({"plan_path": plan, "onnx_path": onnx_path.relative_to(artifact_dir).as_posix(),
+                                "precision": "int8", "profiles": [profile], "segment": spec.index, **built})
+        log(f"  {onnx_path.name} -> {plan} ({built['build_seconds']:.1f}s, {built['plan_bytes'] / 1e6:.1f} MB)")
+    return record
 
 
 def quantize_summary(result: QuantizeResult) -> dict:
     manifest = result.manifest
+    engines = manifest.engines
     return {"artifact": str(result.path), "parity": result.parity.to_dict(),
-            "accuracy": manifest["parity"]["accuracy"], "speed": manifest["parity"]["speed"],
-            "engines": {k: v for k, v in manifest.get("engines", {}).items() if k != "segments"}
-            | ({"plans": [s["plan_path"] for s in manifest["engines"].get("segments", [])]}
-               if manifest.get("engines") else {})}
+            "accuracy": manifest.quantization["accuracy"], "speed": manifest.quantization["speed"],
+            "engines": {"flavor": engines.flavor, "version": engines.version,
+                        "plans": [e["plan_path"] for e in engines.segments], "not_built": dict(engines.not_built)}}
 
 
-__all__ = ["INT8_TOLERANCES", "QuantizeOptions", "QuantizeResult", "quantize_artifact", "build_int8_engines",
-           "load_int8_tensorrt_backend", "verify_tensorrt_int8", "record_segment_inputs", "quantization_plan",
-           "quantize_segment", "keep_unquantized_consumers_fp32"]
-
-
-if __name__ == "__main__":  # python -m calibration.int8 ARTIFACT [SAMPLES]: TensorRT INT8 engine parity (GPU)
-    import sys
-
-    report = verify_tensorrt_int8(sys.argv[1], samples=int(sys.argv[2]) if len(sys.argv) > 2 else None)
-    print(report.table())
-    sys.exit(0 if report.passed else 1)
+__all__ = ["QuantizeOptions", "QuantizeResult", "quantize_artifact", "build_int8_engines", "record_segment_inputs",
+           "quantization_plan", "quantize_segment", "keep_unquantized_consumers_fp32"]

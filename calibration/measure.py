@@ -1,11 +1,12 @@
 """Measured speedup of sweep points: wall-clock of the ONNX Runtime adaptive pipeline.
 
 One segment export serves the whole sweep: the link thresholds are runtime parameters of the ONNX Runtime
-chain (`OnnxRuntimeBackend(etas=...)`). Two baselines, both on the same backend and threads:
+chain, so every point runs the same `OnnxRuntimeBackend` sessions with its own thresholds
+(`with_thresholds`). Two baselines, both on the same backend and threads:
 
-- **keep-all chain** (the primary one): the same segment graphs with every link switched off (eta = 0 is
-  "no removal": the link is skipped, nothing is compacted; the CPs still run). This isolates what removing
-  tokens buys in this runtime.
+- **keep-all chain** (the primary one): the same segment graphs with eta = 0 at every link: delta = 0, so
+  every live token goes on (at batch 1 there is no padding, and the link hands its inputs back as they
+  are); the CPs still run. This isolates what removing tokens buys in this runtime.
 - **full graph**: one ONNX graph of the plain backbone classifier (`forward_full`, no CPs, no links): what a
   deployment without AdapLeR would run. ../shared/DESIGN.md §7 measured the chain at 10-15 % slower than
   one graph when nothing is dropped, so this ratio is the honest end-to-end one.
@@ -16,39 +17,25 @@ hits all of them alike); the figure is the median round, divided by the number o
 """
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from adapler_export.backends.onnxruntime import OnnxRuntimeBackend, session_options
+from adapler_export.backends import SegmentChainBackend
+from adapler_export.link import check_eta
 
 
-class SweepOrtBackend(OnnxRuntimeBackend):
-    """The ONNX Runtime segment chain with settable thresholds; eta <= 0 at a link means "no removal":
-    the link is skipped (every token goes on, nothing is compacted), as `OnnxRuntimeBackend.run` does."""
-
-    name = "onnxruntime-sweep"
-
-    def __init__(self, segment_paths: list, etas: list | None = None, threads: int | None = 1):
-        super().__init__(segment_paths, etas if etas is not None else [1.0] * (len(segment_paths) - 1),
-                         device="cpu", threads=threads)
-
-    def set_etas(self, etas) -> "SweepOrtBackend":
-        etas = [float(e) for e in etas]
-        if len(etas) != len(self.sessions) - 1:
-            raise ValueError(f"{len(self.sessions)} segments need {len(self.sessions) - 1} thresholds")
-        self.etas = etas
-        return self
-
-
-
-def export_full_graph(model, path: Path) -> Path:
-    """One ONNX graph of the plain backbone classifier (no CPs, no links), checked against PyTorch."""
-    from adapler_export.baseline import export_full_onnx
-
-    return export_full_onnx(model, path)
+def with_thresholds(backend: SegmentChainBackend, etas) -> SegmentChainBackend:
+    """The same backend (same sessions, same chain, same link) with other link thresholds."""
+    etas = [check_eta(e) for e in etas]
+    if len(etas) != len(backend.etas):
+        raise ValueError(f"{len(backend.specs)} segments need {len(backend.etas)} thresholds, got {len(etas)}")
+    variant = copy.copy(backend)
+    variant.etas = etas
+    return variant
 
 
 def encode_single(tokenizer, texts, max_length: int) -> list:
@@ -82,6 +69,8 @@ def measure_points(model, tokenizer, texts, max_length: int, points: list, sampl
     """Attach measured_ms / measured_speedup / measured_speedup_vs_full_graph to `points` (in place)."""
     import onnxruntime as ort
 
+    from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+    from adapler_export.baseline import FullModelBackend, export_full_onnx
     from adapler_export.segments import export_segments
 
     subset = list(texts)[:samples]
@@ -91,25 +80,17 @@ def measure_points(model, tokenizer, texts, max_length: int, points: list, sampl
         log(f"measuring: exporting the fp32 segments once (thresholds are runtime parameters), {len(inputs)} "
             f"sentences, batch 1, {repeats} rounds, {threads} ONNX Runtime thread(s)")
         specs = export_segments(model, tmp / "onnx", "fp32")
-        chain = SweepOrtBackend([tmp / "onnx" / s.file_name for s in specs], threads=threads)
-        full = ort.InferenceSession(str(export_full_graph(model, tmp / "full.onnx")), session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-
-        def run_chain(etas):
-            def fn(ids, mask):
-                chain.set_etas(etas)
-                return chain.run(ids, mask)
-            return fn
-
-        layers = len(specs) - 1
-        configs = {"keep_all_chain": run_chain([0.0] * layers),
-                   "full_graph": lambda ids, mask: full.run(None, {"input_ids": ids, "attention_mask": mask})}
+        chain = OnnxRuntimeBackend([tmp / "onnx" / s.file_name for s in specs], specs, [0.0] * (len(specs) - 1),
+                                   device="cpu", threads=threads)
+        full = FullModelBackend(export_full_onnx(model, tmp / "full.onnx"), model.num_layers, device="cpu",
+                                threads=threads)
+        configs = {"keep_all_chain": chain.run, "full_graph": full.run}
         names = {}  # eta tuple -> config name
         for p in points:
             eta = tuple(p.eta)
             if eta not in names and any(e > 0 for e in eta):
                 names[eta] = "eta " + " ".join(f"{e:.4f}" for e in eta)
-                configs[names[eta]] = run_chain(list(eta))
+                configs[names[eta]] = with_thresholds(chain, eta).run
         timings = time_round_robin(configs, inputs, repeats=repeats)
     base, full_ms = timings["keep_all_chain"]["median_ms"], timings["full_graph"]["median_ms"]
     for p in points:

@@ -4,7 +4,7 @@ The learned per-layer thresholds eta_l (keep token i at layer l iff s~_i >= eta_
 for speed. Calibration re-chooses them after training, on dev data, for a stated target:
 
 1. **Global sweep.** eta_l * s for a grid of scales s (0 = no removal, 1 = the checkpoint's own eta, up
-   to the scale at which every layer reaches eta = 1), clipped to (0, 1]. For every point: dev accuracy,
+   to the scale at which every layer reaches eta = 1), clipped to [0, 1]. For every point: dev accuracy,
    FLOPs speedup from the lengths the hard-removal model really runs (`evaluate_adaptive`), tokens kept
    per layer; optionally the *measured* speedup of the ONNX Runtime pipeline (`calibration.measure`).
 2. **Operating point.** `--target-speedup X`: the most accurate point whose FLOPs speedup is >= X.
@@ -15,11 +15,15 @@ for speed. Calibration re-chooses them after training, on dev data, for a stated
    one layer's scale at a time by a few factors and keep a change only when it is better *against the
    target* (more accurate at >= X, or faster within the drop); repeat while it pays.
 4. **Derived checkpoint**: a copy of the original with the new eta (adapler_heads.safetensors and
-   adapler_config.json, plus a `calibration` record), written atomically; the original is never touched.
+   adapler_config.json, plus a `calibration` record), written atomically (`adapler_export.storage`); the
+   original is never touched, and an earlier output is replaced only with `force`.
 
-The no-removal point (s = 0) is the baseline, not an operating point: eta = 0 is outside the link's
-contract (0 < eta <= 1), so it is never written into a checkpoint. The model keeps every live token at
-eta = 0 (delta = 0 and s~ >= 0), which is how the sweep evaluates it.
+The no-removal point (s = 0) is the baseline, not an operating point. eta = 0 is a valid link threshold
+(delta = 0: every live token is kept, in every backend), so the sweep evaluates it like any other point;
+but a checkpoint that removes nothing is no calibration result, so it is never written into one.
+
+Every argument is checked (`CalibrateOptions.validate`, the output places) before the checkpoint is even
+loaded: a bad one costs a second, not a sweep.
 
 Choosing on dev data and reporting dev accuracy is optimistic (the refinement especially can fit noise on
 a few hundred sentences); the record says which examples were used so that a held-out check can follow.
@@ -39,15 +43,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, atomic_directory, checkpoint_digest,
-                                       load_checkpoint, resolve_output_dir)
+from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, checkpoint_digest, load_checkpoint,
+                                       resolve_checkpoint)
+from adapler_export.data import load_dev
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
-from adapler_export.modeling_adapler import ETA_MAX
+from adapler_export.link import ETA_RANGE
+from adapler_export.progress import progress
+from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
 
 REFERENCES = ("no-removal", "checkpoint")
 DEFAULT_MULTIPLIERS = (0.5, 0.75, 1.5, 2.0)
 CALIBRATION_SUBDIR = "calibration"
+REPORT_FILE = "calibration.json"
+ETA_MAX = ETA_RANGE[1]
 
 
 # ----- points ------------------------------------------------------------------------------------------------
@@ -58,7 +67,7 @@ class SweepPoint:
     kind: str  # "no-removal" | "global" | "refined"
     scale: float | None  # the global scale (None for refined points)
     layer_scales: list  # per layer: the multiplier of the original eta (0 = no removal at that layer)
-    eta: list  # the thresholds evaluated, 0.0 = keep every token
+    eta: list  # the thresholds evaluated, 0.0 = keep every live token
     accuracy: float
     flops_speedup: float
     kept_per_layer: list
@@ -71,7 +80,7 @@ class SweepPoint:
 
     @property
     def removes(self) -> bool:
-        """True when every link has a valid threshold (0 < eta <= 1): a writable operating point."""
+        """True when every link removes something (eta > 0): a writable operating point."""
         return all(e > 0 for e in self.eta)
 
     def to_dict(self) -> dict:
@@ -84,7 +93,7 @@ class SweepPoint:
 
 
 def scaled_eta(base_eta, layer_scales) -> list:
-    """eta_l * s_l clipped to (0, 1]; s_l = 0 means no removal at layer l (eta 0, which keeps every token)."""
+    """eta_l * s_l clipped to [0, 1]; s_l = 0 means no removal at layer l (eta 0 keeps every live token)."""
     base_eta, layer_scales = list(base_eta), list(layer_scales)
     if len(base_eta) != len(layer_scales):
         raise ValueError(f"{len(layer_scales)} scales for {len(base_eta)} layers")
@@ -141,6 +150,18 @@ def _eps(value: float) -> float:
     return 1e-9 * max(1.0, abs(value))
 
 
+def check_target_speedup(target_speedup) -> None:
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) \
+            or not (math.isfinite(target_speedup) and target_speedup > 0):
+        raise AdaplerError(f"--target-speedup must be a positive number, got {target_speedup!r}")
+
+
+def check_accuracy_drop(max_accuracy_drop) -> None:
+    if isinstance(max_accuracy_drop, bool) or not isinstance(max_accuracy_drop, (int, float)) \
+            or not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100):
+        raise AdaplerError(f"--max-accuracy-drop is in accuracy points (0..100), got {max_accuracy_drop!r}")
+
+
 def select_point(points: list, target_speedup: float | None = None, max_accuracy_drop: float | None = None,
                  reference_acc: float | None = None) -> SweepPoint:
     """The operating point for a target (exactly one of the two).
@@ -157,16 +178,14 @@ def select_point(points: list, target_speedup: float | None = None, max_accuracy
     if not candidates:
         raise AdaplerError("the sweep has no point that removes tokens (every point is no-removal)")
     if target_speedup is not None:
-        if not (math.isfinite(target_speedup) and target_speedup > 0):
-            raise AdaplerError(f"--target-speedup must be a positive number, got {target_speedup!r}")
+        check_target_speedup(target_speedup)
         ok = [p for p in candidates if p.flops_speedup >= target_speedup - _eps(target_speedup)]
         if not ok:
             best = max(candidates, key=lambda p: (p.flops_speedup, p.accuracy))
             raise AdaplerError(f"target speedup {target_speedup:g}x is unreachable: the fastest point reaches "
                                f"{best.flops_speedup:.2f}x ({best.label}, accuracy {best.accuracy * 100:.2f}%)")
         return max(ok, key=lambda p: (p.accuracy, p.flops_speedup))
-    if not (math.isfinite(max_accuracy_drop) and 0 <= max_accuracy_drop <= 100):
-        raise AdaplerError(f"--max-accuracy-drop is in accuracy points (0..100), got {max_accuracy_drop!r}")
+    check_accuracy_drop(max_accuracy_drop)
     if reference_acc is None:
         raise AdaplerError("a maximum accuracy drop needs a reference accuracy")
     floor = reference_acc - max_accuracy_drop / 100.0
@@ -209,9 +228,10 @@ def temporary_eta(model, eta):
 
 
 class Evaluator:
-    """Evaluates threshold settings on a fixed set of examples, caching by eta."""
+    """Evaluates threshold settings on a fixed set of examples, caching by eta. Silent: the points are
+    results, printed once as a table by the caller (progress bars show on a terminal)."""
 
-    def __init__(self, model, tokenizer, texts, labels, max_length: int, batch_size: int = 64, log=None):
+    def __init__(self, model, tokenizer, texts, labels, max_length: int, batch_size: int = 64):
         self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
         self.base_eta = [float(e) for e in model.eta.detach()]
         # Sort by token length so batches carry little padding (results do not depend on the order).
@@ -221,7 +241,6 @@ class Evaluator:
         self.labels = np.asarray(labels)[order]
         self.cache: dict = {}
         self.evaluations = 0
-        self.log = log
 
     def evaluate(self, layer_scales, label: str, kind: str, scale: float | None = None) -> SweepPoint:
         eta = scaled_eta(self.base_eta, layer_scales)
@@ -233,18 +252,14 @@ class Evaluator:
             self.cache[key] = result
             self.evaluations += 1
         r = self.cache[key]
-        point = SweepPoint(label, kind, scale, [float(s) for s in layer_scales], eta, r.accuracy, r.flops_speedup,
-                           r.kept_per_layer, r.kept_fraction_per_layer, r.examples)
-        if self.log:
-            self.log(f"  {label:<28} accuracy {point.accuracy * 100:6.2f}%  FLOPs speedup {point.flops_speedup:5.2f}x"
-                     f"  kept/layer {' '.join(f'{k:.1f}' for k in point.kept_per_layer)}")
-        return point
+        return SweepPoint(label, kind, scale, [float(s) for s in layer_scales], eta, r.accuracy, r.flops_speedup,
+                          r.kept_per_layer, r.kept_fraction_per_layer, r.examples)
 
 
 def global_sweep(evaluator: Evaluator, scales) -> list:
     points = []
     layers = len(evaluator.base_eta)
-    for s in scales:
+    for s in progress(list(scales), "sweep"):
         if s == 0:
             points.append(evaluator.evaluate([0.0] * layers, "no removal (s=0)", "no-removal", 0.0))
         else:
@@ -260,7 +275,7 @@ def refine_per_layer(evaluator: Evaluator, start: SweepPoint, key: Callable, mul
     layers = len(start.layer_scales)
     for pass_index in range(passes):
         improved = False
-        for layer in range(layers):
+        for layer in progress(range(layers), f"refine (pass {pass_index + 1})"):
             for m in multipliers:
                 scales = list(best.layer_scales)
                 scales[layer] = scales[layer] * m
@@ -282,20 +297,18 @@ def refine_per_layer(evaluator: Evaluator, start: SweepPoint, key: Callable, mul
 
 # ----- derived checkpoint ----------------------------------------------------------------------------------
 def write_derived_checkpoint(source: Path, output: Path, eta: list, record: dict, metrics: dict | None = None,
-                             extra_files: Callable[[Path], None] | None = None) -> Path:
+                             extra_files: Callable[[Path], None] | None = None, force: bool = False) -> Path:
     """Copy `source` to `output` (atomically) with eta replaced in adapler_heads.safetensors and
-    adapler_config.json, and `record` stored as the config's `calibration`. `source` is only read."""
+    adapler_config.json, and `record` stored as the config's `calibration`. `source` is only read; an
+    earlier checkpoint at `output` is replaced only with `force`; an output overlapping the source, or a
+    folder that is not a checkpoint, never (`adapler_export.storage.atomic_directory`)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     source, output = Path(source).resolve(), Path(output).resolve()
-    if output == source:
-        raise AdaplerError(f"the calibrated checkpoint would overwrite its source {source}; pass another --output")
-    if source in output.parents:
-        raise AdaplerError(f"--output {output} lies inside the source checkpoint {source}")
     if not all(0.0 < e <= ETA_MAX for e in eta):
-        raise AdaplerError(f"eta must lie in (0, 1] at every layer, got {eta}")
-    with atomic_directory(output) as tmp:
+        raise AdaplerError(f"a calibrated eta must remove tokens at every layer (0 < eta <= 1), got {eta}")
+    with atomic_directory(output, kind="checkpoint", force=force, inputs=[source]) as tmp:
         for item in source.iterdir():
             if item.name in (ADAPLER_HEADS, ADAPLER_CONFIG) or item.name == CALIBRATION_SUBDIR:
                 continue
@@ -322,7 +335,33 @@ def write_derived_checkpoint(source: Path, output: Path, eta: list, record: dict
     return output
 
 
+def check_report_dir(folder: Path, source: Path, force: bool = False) -> None:
+    """Where a target-free sweep writes its report folder, by the rules of `adapler_export.storage`: never
+    over or inside the checkpoint, never over a folder that is not an earlier report, over an earlier
+    report only with `force`."""
+    folder, source = Path(folder).resolve(), Path(source).resolve()
+    if folder == source or source in folder.parents or folder in source.parents:
+        raise AdaplerError(f"report folder {folder} overlaps the checkpoint {source}; choose another --report-dir")
+    if folder.exists() and not folder.is_dir():
+        raise AdaplerError(f"report folder {folder} exists and is not a folder; choose another --report-dir")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / REPORT_FILE).is_file():
+            raise AdaplerError(f"report folder {folder} is a non-empty folder that is not a calibration report; "
+                               "refusing to replace it (choose another --report-dir)")
+        if not force:
+            raise AdaplerError(f"calibration report {folder} already exists; pass --force to replace it")
+
+
 # ----- the whole calibration ----------------------------------------------------------------------------------
+def check_count(flag: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise AdaplerError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 @dataclass
 class CalibrateOptions:
     target_speedup: float | None = None
@@ -341,6 +380,39 @@ class CalibrateOptions:
     measure_repeats: int = 5
     threads: int = 1  # ONNX Runtime intra-op threads while measuring
     report_dir: str | None = None  # where calibration.json + plots go when no checkpoint is written
+    force: bool = False  # replace an earlier calibrated checkpoint (or report) at the output place
+
+    @property
+    def has_target(self) -> bool:
+        return self.target_speedup is not None or self.max_accuracy_drop is not None
+
+    def validate(self) -> "CalibrateOptions":
+        """Every option, checked before any work: each bad one is a one-line AdaplerError."""
+        if self.target_speedup is not None and self.max_accuracy_drop is not None:
+            raise AdaplerError("give at most one of --target-speedup and --max-accuracy-drop")
+        if self.target_speedup is not None:
+            check_target_speedup(self.target_speedup)
+        if self.max_accuracy_drop is not None:
+            check_accuracy_drop(self.max_accuracy_drop)
+        if self.reference not in REFERENCES:
+            raise AdaplerError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+        if self.has_target and self.report_dir is not None:
+            raise AdaplerError("--report-dir is for sweeps without a target; with a target the report goes into "
+                               f"the calibrated checkpoint's {CALIBRATION_SUBDIR}/ folder")
+        counts = [("--num-scales", self.num_scales, 3), ("--measure-samples", self.measure_samples, 1),
+                  ("--repeats", self.measure_repeats, 1), ("--threads", self.threads, 1),
+                  ("batch_size", self.batch_size, 1), ("refine_passes", self.refine_passes, 1)]
+        if self.samples is not None:
+            counts.append(("--samples", self.samples, 1))
+        for flag, value, low in counts:
+            check_count(flag, value, low)
+        if self.scales is not None and (not self.scales or not all(_finite(s) and s >= 0 for s in self.scales)):
+            raise AdaplerError(f"--scales must be numbers >= 0 (0 = no removal), got {self.scales!r}")
+        if not self.multipliers or not all(_finite(m) and m > 0 for m in self.multipliers):
+            raise AdaplerError(f"refinement multipliers must be positive numbers, got {self.multipliers!r}")
+        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
+            raise AdaplerError(f"--data-dir {self.data_dir} is not a folder")
+        return self
 
 
 @dataclass
@@ -357,22 +429,30 @@ class CalibrationResult:
 
 
 def format_table(points: list, chosen: SweepPoint | None = None) -> str:
+    """The sweep as a text table with fixed-width columns (one per layer for the kept tokens, so the
+    values of a layer line up whatever their digits): global points by speed, then refined ones."""
+    layers = max((len(p.kept_per_layer) for p in points), default=0)
     measured = any(p.measured_speedup is not None for p in points)
-    head = f"{'':2}{'point':<30}{'acc %':>7}{'FLOPs x':>8}{'kept L0..':>30}"
+    columns = [("", 3, "<"), ("point", 30, "<"), ("acc %", 8, ">"), ("FLOPs x", 9, ">")]
+    columns += [(f"L{k}", 7, ">") for k in range(layers)]
     if measured:
-        head += f"{'ms':>7}{'meas x':>8}{'vs full':>8}"
-    lines = [head]
-    order = sorted(points, key=lambda p: (p.kind == "refined", p.flops_speedup))
-    for p in order:
-        mark = ("*" if p is chosen else " ") + ("P" if p.pareto else " ")
-        kept = " ".join(f"{k:.1f}" for k in p.kept_per_layer)
-        line = f"{mark}{p.label[:29]:<30}{p.accuracy * 100:>7.2f}{p.flops_speedup:>8.2f}{kept:>30}"
+        columns += [("ms", 9, ">"), ("meas x", 8, ">"), ("vs full", 8, ">")]
+
+    def line(cells) -> str:
+        return "".join(f"{cell:{align}{width}}" for cell, (_, width, align) in zip(cells, columns))
+
+    lines = [line(name for name, _, _ in columns)]
+    for p in sorted(points, key=lambda p: (p.kind == "refined", p.flops_speedup)):
+        cells = [("*" if p is chosen else " ") + ("P" if p.pareto else " "), p.label[:29],
+                 f"{p.accuracy * 100:.2f}", f"{p.flops_speedup:.2f}", *(f"{k:.1f}" for k in p.kept_per_layer)]
         if measured:
-            line += (f"{p.measured_ms:>7.2f}{p.measured_speedup:>8.2f}{p.measured_speedup_vs_full_graph:>8.2f}"
-                     if p.measured_speedup is not None else f"{'-':>7}{'-':>8}{'-':>8}")
-        lines.append(line)
-    lines.append("  (* chosen, P Pareto front: accuracy vs FLOPs speedup" +
-                 ("; measured: ONNX Runtime, batch 1, vs the keep-all chain and vs one full graph)" if measured else ")"))
+            cells += [f"{p.measured_ms:.2f}", f"{p.measured_speedup:.2f}", f"{p.measured_speedup_vs_full_graph:.2f}"] \
+                if p.measured_speedup is not None else ["-"] * 3
+        lines.append(line(cells))
+    note = "   * chosen, P Pareto front (accuracy vs FLOPs speedup); L0..: mean tokens each layer runs on"
+    if measured:
+        note += "; measured: ONNX Runtime, batch 1, vs the keep-all chain and vs one full graph"
+    lines.append(note)
     return "\n".join(lines)
 
 
@@ -392,30 +472,49 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__}
 
 
+def _refine(evaluator: Evaluator, chosen: SweepPoint, options: CalibrateOptions, ref_acc: float, log) -> tuple:
+    """(best point, points tried, the refinement record)."""
+    refinement = {"enabled": bool(options.refine), "multipliers": list(options.multipliers),
+                  "evaluations": 0, "improved": False, "steps": []}
+    if not options.refine:
+        return chosen, [], refinement
+    before = evaluator.evaluations
+    key = objective(options.target_speedup, options.max_accuracy_drop, ref_acc)
+    log(f"per-layer refinement from {chosen.label} ({len(options.multipliers)} multipliers per layer, "
+        f"<= {options.refine_passes} passes)")
+    best, tried, steps = refine_per_layer(evaluator, chosen, key, options.multipliers, options.refine_passes)
+    refinement.update(evaluations=evaluator.evaluations - before, improved=best is not chosen, steps=steps,
+                      start={"label": chosen.label, "accuracy": chosen.accuracy, "flops_speedup": chosen.flops_speedup})
+    log(f"refinement paid: {chosen.accuracy * 100:.2f}% / {chosen.flops_speedup:.2f}x -> {best.accuracy * 100:.2f}% / "
+        f"{best.flops_speedup:.2f}x" if best is not chosen else
+        "refinement did not pay against the target: keeping the global point")
+    return best, tried, refinement
+
+
 def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | None = None,
               log=print) -> CalibrationResult:
-    """Sweep, select, refine, measure (optionally), write the derived checkpoint + report."""
-    from training.data import load_task
+    """Sweep, select, refine, measure (optionally), write the derived checkpoint + report.
 
-    options = options or CalibrateOptions()
-    has_target = options.target_speedup is not None or options.max_accuracy_drop is not None
-    if options.target_speedup is not None and options.max_accuracy_drop is not None:
-        raise AdaplerError("give at most one of --target-speedup and --max-accuracy-drop")
-    if options.samples is not None and options.samples < 1:
-        raise AdaplerError(f"--samples must be >= 1, got {options.samples}")
-    ckpt = load_checkpoint(ckpt_name)
-    model, config = ckpt.model, ckpt.config
-    source = ckpt.path
+    Every argument and the output place are checked first (before the checkpoint is loaded)."""
+    options = (options or CalibrateOptions()).validate()
+    has_target = options.has_target
     if output is not None and not has_target:
         raise AdaplerError("--output names the calibrated checkpoint: give --target-speedup or --max-accuracy-drop")
-    out_ckpt = None
+    source = resolve_checkpoint(str(ckpt_name))
     if has_target:
         out_ckpt = resolve_output_dir(output, "checkpoints") if output else \
             source.parent / default_output_name(source, options)
-        if out_ckpt.resolve() == source.resolve():
-            raise AdaplerError(f"the calibrated checkpoint would overwrite its source {source}; pass another --output")
+        report_dir = out_ckpt / CALIBRATION_SUBDIR
+        check_output_dir(out_ckpt, "checkpoint", options.force, inputs=[source])
+    else:
+        out_ckpt = None
+        report_dir = Path(options.report_dir).expanduser().resolve() if options.report_dir else \
+            resolve_output_dir(source.name, "calibration")
+        check_report_dir(report_dir, source, options.force)
 
-    dev = load_task(config.task, options.data_dir)["dev"].subset(options.samples)
+    ckpt = load_checkpoint(source)
+    model, config = ckpt.model, ckpt.config
+    dev = load_dev(config.task, options.data_dir, options.samples)
     base_eta = [float(e) for e in model.eta.detach()]
     scales = sorted(set(float(s) for s in options.scales)) if options.scales else default_scales(base_eta,
                                                                                                  options.num_scales)
@@ -425,7 +524,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         scales = [0.0] + scales
     log(f"calibrating {source} on {len(dev)} dev examples ({dev.source}); learned eta "
         f"{' '.join(f'{e:.3f}' for e in base_eta)}; {len(scales)} global scales")
-    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.max_length, options.batch_size, log)
+    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.max_length, options.batch_size)
     points = global_sweep(evaluator, scales)
     ref_acc = reference_accuracy(points, options.reference)
 
@@ -434,24 +533,8 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         chosen = select_point(points, options.target_speedup, options.max_accuracy_drop, ref_acc)
         log(f"best global point: {chosen.label} (accuracy {chosen.accuracy * 100:.2f}%, "
             f"{chosen.flops_speedup:.2f}x)")
-        refinement = {"enabled": bool(options.refine), "multipliers": list(options.multipliers),
-                      "evaluations": 0, "improved": False, "steps": []}
-        if options.refine:
-            before = evaluator.evaluations
-            key = objective(options.target_speedup, options.max_accuracy_drop, ref_acc)
-            log(f"per-layer refinement from {chosen.label} ({len(options.multipliers)} multipliers per layer, "
-                f"<= {options.refine_passes} passes)")
-            best, tried, steps = refine_per_layer(evaluator, chosen, key, options.multipliers, options.refine_passes)
-            points += tried
-            refinement.update(evaluations=evaluator.evaluations - before, improved=best is not chosen, steps=steps,
-                              start={"label": chosen.label, "accuracy": chosen.accuracy,
-                                     "flops_speedup": chosen.flops_speedup})
-            if best is not chosen:
-                log(f"refinement paid: {chosen.accuracy * 100:.2f}% / {chosen.flops_speedup:.2f}x -> "
-                    f"{best.accuracy * 100:.2f}% / {best.flops_speedup:.2f}x")
-            else:
-                log("refinement did not pay against the target: keeping the global point")
-            chosen = best
+        chosen, tried, refinement = _refine(evaluator, chosen, options, ref_acc, log)
+        points += tried
     mark_pareto(points)
 
     measurement = None
@@ -488,18 +571,17 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         "note": "selected and reported on the same dev examples: optimistic; check on held-out data",
         "tools": _versions(),
     }
-    files = {}
+    files = {"json": report_dir / REPORT_FILE, "tradeoff_png": report_dir / "tradeoff.png",
+             "kept_png": report_dir / "kept_per_layer.png"}
 
     def write_report(folder: Path) -> None:
         from .plots import plot_kept_per_layer, plot_tradeoff
 
         folder.mkdir(parents=True, exist_ok=True)
-        files["tradeoff_png"] = plot_tradeoff(points, chosen, folder / "tradeoff.png", record["target"],
-                                              original=original)
-        files["kept_png"] = plot_kept_per_layer(original, chosen, folder / "kept_per_layer.png",
-                                                mean_input_length=_mean_input(evaluator))
-        (folder / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
-        files["json"] = folder / "calibration.json"
+        plot_tradeoff(points, chosen, folder / files["tradeoff_png"].name, record["target"], original=original)
+        plot_kept_per_layer(original, chosen, folder / files["kept_png"].name,
+                            mean_input_length=_mean_input(evaluator))
+        (folder / REPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     if has_target:
         metrics = dict(config.metrics or {})
@@ -507,17 +589,12 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
                        kept_per_layer=chosen.kept_per_layer, kept_fraction_per_layer=chosen.kept_fraction_per_layer,
                        examples=chosen.examples, source="calibration")
         write_derived_checkpoint(source, out_ckpt, chosen.eta, {k: v for k, v in record.items() if k != "points"},
-                                 metrics=metrics, extra_files=lambda tmp: write_report(tmp / CALIBRATION_SUBDIR))
-        report_dir = out_ckpt / CALIBRATION_SUBDIR
-        files = {k: report_dir / Path(v).name for k, v in files.items()}
-        log(f"calibrated checkpoint written to {out_ckpt}")
+                                 metrics=metrics, extra_files=lambda tmp: write_report(tmp / CALIBRATION_SUBDIR),
+                                 force=options.force)
     else:
-        report_dir = Path(options.report_dir).expanduser().resolve() if options.report_dir else \
-            resolve_output_dir(source.name, "calibration")
+        check_report_dir(report_dir, source, options.force)  # again: the sweep took a while
         with atomic_directory(report_dir) as tmp:
             write_report(tmp)
-        files = {k: report_dir / Path(v).name for k, v in files.items()}
-        log(f"no target given: sweep report written to {report_dir} (no checkpoint written)")
     return CalibrationResult(record, points, chosen, out_ckpt, report_dir, files)
 
 

@@ -15,8 +15,69 @@ REPO = Path(__file__).resolve().parents[1]
 SST2_DIR = REPO.parent / "shared" / "data" / "sst2"
 
 # CI-sized training: enough for the CPs to learn to drop tokens, small enough for minutes on 2 cores.
+# The README's first command trains exactly this as `sst2-small`; the tests reuse that checkpoint.
 CI_TRAIN_ARGS = ["--max-train-samples", "4000", "--epochs-stage1", "2", "--epochs-stage3", "3",
                  "--lambda-schedule", "50:50", "--max-eval-samples", "300"]
+README_CHECKPOINT = "sst2-small"
+CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epochs": 2, "stage3.epochs": 3,
+               "stage3.lambda_base": 50.0, "stage3.lambda_mult": 50.0}
+
+
+TINY_WORDS = ("the a film movie good bad great boring it is not very and of to was this that with "
+              "charming dull fun awful plot acting story").split()
+
+
+def tiny_tokenizer(max_length: int = 64):
+    """A BERT WordPiece tokenizer over a small vocabulary (no download)."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
+             *("##" + c for c in "abcdefghijklmnopqrstuvwxyz"), *".,'!?-:;()\"&"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab))}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
+
+
+def tiny_model(seed: int = 0, eta: float = 0.6, vocab_size: int = 200, layers: int = 3, cp_gain: float = 40.0):
+    """A randomly initialised BERT AdapLeR model whose CPs are opinionated enough to really drop tokens."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config), eta_init=eta)
+    with torch.no_grad():
+        for cp in model.cps:
+            cp.dense_out.weight.mul_(cp_gain)
+    return model.eval()
+
+
+def save_tiny_checkpoint(path: Path, seed: int = 0, eta: float = 0.6, layers: int = 3) -> Path:
+    """A complete AdapLeR checkpoint folder of a tiny random model (seconds to export and build)."""
+    from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, save_checkpoint
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(seed, eta, vocab_size=len(tokenizer), layers=layers)
+    config = AdapLeRConfig(backbone="tiny-random-bert", num_layers=layers, hidden_size=32,
+                           labels=["negative", "positive"], max_length=64, task="sst2")
+    return save_checkpoint(Checkpoint(model, tokenizer, config), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A real fp32 artifact of the tiny checkpoint (parity on 64 SST-2 dev sentences)."""
+    from adapler_export.build import BuildOptions, build_artifact
+
+    out = tmp_path_factory.mktemp("tiny_art") / "artifact"
+    return build_artifact(str(tiny_checkpoint), str(out), BuildOptions(samples=64, data_dir=str(sst2_dir())),
+                          log=lambda message: None).path
 
 
 def sst2_dir() -> Path:
@@ -39,16 +100,35 @@ def adapler_home(tmp_path_factory):
         os.environ["ADAPLER_HOME"] = previous
 
 
+def readme_checkpoint() -> Path | None:
+    """The checkpoint the README's first command trained (user's cache), if it has the CI settings."""
+    import json
+
+    base = Path(os.environ.get("ADAPLER_HOME", Path.home() / ".cache" / "adapler")).expanduser()
+    path = base / "checkpoints" / README_CHECKPOINT
+    try:
+        config = json.loads((path / "adapler_config.json").read_text())["training"]["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for key, want in CI_TRAINING.items():
+        value = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value != want:
+            return None
+    return path if config.get("seed") == 42 and config.get("task") == "sst2" else None
+
+
 @pytest.fixture(scope="session")
 def ci_checkpoint(adapler_home) -> Path:
     """A real AdapLeR checkpoint: MiniLM backbone, SST-2 subset, three stages."""
     from adapler_export.cli import main
 
-    data = sst2_dir()
-    reuse = os.environ.get("ADAPLER_TEST_CHECKPOINT")
-    if reuse:  # developers: reuse a checkpoint trained with CI_TRAIN_ARGS instead of training again
-        import shutil
+    import shutil
 
+    data = sst2_dir()
+    reuse = os.environ.get("ADAPLER_TEST_CHECKPOINT") or readme_checkpoint()
+    if reuse:  # a checkpoint trained with CI_TRAIN_ARGS already exists: no need to train again
         shutil.copytree(reuse, adapler_home / "checkpoints" / "ci")
         return adapler_home / "checkpoints" / "ci"
     rc = main(["train", "--task", "sst2", "--data-dir", str(data), "--output", "ci", *CI_TRAIN_ARGS])

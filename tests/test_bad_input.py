@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from training.data import load_folder
+from adapler_export.data import load_folder
 
 CLI = [sys.executable, "-m", "adapler_export.cli"]
 

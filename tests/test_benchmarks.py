@@ -1,4 +1,5 @@
-"""The full static baseline, the ONNX Runtime backend's fast link, and smoke runs of the bench scripts.
+"""The full static baseline, the library's ONNX Runtime chain on the bench exports, and smoke runs of the
+bench scripts (the fast link itself is tested in tests/test_link.py).
 
 Fast (well under a minute on 2 cores): the checkpoint is the offline MiniLM backbone with untrained
 Contribution Predictors and eta = 0.9, which drops a good share of the tokens without any training.
@@ -52,10 +53,9 @@ def exports(loaded, tmp_path_factory):
 
 
 def sst2_texts(count: int) -> list:
-    sys.path.insert(0, str(BENCH))
-    import common
+    from adapler_export.data import load_dev
 
-    return common.read_tsv(sst2_dir() / "dev.tsv")[0][:count]
+    return load_dev("sst2", sst2_dir()).texts[:count]
 
 
 def test_full_onnx_matches_forward_full(loaded, exports):
@@ -79,49 +79,14 @@ def test_full_onnx_matches_forward_full(loaded, exports):
         np.testing.assert_allclose(PyTorchFullBackend(model).run(i, m).logits, want, atol=1e-6)
 
 
-def _compact_case(rng, b, s, h, dtype=np.float32, dead_rows=0, all_dropped=0, full_rows=False):
-    hidden = rng.standard_normal((b, s, h)).astype(dtype)
-    lengths = np.full(b, s) if full_rows else rng.integers(1, s + 1, size=b)
-    mask = (np.arange(s)[None] < lengths[:, None]).astype(np.int32)
-    mask[:dead_rows] = 0
-    exp = np.exp(rng.standard_normal((b, s)) * 2) * np.maximum(mask, np.eye(1, s, dtype=np.int32))
-    scores = (exp / exp.sum(1, keepdims=True)).astype(np.float32)
-    scores[dead_rows:dead_rows + all_dropped, 1:] = 0.0
-    positions = np.where(mask == 1, np.arange(s)[None], -1).astype(np.int32)
-    return hidden, scores, mask, positions
-
-
-@pytest.mark.parametrize("b,s,h", [(1, 1, 8), (1, 25, 16), (3, 17, 16), (8, 64, 32), (2, 512, 8), (5, 2, 4)])
-@pytest.mark.parametrize("eta", [0.01, 0.25, 0.9, 1.0])
-def test_fast_link_is_bit_identical_to_reference(b, s, h, eta):
-    from adapler_export.backends.onnxruntime import token_compact_fast
-    from adapler_export.link import token_compact_numpy
-
-    rng = np.random.default_rng(b * 1000 + s + int(eta * 100))
-    cases = [_compact_case(rng, b, s, h, dead_rows=1 if b > 3 else 0, all_dropped=1 if b > 1 else 0),
-             _compact_case(rng, b, s, h, dtype=np.float16),
-             _compact_case(rng, b, s, h, full_rows=True)]
-    for case in cases:
-        want = token_compact_numpy(*case, eta)
-        got = token_compact_fast(*case, eta)
-        assert got.new_len == want.new_len
-        for g, w in zip(got[:3], want[:3]):
-            assert g.dtype == w.dtype and g.shape == w.shape
-            np.testing.assert_array_equal(g, w)
-    # Nothing dropped, no padding: the identity, without a copy.
-    hidden, _, mask, positions = _compact_case(rng, 1, s, h, full_rows=True)
-    scores = np.full((1, s), 1.0 / s, np.float32)
-    got = token_compact_fast(hidden, scores, mask, positions, 1.0)
-    assert got.hidden is hidden and got.new_len == s
-
-
 def test_onnxruntime_backend_matches_reference_when_dropping(loaded, exports):
-    from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+    sys.path.insert(0, str(BENCH))
+    import common
+
     from adapler_export.backends.pytorch import PyTorchBackend
     from adapler_export.evaluation import encode
 
-    etas = [float(e) for e in loaded.model.eta.detach()]
-    backend = OnnxRuntimeBackend(exports["segments"], etas, device="cpu")
+    backend = common.onnxruntime_chain(loaded.model, exports["segments"], threads=None)
     reference = PyTorchBackend(loaded.model)
     texts = sst2_texts(24)
     dropped = 0
@@ -143,7 +108,7 @@ def test_bench_cpu_quick_writes_results(bench_ckpt, exports, tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, str(BENCH / "bench_cpu.py"), "--ckpt", str(bench_ckpt), "--quick", "--name", "t",
            "--output-dir", str(out), "--work-dir", str(exports["dir"].parent), "--batches", "1,2",
-           "--long-examples", "2", "--sst2-examples", "8", "--threads", "1", "--data", str(sst2_dir() / "dev.tsv")]
+           "--long-examples", "2", "--sst2-examples", "8", "--threads", "1", "--data-dir", str(sst2_dir())]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "using cached exports" in proc.stdout
@@ -184,3 +149,33 @@ def test_bench_gpu_without_gpu_exits_with_a_message():
                           timeout=120)
     assert proc.returncode == 2
     assert "no CUDA GPU" in proc.stderr
+
+
+def test_bench_gpu_code_path_on_the_cpu(bench_ckpt, tmp_path):
+    """bench_gpu.py's own code (the library's PyTorch segment backend and full model, the parity columns,
+    the JSON) run on the CPU: what a GPU run does, minus the CUDA timers and memory probes."""
+    out = tmp_path / "gpu"
+    cmd = [sys.executable, str(BENCH / "bench_gpu.py"), "--cpu-smoke", "--quick", "--ckpt", str(bench_ckpt),
+           "--precisions", "fp32", "--workloads", "sst2", "--batches", "1,4", "--sst2-examples", "8", "--link", "torch",
+           "--name", "t", "--output-dir", str(out), "--data-dir", str(sst2_dir())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "t-bench-gpu.json").read_text())
+    assert {r["batch"] for r in result["rows"]} == {1, 4} and result["link"]["implementation"] == "torch-reference"
+    for row in result["rows"]:
+        assert row["adaptive_vs_cpu_reference"]["kept_identical_fraction"] == 1.0
+        assert row["adaptive_vs_cpu_reference"]["max_abs_logit_diff"] <= 1e-4
+        assert row["flops_speedup"] > 1.0 and row["adaptive_accuracy"] == row["adaptive_accuracy"]
+
+
+def test_ort_variants_agree_bit_for_bit(bench_ckpt, exports, tmp_path):
+    """ort_variants.py checks every variant of the library chain against the reference link before timing."""
+    out = tmp_path / "variants.json"
+    cmd = [sys.executable, str(BENCH / "ort_variants.py"), "--ckpt", str(bench_ckpt), "--examples", "6", "--batch", "2",
+           "--repeats", "1", "--threads", "2", "--work-dir", str(exports["dir"].parent), "--data-dir", str(sst2_dir()),
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    variants = json.loads(out.read_text())["variants"]
+    assert set(variants) == {"reference", "fast-link", "fast-link+raw", "full", "threads=1", "full threads=1"}
+    assert all(v["ms_per_example"] > 0 for v in variants.values())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import pytest
 import torch
 
 from adapler_export.errors import AdaplerError
-from calibration.sweep import (SweepPoint, default_scales, mark_pareto, objective, refine_per_layer,
-                               reference_accuracy, scaled_eta, select_point, temporary_eta,
-                               write_derived_checkpoint)
+from adapler_export.tolerances import Tolerances
+from calibration.sweep import (CalibrateOptions, SweepPoint, check_report_dir, default_scales, format_table,
+                               mark_pareto, objective, refine_per_layer, reference_accuracy, scaled_eta,
+                               select_point, temporary_eta, write_derived_checkpoint)
 
 try:  # tests/ as a package or as rootdir-relative modules (no tests/__init__.py)
     from .conftest import sst2_dir
@@ -144,13 +147,111 @@ def test_refinement_accepts_only_moves_that_pay_against_the_target():
     assert best.flops_speedup >= start.flops_speedup - 1e-9 and best.accuracy > start.accuracy
 
 
-def test_derived_checkpoint_refuses_to_overwrite_its_source(tmp_path):
+def test_derived_checkpoint_never_replaces_what_is_not_an_earlier_output(tmp_path):
     src = tmp_path / "ckpt"
     src.mkdir()
-    with pytest.raises(AdaplerError, match="overwrite its source"):
-        write_derived_checkpoint(src, src, [0.5], {})
-    with pytest.raises(AdaplerError, match="inside the source"):
-        write_derived_checkpoint(src, src / "sub", [0.5], {})
+    (src / "adapler_config.json").write_text("{}")
+    for out in (src, src / "sub", tmp_path):  # the source itself, inside it, around it
+        with pytest.raises(AdaplerError, match="overlaps the input"):
+            write_derived_checkpoint(src, out, [0.5], {})
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(AdaplerError, match="not an adapler-export checkpoint"):
+        write_derived_checkpoint(src, notes, [0.5], {}, force=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "adapler_config.json").write_text("{}")
+    with pytest.raises(AdaplerError, match="--force"):
+        write_derived_checkpoint(src, earlier, [0.5], {})
+    with pytest.raises(AdaplerError, match="remove tokens"):  # eta 0 (no removal) is never written
+        write_derived_checkpoint(src, tmp_path / "new", [0.0], {})
+    assert (notes / "todo.txt").read_text() == "mine" and (earlier / "adapler_config.json").read_text() == "{}"
+    assert not (tmp_path / "new").exists()
+
+
+def test_report_dir_rules(tmp_path):
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    check_report_dir(tmp_path / "fresh", src)  # a new folder: fine
+    with pytest.raises(AdaplerError, match="overlaps the checkpoint"):
+        check_report_dir(src / "calibration", src)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "paper.tex").write_text("x")
+    with pytest.raises(AdaplerError, match="not a calibration report"):
+        check_report_dir(mine, src, force=True)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "calibration.json").write_text("{}")
+    with pytest.raises(AdaplerError, match="--force"):
+        check_report_dir(earlier, src)
+    check_report_dir(earlier, src, force=True)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target_speedup": 0.0}, "--target-speedup must be a positive number"),
+    ({"target_speedup": -1.0}, "--target-speedup must be a positive number"),
+    ({"target_speedup": float("nan")}, "--target-speedup must be a positive number"),
+    ({"max_accuracy_drop": 101.0}, "--max-accuracy-drop is in accuracy points"),
+    ({"max_accuracy_drop": -0.5}, "--max-accuracy-drop is in accuracy points"),
+    ({"target_speedup": 2.0, "max_accuracy_drop": 1.0}, "at most one"),
+    ({"samples": 0}, "--samples must be an integer >= 1"),
+    ({"num_scales": 2}, "--num-scales must be an integer >= 3"),
+    ({"scales": [0.0, -1.0]}, "--scales must be numbers >= 0"),
+    ({"measure_repeats": 0}, "--repeats must be an integer >= 1"),
+    ({"reference": "best"}, "--reference must be one of"),
+    ({"target_speedup": 2.0, "report_dir": "r"}, "--report-dir is for sweeps without a target"),
+    ({"data_dir": "/nonexistent/data"}, "--data-dir /nonexistent/data is not a folder"),
+])
+def test_options_are_checked_before_any_work(options, message):
+    with pytest.raises(AdaplerError, match=re.escape(message)):
+        CalibrateOptions(**options).validate()
+
+
+@pytest.mark.parametrize("args", [["--target-speedup", "0"], ["--target-speedup", "-1"],
+                                  ["--max-accuracy-drop", "-2"], ["--samples", "0"], ["--scales", "1,-1"]],
+                         ids=lambda a: " ".join(a))
+def test_calibrate_cli_refuses_bad_arguments_at_once(args, capsys):
+    """A bad argument is one line and exit 2 before anything is loaded: the checkpoint named here does not
+    even exist, and the error is about the argument, not the checkpoint."""
+    from adapler_export.cli import main
+
+    started = time.perf_counter()
+    rc = main(["calibrate", "--ckpt", "no-such-checkpoint", *args])
+    elapsed = time.perf_counter() - started
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adapler-export: error: --"), captured.err
+    assert "no-such-checkpoint" not in lines[0]
+    assert elapsed < 5.0, f"took {elapsed:.1f}s: the arguments must be checked before any work"
+
+
+def test_table_columns_line_up():
+    """One fixed-width column per layer: every kept value ends under its layer's label, whatever its digits."""
+    points = [
+        SweepPoint("no removal (s=0)", "no-removal", 0.0, [0.0] * 3, [0.0] * 3, 0.9, 1.0, [100.0, 100.0, 100.0],
+                   [1.0] * 3, 10),
+        SweepPoint("global s=1", "global", 1.0, [1.0] * 3, [0.2] * 3, 0.885, 1.52, [9.5, 10.25, 7.0], [0.5] * 3, 10),
+        SweepPoint("a label much longer than the point column is wide", "refined", None, [1.0, 2.0, 1.0],
+                   [0.2, 0.4, 0.2], 0.8, 2.0, [12.0, 3.5, 1.0], [0.3] * 3, 10, measured_ms=1.5, measured_speedup=1.25,
+                   measured_speedup_vs_full_graph=1.1),
+    ]
+    mark_pareto(points)
+    lines = format_table(points, chosen=points[1]).splitlines()
+    header, rows = lines[0], lines[1:-1]
+    assert len(rows) == 3 and lines[-1].lstrip().startswith("* chosen")
+    layer_ends = [m.end() for m in re.finditer(r"L\d+", header)]
+    assert len(layer_ends) == 3
+    for row in rows:
+        for end in layer_ends:  # a number ends exactly where its layer label ends, a blank follows
+            assert row[end - 1].isdigit() and (end == len(row) or row[end] == " "), (row, end)
+        assert len(row) == len(header)
+    for column in ("acc %", "FLOPs x", "ms", "meas x", "vs full"):
+        end = header.index(column) + len(column)
+        assert all(row[end - 1] in "0123456789-" and (end == len(row) or row[end] == " ") for row in rows)
+    assert rows[1].startswith("*P") and "88.50" in rows[1]  # the chosen point, on the front
 
 
 # ----- the real checkpoint ---------------------------------------------------------------------------------
@@ -174,15 +275,15 @@ def sweep_report(ci_checkpoint, tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_points_are_consistent(ci_checkpoint, sweep_report):
     from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.data import load_dev
     from adapler_export.evaluation import evaluate_full
-    from training.data import load_task
 
     points = sweep_report.points
     none = next(p for p in points if p.kind == "no-removal")
     # no removal keeps every token at every layer and matches the plain backbone's accuracy
     assert none.kept_fraction_per_layer == pytest.approx([1.0] * len(none.kept_per_layer))
     ckpt = load_checkpoint(ci_checkpoint)
-    dev = load_task("sst2", sst2_dir())["dev"].subset(64)
+    dev = load_dev("sst2", sst2_dir(), 64)
     assert none.accuracy == pytest.approx(evaluate_full(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, 64))
     # larger scales keep fewer tokens (monotone in every layer) and the largest one removes something
     glob = sorted([p for p in points if p.kind == "global"], key=lambda p: p.scale)
@@ -220,20 +321,24 @@ def test_calibrate_cli_writes_derived_checkpoint_and_leaves_the_original(ci_chec
 
     from adapler_export.checkpoint import load_checkpoint
     from adapler_export.cli import main
+    from adapler_export.data import load_dev
     from adapler_export.evaluation import evaluate_adaptive
-    from training.data import load_task
 
     removing = [p for p in sweep_report.points if p.removes]
     speeds = sorted({round(p.flops_speedup, 3) for p in removing})
     target = speeds[len(speeds) // 2] - 1e-3  # reachable, and not by every point
     before = tree_digest(ci_checkpoint)
     out = tmp_path / "calibrated"
-    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--target-speedup", f"{target:.4f}", "--samples", "64",
-               "--num-scales", "9", "--data-dir", str(sst2_dir()), "--output", str(out), "--measure",
-               "--measure-samples", "8", "--repeats", "2", "--threads", "1", "--json"])
-    assert rc == 0
-    record = json.loads(capsys.readouterr().out)
+    args = ["calibrate", "--ckpt", str(ci_checkpoint), "--target-speedup", f"{target:.4f}", "--samples", "64",
+            "--num-scales", "9", "--data-dir", str(sst2_dir()), "--output", str(out), "--measure",
+            "--measure-samples", "8", "--repeats", "2", "--threads", "1"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
     assert tree_digest(ci_checkpoint) == before, "the source checkpoint must not change"
+    # the results once, on stdout; stderr carries diagnostics, not the table again
+    assert captured.out.count("FLOPs x") == 1 and "FLOPs x" not in captured.err
+    assert f"calibrated checkpoint: {out}" in captured.out
+    record = json.loads((out / "calibration" / "calibration.json").read_text())
 
     chosen = record["chosen"]
     target = record["target"]["flops_speedup"]  # as the CLI parsed it
@@ -251,14 +356,14 @@ def test_calibrate_cli_writes_derived_checkpoint_and_leaves_the_original(ci_chec
 
     # the derived checkpoint: new eta in heads + config, a calibration record, and it reproduces the point
     derived = load_checkpoint(out)
-    assert [float(e) for e in derived.model.eta] == pytest.approx(chosen["eta"], abs=1e-7)
+    assert [float(e) for e in derived.model.eta.detach()] == pytest.approx(chosen["eta"], abs=1e-7)
     config = json.loads((out / "adapler_config.json").read_text())
     assert config["eta"] == pytest.approx(chosen["eta"], abs=1e-7)
     assert config["calibration"]["source"]["path"] == str(ci_checkpoint.resolve())
     assert config["calibration"]["target"] == {"kind": "speedup", "flops_speedup": pytest.approx(target, abs=1e-4)}
     original = load_checkpoint(ci_checkpoint)
     assert torch.equal(original.model.eta, torch.tensor(config["calibration"]["source"]["eta"]))
-    dev = load_task("sst2", sst2_dir())["dev"].subset(64)
+    dev = load_dev("sst2", sst2_dir(), 64)
     again = evaluate_adaptive(derived.model, derived.tokenizer, dev.texts, dev.labels, 64)
     assert again.accuracy == pytest.approx(chosen["accuracy"])
     assert again.flops_speedup == pytest.approx(chosen["flops_speedup"], rel=1e-6)
@@ -273,6 +378,29 @@ def test_calibrate_cli_writes_derived_checkpoint_and_leaves_the_original(ci_chec
             image.verify()
         with Image.open(report / name) as image:
             assert image.size[0] > 400 and image.size[1] > 200
+
+    # again: an earlier output is replaced only with --force, and that is refused before any work
+    started = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - started < 10.0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists; pass --force" in err[0]
+    assert (out / "calibration" / "calibration.json").is_file()
+
+
+@pytest.mark.slow
+def test_calibrate_never_writes_over_a_folder_that_is_not_a_checkpoint(ci_checkpoint, tmp_path, capsys):
+    from adapler_export.cli import main
+
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    started = time.perf_counter()
+    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--target-speedup", "1.5", "--output", str(mine),
+               "--force"])
+    assert rc == 2 and time.perf_counter() - started < 10.0, "refused before the checkpoint is loaded"
+    assert "not an adapler-export checkpoint" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(mine.iterdir()) == [mine / "notes.txt"]
 
 
 @pytest.mark.slow
@@ -290,19 +418,21 @@ def test_calibrate_cli_unreachable_target_fails_cleanly(ci_checkpoint, tmp_path,
 
 @pytest.mark.slow
 def test_measurement_backend_matches_the_reference(ci_checkpoint, built_artifact):
-    """The timed chain computes what the reference computes, keep-all (eta 0: links skipped) included."""
+    """The timed chain (the artifact's ONNX Runtime backend with other thresholds) computes what the
+    reference computes, keep-all (eta 0 at every link) included."""
+    from adapler_export.backends import load_backend
     from adapler_export.backends.pytorch import PyTorchBackend
     from adapler_export.checkpoint import load_checkpoint
     from adapler_export.evaluation import encode
-    from calibration.measure import SweepOrtBackend
+    from calibration.measure import with_thresholds
 
     ckpt = load_checkpoint(ci_checkpoint)
     layers = ckpt.model.num_layers
-    backend = SweepOrtBackend([built_artifact / "onnx" / f"segment_{k:02d}.onnx" for k in range(layers + 1)])
+    backend = load_backend(built_artifact, kind="onnxruntime", device="cpu", threads=1)
     ids, mask = encode(ckpt.tokenizer, ["a gorgeous , witty , seductive movie .", "the film is strictly routine .",
                                         "it 's a charming and often affecting journey , full of small surprises ."], 64)
     for eta in ([0.0] * layers, [0.6] * layers, [1.0] * layers):
-        got = backend.set_etas(eta).run(ids, mask)
+        got = with_thresholds(backend, eta).run(ids, mask)
         with temporary_eta(ckpt.model, eta):
             want = PyTorchBackend(ckpt.model).run(ids, mask)
         np.testing.assert_allclose(got.logits, want.logits, atol=1e-4)
@@ -310,17 +440,21 @@ def test_measurement_backend_matches_the_reference(ci_checkpoint, built_artifact
             np.testing.assert_array_equal(g, w)
         if eta[0] == 0.0:
             assert all((k >= 0).sum() == mask.sum() for k in got.kept), "keep-all keeps every live token"
+    assert backend.etas == [float(e) for e in ckpt.model.eta.detach()], "the backend itself keeps its thresholds"
 
 
 # ----- INT8 ----------------------------------------------------------------------------------------------------
+INT8 = Tolerances.for_precision("int8")
+
+
 @pytest.mark.slow
 def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
     import onnx
 
+    from adapler_export.artifact import open_artifact
     from adapler_export.backends import load_backend
     from adapler_export.cli import main
     from adapler_export.evaluation import encode
-    from calibration.int8 import INT8_TOLERANCES
 
     try:
         import tensorrt_rtx  # noqa: F401
@@ -335,17 +469,22 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert tree_digest(built_artifact) == before
 
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["precision"] == "int8"
-    parity = json.loads((out / "parity.json").read_text())["end_to_end"]
-    assert parity["passed"] and parity["examples"] == 96
-    assert parity["label_agreement"] >= INT8_TOLERANCES.min_label_agreement
-    assert parity["flip_rate"] <= INT8_TOLERANCES.max_flip_rate
+    # the artifact contract: read by the one reader, every file's digest checked
+    path, manifest = open_artifact(out)
+    _, source = open_artifact(built_artifact)
+    assert manifest.precision == "int8" and manifest.eta == source.eta
+    assert manifest.derived_from == {"path": str(built_artifact.resolve()), "precision": "fp32"}
+    assert manifest.checkpoint == source.checkpoint
+    parity = json.loads((out / "parity.json").read_text())
+    report = parity["end_to_end"]["onnxruntime"]
+    assert manifest.parity["end_to_end"]["onnxruntime"] == report
+    assert report["passed"] and report["examples"] == 96 and report["tolerances"] == INT8.to_dict()
+    assert report["label_agreement"] >= INT8.min_label_agreement and report["flip_rate"] <= INT8.max_flip_rate
     assert summary["accuracy"]["int8"] >= summary["accuracy"]["fp32_reference"] - 0.05
     assert summary["speed"]["batch_1"]["int8_ms"] > 0
 
     # the graphs: int8 QDQ in the encoder segments, the CP scoring path untouched
-    quant = manifest["quantization"]
+    quant = manifest.quantization
     for k, seg in enumerate(quant["segments"]):
         model = onnx.load(str(out / "onnx" / seg["segment"]))
         ops = {n.op_type for n in model.graph.node}
@@ -369,23 +508,59 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
 
     ids, mask = encode(AutoTokenizer.from_pretrained(out / "tokenizer"), ["a gorgeous , witty film ."], 64)
     result = backend.run(ids, mask)
-    assert result.logits.shape == (1, len(manifest["labels"])) and np.isfinite(result.logits).all()
+    assert result.logits.shape == (1, len(manifest.labels)) and np.isfinite(result.logits).all()
 
-    if trt_args:  # TensorRT explicit quantization: engines from the symmetric QDQ graphs, or a recorded reason
-        engines = manifest["engines"]
-        assert engines["status"] in ("built", "partial", "failed", "not built")
-        if engines["status"] == "built":
-            plans = sorted((out / "engines").glob("segment_*.int8.plan"))
-            assert len(plans) == manifest["num_layers"] + 1
-        else:
-            assert engines.get("failures") or engines.get("reason")
-        graphs = quant["tensorrt_graphs"]
-        trt_parity = graphs["parity_via_onnxruntime"]
-        if trt_parity["passed"]:
-            assert trt_parity["label_agreement"] >= INT8_TOLERANCES.min_label_agreement
-        else:  # graphs outside the int8 bounds are reported and get no engines
-            assert engines["status"] == "not built" and "fail parity" in engines["reason"]
-        sym = onnx.load(str(out / "onnx" / "tensorrt_int8" / "segment_01.onnx"))
-        zero_points = [onnx.numpy_helper.to_array(i) for i in sym.graph.initializer if i.name.endswith("zero_point")]
-        assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points), \
-            "TensorRT needs symmetric int8 (zero point 0)"
+    engines = manifest.engines
+    if not trt_args:
+        assert not engines.segments and "quantize --tensorrt" in engines.not_built["segments"]
+        return
+    # TensorRT explicit quantization: engines from the symmetric QDQ graphs, or the recorded reason
+    if engines.segments:
+        assert [e["plan_path"] for e in engines.segments] == \
+            [f"engines/segment_{k:02d}.int8.plan" for k in range(manifest.num_layers + 1)]
+        assert all((out / e["plan_path"]).is_file() and e["plan_path"] in manifest.files for e in engines.segments)
+        assert "tensorrt" in parity["not_run"]  # quantize runs no engine: `verify --backend tensorrt` does
+    else:
+        assert engines.not_built["segments"] and not (out / "engines").exists()
+    trt_parity = parity["tensorrt_graphs_via_onnxruntime"]
+    if trt_parity["passed"]:
+        assert trt_parity["label_agreement"] >= INT8.min_label_agreement
+    else:  # graphs outside the int8 bounds are reported and get no engines
+        assert "fail parity" in engines.not_built["segments"]
+    sym = onnx.load(str(out / "onnx" / "tensorrt_int8" / "segment_01.onnx"))
+    zero_points = [onnx.numpy_helper.to_array(i) for i in sym.graph.initializer if i.name.endswith("zero_point")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points), \
+        "TensorRT needs symmetric int8 (zero point 0)"
+
+
+@pytest.mark.slow
+def test_quantize_checks_its_inputs_and_output_before_any_work(built_artifact, tmp_path, capsys):
+    """A tampered source artifact, a folder that is not an artifact as the output, an earlier artifact
+    without --force: one line each, exit 2, nothing written or removed."""
+    import shutil
+
+    from adapler_export.cli import main
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(built_artifact, tampered)
+    with open(tampered / "onnx" / "segment_01.onnx", "ab") as handle:
+        handle.write(b"\0")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "manifest.json").write_text("{}")
+    cases = [(["--artifact", str(tampered), "--output", str(tmp_path / "a")], "segment_01.onnx does not match"),
+             (["--artifact", str(built_artifact), "--output", str(mine), "--force"], "not an adapler-export artifact"),
+             (["--artifact", str(built_artifact), "--output", str(earlier)], "pass --force"),
+             (["--artifact", str(built_artifact), "--output", str(built_artifact / "int8")], "overlaps the input"),
+             (["--artifact", str(built_artifact), "--calib-samples", "0"], "--calib-samples must be an integer")]
+    for args, message in cases:
+        started = time.perf_counter()
+        assert main(["quantize", *args]) == 2
+        assert time.perf_counter() - started < 10.0, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+    assert (mine / "notes.txt").read_text() == "keep me" and (earlier / "manifest.json").read_text() == "{}"
+    assert not (tmp_path / "a").exists() and not (built_artifact / "int8").exists()

@@ -1,800 +1,425 @@
-"""Real TensorRT engine builds (adapler_export.engines) and the TensorRT runtimes.
+"""TensorRT engines (adapler_export.engines) and runtimes (adapler_export.backends.tensorrt), on a tiny real model.
 
-On a CPU-only machine the builds run with TensorRT for RTX (`pip install tensorrt_rtx`), which compiles
-ahead of time without a GPU. What needs a GPU (deserialising, running, the single engine with the plugin)
-skips with the command that runs it:
+The builds are real: TensorRT for RTX (`pip install tensorrt_rtx`) compiles engines ahead of time on a CPU,
+and full TensorRT builds them where it is installed. What needs a GPU (loading and running plans, the
+single engine with the plugin) skips with the command that runs it:
 
-    # a machine with an NVIDIA GPU, a CUDA build of PyTorch and full TensorRT (or tensorrt_rtx):
-    pip install tensorrt            # or: pip install tensorrt_rtx
-    pytest tests/test_engines.py -v
-    # the single engine also needs the plugin library:
-    ADAPLER_PLUGIN_LIB=/path/to/libadapler_plugins.so pytest tests/test_engines.py -v -k single
+    # NVIDIA GPU, CUDA PyTorch, tensorrt or tensorrt_rtx:
+    nice -n 10 python -m pytest -q tests/test_engines.py -k gpu
+    # the single engine also needs full TensorRT and the plugin library:
+    cmake -S plugins -B plugins/build -DTensorRT_ROOT=/path/to/TensorRT && cmake --build plugins/build -j
+    export ADAPLER_PLUGIN_LIBRARY=$PWD/plugins/build/lib/libadapler_plugins.so
+    python -m pytest -q tests/test_engines.py -k single
 
-Without a GPU the runtimes' orchestration (chunking, links, kept positions, the IOutputAllocator read-back)
-is still checked, against a stand-in for the TensorRT runtime that executes the graphs with ONNX Runtime.
-
-The test graphs are tiny torch modules with the segment interface of docs/INTERFACES.md (segment 0:
-input_ids/attention_mask -> hidden/scores; middle: hidden/attention_mask -> hidden_out/scores; last:
-hidden/attention_mask -> logits), exported with dynamic batch/seq axes at opset 17.
+Without a GPU the segments runtime's own work (chunking above the profile, chaining torch tensors through
+`chain.run_chain`, padding kept positions) is checked with ONNX Runtime standing in for the engines.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+import re
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-onnx = pytest.importorskip("onnx")
-torch = pytest.importorskip("torch")
+from adapler_export import engines
+from adapler_export.artifact import EnginesRecord, Manifest, read_manifest, write_manifest
+from adapler_export.backends import load_backend
+from adapler_export.backends import tensorrt as trt_backends
+from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
+from adapler_export.backends.pytorch import PyTorchBackend
+from adapler_export.errors import AdaplerError, BackendUnavailable
+from adapler_export.link import token_compact_torch
+from adapler_export.segments import build_single_graph, export_segments, segment_specs
+from adapler_export.specs import OPSET
+from adapler_export.tolerances import Tolerances
 
-from adapler_export import engines as E  # noqa: E402
+from conftest import tiny_model
 
-H, VOCAB, LABELS = 16, 50, 3
-MAX_BATCH, MAX_SEQ, OPT_BATCH = 8, 64, 4
-OPT_SEQS = [32, 16, 8]
-
+MAX_BATCH, MAX_SEQ, OPT_BATCH, LAYERS = 4, 32, 2, 2
 try:
-    TRT, FLAVOR = E.import_tensorrt()
-except E.TensorRTUnavailable as _exc:
-    TRT, FLAVOR, _TRT_ERROR = None, None, str(_exc)
-else:
-    _TRT_ERROR = ""
-
-needs_trt = pytest.mark.skipif(TRT is None, reason="needs tensorrt or tensorrt_rtx: `pip install tensorrt_rtx` "
-                                                   "(CPU builds) then `pytest tests/test_engines.py`")
-HAS_GPU = E._cuda_device_count() > 0 and torch.cuda.is_available()
-needs_gpu = pytest.mark.skipif(
-    not HAS_GPU or TRT is None,
-    reason="needs an NVIDIA GPU, CUDA PyTorch and TensorRT: on such a machine run "
-           "`pip install tensorrt && pytest tests/test_engines.py -v -k gpu`")
+    TRT, FLAVOR = engines.import_tensorrt()
+except engines.TensorRTUnavailable as exc:
+    TRT, FLAVOR, NO_TRT = None, None, str(exc)
+GPU = torch.cuda.is_available()
+needs_tensorrt = pytest.mark.skipif(TRT is None, reason=(
+    "needs tensorrt or tensorrt_rtx: `pip install tensorrt_rtx` (builds on the CPU), then "
+    "`python -m pytest tests/test_engines.py`"))
+needs_gpu = pytest.mark.skipif(TRT is None or not GPU, reason=(
+    "needs an NVIDIA GPU, CUDA PyTorch and TensorRT: on such a machine `pip install tensorrt` (or tensorrt_rtx), "
+    "then `python -m pytest -q tests/test_engines.py -k gpu`"))
+no_gpu_here = pytest.mark.skipif(GPU, reason="a CUDA GPU is here: the gpu tests run the engines instead")
 
 
-# ------------------------------------------------------------------------------ tiny segments
+def _ids(batch: int, seq: int, seed: int = 0, vocab: int = 200):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, size=(batch, seq)).astype(np.int32)
+    ids[:, 0] = 2  # [CLS]-like first token
+    mask = np.ones((batch, seq), dtype=np.int32)
+    for row in range(1, batch):  # rows of different lengths: padding in the batch
+        mask[row, seq - 3 * row:] = 0
+    return ids, mask
 
 
-def _cp_scores(cp: torch.nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """s~: CP logits soft-maxed over live tokens ([CLS] forced live), fp32, exactly 0 on dead slots."""
-    logits = cp(hidden.float()).squeeze(-1)
-    live = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1).to(torch.float32)
-    e = torch.exp(logits - logits.max(dim=1, keepdim=True).values) * live
-    return e / e.sum(dim=1, keepdim=True)
-
-
-class _Layer(torch.nn.Module):
-    """Token-wise MLP plus a masked mean over live tokens (so the mask and the length matter)."""
-
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(H, H)
-        self.mix = torch.nn.Linear(H, H)
-        self.ln = torch.nn.LayerNorm(H)
-
-    def forward(self, hidden, mask):
-        m = mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp(min=1.0)
-        return self.ln(hidden + torch.relu(self.lin(hidden)) + self.mix(pooled))
-
-
-def _cp():
-    return torch.nn.Sequential(torch.nn.Linear(H, 4), torch.nn.GELU(), torch.nn.Linear(4, 1))
-
-
-class Seg0(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(VOCAB, H)
-        self.ln = torch.nn.LayerNorm(H)
-        self.cp = _cp()
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.ln(self.emb(input_ids))
-        return hidden, _cp_scores(self.cp, hidden, attention_mask)
-
-
-class SegMid(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer, self.cp = _Layer(), _cp()
-
-    def forward(self, hidden, attention_mask):
-        out = self.layer(hidden, attention_mask)
-        return out, _cp_scores(self.cp, out, attention_mask)
-
-
-class SegLast(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer, self.head = _Layer(), torch.nn.Linear(H, LABELS)
-
-    def forward(self, hidden, attention_mask):
-        return self.head(torch.tanh(self.layer(hidden, attention_mask)[:, 0])).float()
-
-
-def _export(module, path: Path, inputs, input_names, output_names):
-    dyn = {n: {0: "batch", 1: "seq"} for n in input_names + output_names if n != "logits"}
-    if "logits" in output_names:
-        dyn["logits"] = {0: "batch"}
-    torch.onnx.export(module.eval(), inputs, str(path), input_names=input_names, output_names=output_names,
-                      dynamic_axes=dyn, opset_version=17, dynamo=False)
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
+def write_artifact(path: Path, model, precision: str, build_engines: bool = True) -> Path:
+    """An artifact folder as `build` writes it (onnx/, engines/, manifest.json), without tokenizer or parity."""
+    specs = export_segments(model, path / "onnx", precision)
+    etas = [float(e) for e in model.eta.detach()]
+    build_single_graph(path / "onnx", specs, etas, path / "onnx" / "single.onnx")
+    record = EnginesRecord(not_built={"segments": "not asked for (build --backend tensorrt)"})
+    if build_engines:
+        record = engines.build_artifact_engines(path, specs, precision, MAX_BATCH, MAX_SEQ, OPT_BATCH,
+                                                log=lambda message: None)
+    manifest = Manifest(
+        checkpoint={"path": "tiny", "digest": "0" * 64}, backbone="tiny-random-bert", task="sst2",
+        labels=["negative", "positive"], max_length=MAX_SEQ, num_layers=LAYERS, hidden_size=32, eta=etas,
+        precision=precision, opset=OPSET, segments=[s.to_dict() for s in specs],
+        single_graph={"file": "single.onnx", "link_op": "adapler::TokenCompact",
+                      "outputs": ["logits"] + [f"kept_positions_{k}" for k in range(LAYERS)]},
+        engines=record)
+    write_manifest(path, manifest)
     return path
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("segments")
-    mods = [Seg0(), SegMid(), SegLast()]
-    ids = torch.randint(1, VOCAB, (2, 8), dtype=torch.int32)
-    mask = torch.ones(2, 8, dtype=torch.int32)
-    hid = torch.randn(2, 8, H)
-    paths = [
-        _export(mods[0], d / "segment_00.onnx", (ids, mask), ["input_ids", "attention_mask"], ["hidden", "scores"]),
-        _export(mods[1], d / "segment_01.onnx", (hid, mask), ["hidden", "attention_mask"], ["hidden_out", "scores"]),
-        _export(mods[2], d / "segment_02.onnx", (hid, mask), ["hidden", "attention_mask"], ["logits"]),
-    ]
-    return {"dir": d, "modules": mods, "onnx": paths}
+def model():
+    return tiny_model(layers=LAYERS)
 
 
 @pytest.fixture(scope="module")
-def fp16_graphs(tiny_model):
-    out = []
-    for p in tiny_model["onnx"]:
-        out.append(E.convert_onnx_to_fp16(p, p.with_name(p.stem + ".fp16.onnx")))
-    return out
+def artifacts(model, tmp_path_factory):
+    if TRT is None:
+        pytest.skip(f"neither TensorRT flavor is importable ({NO_TRT}): `pip install tensorrt_rtx`")
+    root = tmp_path_factory.mktemp("trt")
+    return {p: write_artifact(root / p, model, p) for p in ("fp32", "fp16")}
 
 
-def _profiles():
-    return E.segment_profiles(3, H, MAX_BATCH, MAX_SEQ, opt_batch=OPT_BATCH, opt_seq=OPT_SEQS)
+@pytest.fixture(scope="module")
+def onnx_only_artifact(model, tmp_path_factory):
+    return write_artifact(tmp_path_factory.mktemp("ort") / "fp32", model, "fp32", build_engines=False)
 
 
-def _expected_profile(profile):
-    return {name: {"min": list(mn), "opt": list(op), "max": list(mx)} for name, (mn, op, mx) in profile.items()}
+# ----- importing TensorRT -----------------------------------------------------------------------------------------
+def test_import_tensorrt_tries_full_tensorrt_first_then_rtx(monkeypatch):
+    tried = []
+    fake_rtx = types.SimpleNamespace(Builder=object, __version__="9.9")
+
+    def import_module(name):
+        tried.append(name)
+        if name == "tensorrt_rtx":
+            return fake_rtx
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(engines.importlib, "import_module", import_module)
+    assert engines.import_tensorrt() == (fake_rtx, "tensorrt_rtx") and tried == ["tensorrt", "tensorrt_rtx"]
+    with pytest.raises(engines.TensorRTUnavailable, match="tensorrt: ImportError"):
+        engines.import_tensorrt("tensorrt")
+    with pytest.raises(AdaplerError, match="unknown TensorRT flavor"):
+        engines.import_tensorrt("tensorrt_llm")
 
 
-# ------------------------------------------------------------------------------------- no TensorRT
+def test_build_without_any_tensorrt_is_a_clear_error(monkeypatch, tmp_path):
+    def no_tensorrt(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(engines.importlib, "import_module", no_tensorrt)
+    specs = segment_specs(LAYERS, 32, 2, "fp32")
+    with pytest.raises(BackendUnavailable, match=r"pip install tensorrt_rtx"):
+        engines.build_artifact_engines(tmp_path, specs, "fp32", MAX_BATCH, MAX_SEQ)
 
 
-def test_segment_profiles_shapes():
-    profs = E.segment_profiles(4, 384, max_batch=32, max_seq=128, opt_batch=8, opt_seq=[128, 64, 32, 16])
-    assert len(profs) == 4
-    assert set(profs[0]) == {"input_ids", "attention_mask"}
-    assert profs[0]["input_ids"] == ((1, 1), (8, 128), (32, 128))
-    for k in (1, 2, 3):
-        assert set(profs[k]) == {"hidden", "attention_mask"}
-        # every segment may see any length 1..max_seq: the links can drop tokens down to [CLS]
-        assert profs[k]["hidden"][0] == (1, 1, 384) and profs[k]["hidden"][2] == (32, 128, 384)
-        assert profs[k]["attention_mask"][0] == (1, 1) and profs[k]["attention_mask"][2] == (32, 128)
-    assert [p["attention_mask"][1][1] for p in profs] == [128, 64, 32, 16]
-    assert E.segment_profiles(2, 8, 4, 16)[1]["hidden"][1] == (4, 16, 8)  # opt defaults to max
+@needs_tensorrt
+def test_polygraphy_is_bound_to_the_flavor_that_builds():
+    """Polygraphy picks its TensorRT module once per process; asking for the other one is a clear error."""
+    polygraphy_trt = engines.polygraphy_tensorrt(FLAVOR)
+    assert polygraphy_trt.loader.trt.__name__ == FLAVOR
+    other = next(f for f in engines.TENSORRT_FLAVORS if f != FLAVOR)
+    with pytest.raises(BackendUnavailable, match=f"already bound to {FLAVOR} in this process; {other} needs a new"):
+        engines.polygraphy_tensorrt(other)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(num_segments=1, hidden_size=8, max_batch=4, max_seq=16),
-    dict(num_segments=3, hidden_size=8, max_batch=4, max_seq=16, opt_seq=32),
-    dict(num_segments=3, hidden_size=8, max_batch=4, max_seq=16, opt_seq=[8, 8]),
-    dict(num_segments=3, hidden_size=8, max_batch=4, max_seq=16, opt_batch=5),
-    dict(num_segments=3, hidden_size=8, max_batch=0, max_seq=16),
-])
-def test_segment_profiles_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        E.segment_profiles(**kwargs)
+# ----- profiles ------------------------------------------------------------------------------------------------------
+def test_profiles_come_from_the_segment_specs():
+    specs = segment_specs(LAYERS, 32, 2, "fp16")
+    first = engines.input_profile(specs[0].inputs, 8, 64, opt_batch=4)
+    assert first == {name: {"min": [1, 1], "opt": [4, 64], "max": [8, 64]} for name in specs[0].inputs}
+    middle = engines.input_profile(specs[1].inputs, 8, 64, opt_batch=4, opt_seq=16)
+    assert list(middle) == list(specs[1].inputs)
+    hidden = next(name for name, (_, shape) in specs[1].inputs.items() if len(shape) == 3)
+    assert middle[hidden] == {"min": [1, 1, 32], "opt": [4, 16, 32], "max": [8, 64, 32]}
 
 
-def test_plan_filename_follows_artifact_layout():
-    assert E.plan_filename(0, "fp32") == "segment_00.fp32.plan"
-    assert E.plan_filename(12, "fp16") == "segment_12.fp16.plan"
-    with pytest.raises(ValueError):
-        E.plan_filename(0, "int8")
+@pytest.mark.parametrize("max_batch, max_seq, opt_batch", [(0, 64, 1), (4, 64, 5), (4, 0, 1), (4, 64, 0)])
+def test_bad_profile_ranges_are_clear_errors(max_batch, max_seq, opt_batch):
+    with pytest.raises(AdaplerError, match="engine profile"):
+        engines.input_profile(segment_specs(LAYERS, 32, 2, "fp32")[0].inputs, max_batch, max_seq, opt_batch)
 
 
-def test_import_tensorrt_lists_what_was_tried(monkeypatch):
-    import importlib
-
-    real = importlib.import_module
-
-    def fake(name, *a, **k):
-        if name in E.TENSORRT_MODULES:
-            raise ImportError(f"No module named {name!r}")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
-    monkeypatch.delenv(E.TENSORRT_ENV, raising=False)
-    with pytest.raises(E.TensorRTUnavailable) as err:
-        E.import_tensorrt()
-    assert "import tensorrt:" in str(err.value) and "import tensorrt_rtx:" in str(err.value)
-    with pytest.raises(ValueError):
-        E.import_tensorrt("onnxruntime")
-
-
-def test_fp16_conversion_keeps_scores_path_fp32(tiny_model, fp16_graphs):
-    ort = pytest.importorskip("onnxruntime")
-    F, F16, I32 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT32
-    types = []
-    for p in fp16_graphs:
-        m = onnx.load(str(p))
-        types.append({v.name: v.type.tensor_type.elem_type for v in list(m.graph.input) + list(m.graph.output)})
-    assert types[0] == {"input_ids": I32, "attention_mask": I32, "hidden": F16, "scores": F}
-    assert types[1] == {"hidden": F16, "attention_mask": I32, "hidden_out": F16, "scores": F}
-    assert types[2] == {"hidden": F16, "attention_mask": I32, "logits": F}
-    for p in fp16_graphs:  # the fp32 path is fp32 end to end: no fp32 -> fp16 -> fp32 round trip left
-        m = onnx.shape_inference.infer_shapes(onnx.load(str(p)))
-        g = m.graph
-        elem = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)}
-        elem.update({t.name: t.data_type for t in g.initializer})
-        casts = {n.output[0]: n for n in g.node if n.op_type == "Cast"}
-        to = {name: next(a.i for a in n.attribute if a.name == "to") for name, n in casts.items()}
-        for name, n in casts.items():
-            if to[name] != F:
-                continue
-            src = n.input[0]
-            while src in casts and to[src] == F16:
-                src = casts[src].input[0]
-                assert elem.get(src) != F, f"{p.name}: {n.name} undoes a cast of fp32 {src} to fp16"
-    # numerically close to the fp32 graph (ONNX Runtime CPU)
-    rng = np.random.default_rng(0)
-    mask = np.ones((3, 12), np.int32)
-    mask[1, 7:] = 0
-    hid = rng.standard_normal((3, 12, H)).astype(np.float32)
-    s32 = ort.InferenceSession(str(tiny_model["onnx"][1]), providers=["CPUExecutionProvider"])
-    s16 = ort.InferenceSession(str(fp16_graphs[1]), providers=["CPUExecutionProvider"])
-    h32, sc32 = s32.run(None, {"hidden": hid, "attention_mask": mask})
-    h16, sc16 = s16.run(None, {"hidden": hid.astype(np.float16), "attention_mask": mask})
-    assert sc16.dtype == np.float32 and h16.dtype == np.float16
-    np.testing.assert_allclose(sc16, sc32, atol=2e-3)
-    np.testing.assert_allclose(h16.astype(np.float32), h32, atol=2e-2)
-    assert np.all(sc16[1, 7:] == 0.0)  # dead slots stay exactly 0
-
-
-# ----------------------------------------------------------------------------------- real builds
-
-
-@needs_trt
+# ----- real builds -----------------------------------------------------------------------------------------------
+@needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_build_segment_engines(tiny_model, fp16_graphs, tmp_path, precision):
-    graphs = tiny_model["onnx"] if precision == "fp32" else fp16_graphs
-    profiles = _profiles()
-    cache = tmp_path / "timing.cache"
-    infos = E.build_segment_engines(graphs, tmp_path / "engines", precision, profiles, timing_cache_path=cache)
-    assert len(infos) == 3
-    for k, (info, prof) in enumerate(zip(infos, profiles)):
-        plan = Path(info.plan_path)
-        assert plan.name == E.plan_filename(k, precision) and plan.is_file()
-        assert info.plan_bytes == plan.stat().st_size > 10_000  # a real engine, not a stub
-        assert info.flavor == FLAVOR and info.version == TRT.__version__
-        assert info.precision == precision and info.strongly_typed and info.tf32 is False
-        assert info.profiles == [_expected_profile(prof)]  # as TensorRT recorded them
-        assert info.profile_shapes(0) == {n: tuple(map(tuple, t)) for n, t in prof.items()}
-        assert info.build_seconds > 0
-        dtypes = {t.name: t.dtype for t in info.inputs + info.outputs}
-        hid = "float16" if precision == "fp16" else "float32"
-        if k == 0:
-            assert dtypes == {"input_ids": "int32", "attention_mask": "int32", "hidden": hid, "scores": "float32"}
-        elif k == 1:
-            assert dtypes == {"hidden": hid, "attention_mask": "int32", "hidden_out": hid, "scores": "float32"}
-        else:
-            assert dtypes == {"hidden": hid, "attention_mask": "int32", "logits": "float32"}
-        if FLAVOR == "tensorrt_rtx":
-            want = ["CURRENT"] if HAS_GPU else list(E.RTX_PORTABLE_TARGETS)
-            assert info.compute_capabilities == want
-            assert info.timing_cache["status"].startswith("skipped")
-        else:
-            assert info.compute_capabilities is None
-            assert cache.is_file() and info.timing_cache["saved_bytes"] > 0
-    # nothing but the plans in the engines folder (atomic writes leave no temporary files)
-    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == [E.plan_filename(k, precision)
-                                                                        for k in range(3)]
-    # the records round-trip through JSON (manifest.json)
-    E.write_engine_infos(tmp_path / "engines.json", infos)
-    import json
-    back = [E.EngineInfo.from_dict(d) for d in json.loads((tmp_path / "engines.json").read_text())]
-    assert back == infos
+def test_segment_engines_are_built_and_recorded(artifacts, precision):
+    artifact = artifacts[precision]
+    manifest = read_manifest(artifact)
+    record = manifest.engines
+    assert (record.flavor, record.version) == (FLAVOR, str(TRT.__version__))
+    specs = manifest.specs()
+    assert len(record.segments) == len(specs) == LAYERS + 1
+    for spec, engine in zip(specs, record.segments):
+        assert engine["plan_path"] == f"engines/segment_{spec.index:02d}.{precision}.plan"
+        plan = artifact / engine["plan_path"]
+        assert plan.stat().st_size == engine["plan_bytes"] > 100_000, "a real serialized engine"
+        assert engine["plan_path"] in manifest.files, "plans are digested artifact content"
+        assert engine["profiles"] == [engines.input_profile(spec.inputs, MAX_BATCH, MAX_SEQ, OPT_BATCH)]
+        # the network TensorRT parsed has the spec's I/O: fp16 hidden states, fp32 scores and logits
+        for kind in ("inputs", "outputs"):
+            want = {name: dtype for name, (dtype, _) in getattr(spec, kind).items()}
+            assert {name: tensor["dtype"] for name, tensor in engine[kind].items()} == want
+        assert engine["precision"] == precision and engine["tf32"] is False
+    hidden = specs[1].inputs["hidden"][0]
+    assert hidden == ("float16" if precision == "fp16" else "float32")
+    assert "segments" not in record.not_built and record.single is None
+    assert not (artifact / "plugins").exists()
 
 
-@needs_trt
-def test_plan_is_sound(tiny_model, tmp_path):
-    """Without a GPU nothing can deserialize a plan (TensorRT needs a CUDA context), so check what can be
-    checked: the runtime's header validation finds no malformation or version mismatch in our plan,
-    and does flag a corrupted copy. With a GPU the plan is also deserialized."""
-    info = E.build_segment_engine(tiny_model["onnx"][1], tmp_path / "seg.plan", _profiles()[1])
-    report = E.check_plan(info.plan_path)
-    assert report["bytes"] == info.plan_bytes
-    if report["validity"] is not None:
-        assert "MALFORMED_ENGINE" not in report["diagnostic_flags"]
-        assert "VERSION_MISMATCH" not in report["diagnostic_flags"]
-        corrupt = tmp_path / "corrupt.plan"
-        data = bytearray(Path(info.plan_path).read_bytes())
-        data[:64] = bytes(64)
-        corrupt.write_bytes(bytes(data))
-        assert E.check_plan(corrupt)["malformed"] is True
-    if HAS_GPU:
-        assert report["deserializable"] is True
-    else:
-        assert report["deserializable"] is None
+@needs_tensorrt
+def test_single_engine_not_built_says_why(artifacts):
+    reason = read_manifest(artifacts["fp32"]).engines.not_built["single"]
+    if FLAVOR == "tensorrt_rtx":
+        assert "full TensorRT is not importable" in reason and "no plugin support" in reason
+    else:  # full TensorRT: the plugin library was not found, or the build failed
+        assert "plugin library not found" in reason or "build failed" in reason
 
 
-@needs_trt
-def test_rebuild_replaces_plan_atomically(tiny_model, tmp_path):
-    plan = tmp_path / "seg.plan"
-    plan.write_bytes(b"old")
-    info = E.build_segment_engine(tiny_model["onnx"][2], plan, _profiles()[2])
-    assert plan.read_bytes()[:3] != b"old" and plan.stat().st_size == info.plan_bytes
-    assert [p.name for p in tmp_path.iterdir()] == ["seg.plan"]
+@needs_tensorrt
+@pytest.mark.skipif(FLAVOR != "tensorrt_rtx", reason="TensorRT-RTX: plan headers are checked without a GPU")
+def test_plans_are_sound_tensorrt_rtx_engines(artifacts):
+    runtime = TRT.Runtime(TRT.Logger(TRT.Logger.INTERNAL_ERROR))
+    malformed = int(TRT.EngineInvalidityDiagnostics.MALFORMED_ENGINE)
+    for record in read_manifest(artifacts["fp16"]).engines.segments:
+        data = bytearray((artifacts["fp16"] / record["plan_path"]).read_bytes())
+        _, diagnostics = runtime.get_engine_validity(bytes(data))
+        assert not int(diagnostics) & malformed
+        data[:4] = bytes(4)  # a damaged header (the "vtrt" magic) is recognised as such
+        _, diagnostics = runtime.get_engine_validity(bytes(data))
+        assert int(diagnostics) & malformed
 
 
-@needs_trt
-def test_explicit_compute_capability(tiny_model, tmp_path):
-    if FLAVOR != "tensorrt_rtx":
-        with pytest.raises(ValueError):
-            E.build_segment_engine(tiny_model["onnx"][1], tmp_path / "x.plan", _profiles()[1],
-                                   compute_capabilities=["SM89"])
-        return
-    info = E.build_segment_engine(tiny_model["onnx"][1], tmp_path / "x.plan", _profiles()[1],
-                                  compute_capabilities=["sm86", "89"])
-    assert info.compute_capabilities == ["SM86", "SM89"]
-    with pytest.raises(ValueError, match="available"):
-        E.build_segment_engine(tiny_model["onnx"][1], tmp_path / "y.plan", _profiles()[1],
-                               compute_capabilities=["SM90"])  # TensorRT-RTX has no Hopper target
+@needs_tensorrt
+def test_build_config_has_one_profile_and_no_tf32(artifacts):
+    """The config polygraphy builds with: the segment's profile, TF32 cleared (CreateConfigRTX has no switch)."""
+    polygraphy_trt = engines.polygraphy_tensorrt(FLAVOR)
+    spec = read_manifest(artifacts["fp32"]).specs()[1]
+    profile = engines.input_profile(spec.inputs, MAX_BATCH, MAX_SEQ, OPT_BATCH)
+    builder, network, _ = polygraphy_trt.NetworkFromOnnxPath(str(artifacts["fp32"] / "onnx" / spec.file_name),
+                                                             strongly_typed=True)()
+    config_loader, _ = engines._create_config(polygraphy_trt, TRT, FLAVOR, profile, None, None)
+    with engines._quiet_polygraphy():
+        config = config_loader(builder, network)
+    assert config.num_optimization_profiles == 1 and not config.get_flag(TRT.BuilderFlag.TF32)
 
 
-@needs_trt
-@pytest.mark.parametrize("bad,match", [
-    ({"attention_mask": ((1, 1), (2, 4), (4, 8))}, "lacks dynamic input 'hidden'"),
-    ({"hidden": ((1, 1, H), (2, 4, H), (4, 8, H)), "attention_mask": ((1, 1), (2, 4), (4, 8)),
-      "extra": ((1,), (1,), (1,))}, "does not have"),
-    ({"hidden": ((1, 1), (2, 4), (4, 8)), "attention_mask": ((1, 1), (2, 4), (4, 8))}, "rank"),
-    ({"hidden": ((1, 1, H + 1), (2, 4, H + 1), (4, 8, H + 1)), "attention_mask": ((1, 1), (2, 4), (4, 8))},
-     "fixed"),
-    ({"hidden": ((1, 1, H), (2, 9, H), (4, 8, H)), "attention_mask": ((1, 1), (2, 4), (4, 8))}, "min <= opt"),
-])
-def test_profile_validation(tiny_model, tmp_path, bad, match):
-    with pytest.raises(ValueError, match=match):
-        E.build_segment_engine(tiny_model["onnx"][1], tmp_path / "x.plan", bad)
+@needs_tensorrt
+@pytest.mark.skipif(FLAVOR != "tensorrt_rtx", reason="compute capabilities are a TensorRT-RTX option")
+def test_tensorrt_rtx_targets(artifacts, tmp_path):
+    spec = read_manifest(artifacts["fp32"]).specs()[0]
+    onnx_path = artifacts["fp32"] / "onnx" / spec.file_name
+    profile = engines.input_profile(spec.inputs, MAX_BATCH, MAX_SEQ)
+    built = engines.build_engine(onnx_path, tmp_path / "sm86.plan", profile, FLAVOR, io=spec,
+                                 compute_capabilities=[(8, 6)])
+    assert built["targets"] == "SM86" and (tmp_path / "sm86.plan").stat().st_size == built["plan_bytes"]
+    with pytest.raises(engines.EngineBuildError, match="SM90.*H100.*full TensorRT"):
+        engines.build_engine(onnx_path, tmp_path / "sm90.plan", profile, FLAVOR, compute_capabilities=[(9, 0)])
+
+
+@needs_tensorrt
+def test_graph_that_breaks_its_spec_is_refused(artifacts, tmp_path):
+    fp16_spec = read_manifest(artifacts["fp16"]).specs()[1]
+    fp32_graph = artifacts["fp32"] / "onnx" / fp16_spec.file_name
+    profile = engines.input_profile(fp16_spec.inputs, MAX_BATCH, MAX_SEQ)
+    with pytest.raises(engines.EngineBuildError, match="hidden is float32 in the network.*strongly typed"):
+        engines.build_engine(fp32_graph, tmp_path / "x.plan", profile, FLAVOR, io=fp16_spec)
     assert not (tmp_path / "x.plan").exists()
 
 
-@needs_trt
-def test_precision_mismatch_is_an_error(tiny_model, tmp_path):
-    with pytest.raises(E.EngineBuildError, match="strongly typed"):
-        E.build_segment_engines(tiny_model["onnx"][:1], tmp_path, "fp16", _profiles()[:1])
-    assert list(tmp_path.iterdir()) == []  # refused before building: no misnamed plan left behind
+@needs_tensorrt
+def test_unparseable_graph_is_a_clear_error(tmp_path):
+    bad = tmp_path / "segment_00.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    profile = engines.input_profile(segment_specs(LAYERS, 32, 2, "fp32")[0].inputs, MAX_BATCH, MAX_SEQ)
+    with pytest.raises(engines.EngineBuildError, match=f"{FLAVOR} .* could not build segment_00.onnx"):
+        engines.build_engine(bad, tmp_path / "x.plan", profile, FLAVOR)
 
 
-# ------------------------------------------------------------------------------- single engine
+# ----- the single engine's preconditions ------------------------------------------------------------------------
+def test_single_engine_reasons(monkeypatch, tmp_path):
+    single = tmp_path / "onnx" / "single.onnx"
+    library = tmp_path / "libadapler_plugins.so"
+    monkeypatch.setattr(engines, "_REPO_ROOT", tmp_path / "checkout")  # a checkout with no plugins/build
+    monkeypatch.delenv(engines.PLUGIN_LIBRARY_ENV, raising=False)
+
+    _, why = engines.single_engine_blocker("tensorrt_rtx", "1.7", single)
+    assert "full TensorRT is not importable (only tensorrt_rtx 1.7)" in why and "no plugin support" in why
+    _, why = engines.single_engine_blocker("tensorrt", "11.0", single)
+    assert why.startswith("plugin library not found") and "cmake -S plugins -B plugins/build -DTensorRT_ROOT=" in why
+    monkeypatch.setenv(engines.PLUGIN_LIBRARY_ENV, str(library))
+    _, why = engines.single_engine_blocker("tensorrt", "11.0", single)
+    assert why == f"plugin library not found: ${engines.PLUGIN_LIBRARY_ENV}={library} is not a file"
+    library.write_bytes(b"\x7fELF")
+    assert engines.single_engine_blocker("tensorrt", "11.0", single) == (None,
+                                                                         "onnx/single.onnx is not in the artifact")
+    single.parent.mkdir()
+    single.write_bytes(b"graph")
+    assert engines.single_engine_blocker("tensorrt", "11.0", single) == (library, None)
+    monkeypatch.delenv(engines.PLUGIN_LIBRARY_ENV)
+    built = tmp_path / "checkout" / "plugins" / "build" / "lib" / engines.PLUGIN_LIBRARY
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"\x7fELF")
+    assert engines.find_plugin_library() == (built, None)
 
 
-def _single_link_graph(path: Path, with_attrs: bool = False):
-    from onnx import TensorProto as T, helper
-
-    attrs = {"eta": 0.5}
-    if with_attrs:
-        attrs.update(plugin_version="1", plugin_namespace="adapler")
-    node = helper.make_node("TokenCompact", ["hidden", "scores", "mask", "positions"],
-                            ["hidden_out", "mask_out", "positions_out", "new_len"], domain="adapler",
-                            name="link_0", **attrs)
-    g = helper.make_graph(
-        [node], "link",
-        [helper.make_tensor_value_info("hidden", T.FLOAT, ["B", "S", 8]),
-         helper.make_tensor_value_info("scores", T.FLOAT, ["B", "S"]),
-         helper.make_tensor_value_info("mask", T.INT32, ["B", "S"]),
-         helper.make_tensor_value_info("positions", T.INT32, ["B", "S"])],
-        [helper.make_tensor_value_info("hidden_out", T.FLOAT, None),
-         helper.make_tensor_value_info("positions_out", T.INT32, None)])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("adapler", 1)])
-    onnx.save(model, str(path))
-    return model
+# ----- opening engines: never a silent fallback -----------------------------------------------------------------
+@no_gpu_here
+@needs_tensorrt
+def test_open_segments_without_a_gpu_says_so(artifacts):
+    artifact = artifacts["fp32"]
+    with pytest.raises(BackendUnavailable, match="need an NVIDIA GPU.*no CUDA device"):
+        trt_backends.open_segments(artifact, read_manifest(artifact))
+    with pytest.raises(BackendUnavailable, match="GPU"):  # a named kind never falls back to ONNX Runtime
+        load_backend(artifact, kind="tensorrt")
+    said = []
+    with load_backend(artifact, kind="auto", log=said.append) as backend:
+        assert backend.name == "onnxruntime" and "no CUDA GPU" in said[0]
 
 
-def test_prepare_single_graph_adds_plugin_attributes(tmp_path):
-    model = _single_link_graph(tmp_path / "single.onnx")
-    model, n = E.prepare_single_graph(model)
-    assert n == 1
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
-    assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"adapler"
-    assert attrs["eta"] == pytest.approx(0.5)
-    bad = _single_link_graph(tmp_path / "bad.onnx")
-    bad.graph.node[0].attribute[0].f = 1.5
-    with pytest.raises(E.EngineBuildError, match="eta"):
-        E.prepare_single_graph(bad)
+def test_artifact_without_engines_says_why(onnx_only_artifact):
+    manifest = read_manifest(onnx_only_artifact)
+    with pytest.raises(BackendUnavailable, match=r"no TensorRT segment engines \(not asked for .*--backend tensorrt"):
+        load_backend(onnx_only_artifact, kind="tensorrt")
+    with pytest.raises(BackendUnavailable, match="no single TensorRT engine"):
+        trt_backends.open_single(onnx_only_artifact, manifest)
+    with pytest.raises(AdaplerError, match="takes link= and log=, not device"):
+        trt_backends.open_segments(onnx_only_artifact, manifest, device="cuda:1")
 
 
-@needs_trt
-def test_unknown_plugin_is_a_clear_parse_error(tmp_path):
-    _single_link_graph(tmp_path / "single.onnx", with_attrs=True)
-    prof = {"hidden": ((1, 1, 8), (2, 4, 8), (4, 16, 8))}
-    prof.update({n: ((1, 1), (2, 4), (4, 16)) for n in ("scores", "mask", "positions")})
-    if E.find_plugin_creator(TRT) is not None:
-        pytest.skip("a TokenCompact plugin is registered in this process")
-    with pytest.raises(E.EngineBuildError, match="TokenCompact"):
-        E.build_engine(tmp_path / "single.onnx", tmp_path / "x.plan", prof)
+@needs_tensorrt
+def test_single_engine_absence_reason_reaches_the_user(artifacts):
+    manifest = read_manifest(artifacts["fp32"])
+    reason = manifest.engines.not_built["single"]
+    with pytest.raises(BackendUnavailable, match="no single TensorRT engine: " + re.escape(reason[:40])):
+        load_backend(artifacts["fp32"], kind="tensorrt-single")
 
 
-@needs_trt
-def test_single_engine_needs_full_tensorrt_and_plugin(tmp_path):
-    _single_link_graph(tmp_path / "single.onnx")
-    prof = E.single_profile(4, 16)
-    with pytest.raises(E.PluginUnavailable):
-        E.build_single_engine(tmp_path / "single.onnx", tmp_path / "single.plan", tmp_path / "missing.so", prof)
+@needs_tensorrt
+def test_engines_of_another_version_are_refused(artifacts, monkeypatch):
+    manifest = read_manifest(artifacts["fp32"])
+    manifest.engines = dataclasses.replace(manifest.engines, version="0.0.1")
+    with pytest.raises(BackendUnavailable, match=f"built with {FLAVOR} 0.0.1, this machine has"):
+        trt_backends._open_runtime(manifest)
+    manifest.engines = dataclasses.replace(manifest.engines, version=str(TRT.__version__), flavor="tensorrt_rtx")
+    with pytest.raises(BackendUnavailable, match="needs tensorrt; .* built with tensorrt_rtx"):
+        trt_backends._open_runtime(manifest, flavor_needed="tensorrt")
 
 
-PLUGIN_LIB = os.environ.get("ADAPLER_PLUGIN_LIB")
+# ----- the link choice -------------------------------------------------------------------------------------------
+def test_link_choice_is_never_silent():
+    from adapler_export import link_cuda
+
+    with pytest.raises(AdaplerError, match="link must be one of auto, cuda, torch"):
+        trt_backends.choose_link("numpy", None)
+    assert trt_backends.choose_link("torch", None) == (token_compact_torch, "PyTorch reference on the GPU")
+    try:
+        link_cuda.load_library()
+    except link_cuda.CudaLinkUnavailable:
+        pass
+    else:
+        pytest.skip("the TokenCompact CUDA library is built here: `auto` picks it")
+    with pytest.raises(BackendUnavailable, match="CUDA TokenCompact link is not available"):
+        trt_backends.choose_link("cuda", None)
+    said = []
+    function, name = trt_backends.choose_link("auto", None, said.append)
+    assert function is token_compact_torch and len(said) == 1
+    assert said[0].startswith("tensorrt: link = PyTorch reference on the GPU (the CUDA kernel is not available: ")
 
 
-@pytest.mark.skipif(FLAVOR != "tensorrt" or not PLUGIN_LIB or not HAS_GPU,
-                    reason="needs full TensorRT, a GPU and the built plugin: `pip install tensorrt` then "
-                           "`ADAPLER_PLUGIN_LIB=/path/to/libadapler_plugins.so pytest tests/test_engines.py -k single`")
-def test_gpu_single_engine_link_only(tmp_path):
-    """A graph that is only the link, built with the plugin and run with data-dependent outputs."""
-    from adapler_export.backends.tensorrt import _Engine, _make_output_allocator
-    from adapler_export.link import token_compact_numpy
+# ----- the segments runtime's own work, with ONNX Runtime standing in for the engines -------------------------------
+class OnnxRuntimeEngine:
+    """What `TensorRTSegmentsBackend` needs of an engine (`run(feeds, stream, device)`, profile maxima), run by
+    ONNX Runtime on CPU torch tensors."""
 
-    _single_link_graph(tmp_path / "single.onnx")
-    prof = {"hidden": ((1, 1, 8), (2, 8, 8), (4, 16, 8))}
-    prof.update({n: ((1, 1), (2, 8), (4, 16)) for n in ("scores", "mask", "positions")})
-    info = E.build_single_engine(tmp_path / "single.onnx", tmp_path / "single.plan", PLUGIN_LIB, prof)
-    assert Path(info.plan_path).is_file()
-    rng = np.random.default_rng(1)
-    hidden = rng.standard_normal((3, 10, 8)).astype(np.float32)
-    mask = np.ones((3, 10), np.int32)
-    mask[1, 6:] = 0
-    logits = rng.standard_normal((3, 10)).astype(np.float32)
-    scores = np.exp(logits) * mask
-    scores = (scores / scores.sum(1, keepdims=True)).astype(np.float32)
-    positions = np.where(mask == 1, np.arange(10)[None], -1).astype(np.int32)
-    ref = token_compact_numpy(hidden, scores, mask, positions, 0.5)
+    def __init__(self, path: Path, spec, max_batch: int, max_seq: int):
+        import onnxruntime as ort
 
-    dev = torch.device("cuda")
-    stream = torch.cuda.Stream()
-    runtime = TRT.Runtime(E.tensorrt_logger(TRT))
-    eng = _Engine(TRT, runtime, Path(info.plan_path), torch, dev, stream)
-    alloc = _make_output_allocator(TRT, torch, dev)
-    feeds = {n: torch.from_numpy(a).to(dev) for n, a in
-             dict(hidden=hidden, scores=scores, mask=mask, positions=positions).items()}
-    with torch.cuda.stream(stream):
-        for n, t in feeds.items():
-            eng.context.set_input_shape(n, tuple(t.shape))
-            eng.context.set_tensor_address(n, t.data_ptr())
-        for n in eng.outputs:
-            eng.context.set_output_allocator(n, alloc)
-        assert eng.context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-    shape = alloc.shapes["hidden_out"]
-    assert shape == (3, ref.new_len, 8)
-    got_h = alloc.buffers["hidden_out"][: 3 * ref.new_len * 8 * 4].view(torch.float32).reshape(shape).cpu().numpy()
-    got_p = alloc.buffers["positions_out"][: 3 * ref.new_len * 4].view(torch.int32).reshape(3, -1).cpu().numpy()
-    np.testing.assert_array_equal(got_p, ref.positions)
-    np.testing.assert_array_equal(got_h, ref.hidden)
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.outputs, self.max_batch, self.max_seq, self.batches = list(spec.outputs), max_batch, max_seq, []
+
+    def run(self, feeds, stream, device):
+        assert all(isinstance(t, torch.Tensor) and t.device == device for t in feeds.values())
+        self.batches.append(len(next(iter(feeds.values()))))
+        outputs = self.session.run(self.outputs, {name: t.numpy() for name, t in feeds.items()})
+        return {name: torch.from_numpy(array) for name, array in zip(self.outputs, outputs)}
 
 
-# -------------------------------------------------------------------------------- the runtimes
+def test_segments_backend_chains_and_chunks_like_onnxruntime(onnx_only_artifact):
+    manifest = read_manifest(onnx_only_artifact)
+    specs, paths = manifest.specs(), manifest.segment_paths(onnx_only_artifact)
+    stand_ins = [OnnxRuntimeEngine(p, s, max_batch=2, max_seq=24) for p, s in zip(paths, specs)]
+    backend = trt_backends.TensorRTSegmentsBackend(stand_ins, specs, manifest.eta, token_compact_torch,
+                                                   torch.device("cpu"))
+    ids, mask = _ids(5, 20)
+    got = backend.run(ids, mask)
+    want = OnnxRuntimeBackend(paths, specs, manifest.eta).run(ids, mask)
+    assert stand_ins[0].batches == [2, 2, 1], "batches above the profile run in chunks"
+    np.testing.assert_allclose(got.logits, want.logits, atol=1e-6)
+    assert len(got.kept) == LAYERS and any(k.shape[1] < 20 for k in want.kept), "the tiny model drops tokens"
+    for g, w in zip(got.kept, want.kept):
+        np.testing.assert_array_equal(g, w)
+    with pytest.raises(AdaplerError, match="sequence length 25 exceeds the engines' maximum 24"):
+        backend.run(*_ids(1, 25))
 
 
-def test_runtime_without_gpu_is_a_clear_error(tmp_path):
-    from adapler_export.backends.tensorrt import TensorRTBackendUnavailable, TensorRTSegmentsBackend
+# ----- on a GPU ------------------------------------------------------------------------------------------------------
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("link", ["torch", "cuda"])
+def test_gpu_segment_engines_match_the_reference(artifacts, model, precision, link):
+    if link == "cuda":
+        from adapler_export import link_cuda
 
-    if HAS_GPU:
-        pytest.skip("a GPU is present")
-    plans = []
-    for k in range(3):
-        plans.append(tmp_path / E.plan_filename(k, "fp32"))
-        plans[-1].write_bytes(b"x")
-    with pytest.raises(TensorRTBackendUnavailable, match="GPU"):
-        TensorRTSegmentsBackend(plans, [0.5, 0.5])
-
-
-def _reference_chain(modules, ids, mask, etas):
-    """The tiny model run like the reference: segments in torch (fp32, CPU), links by link.py."""
-    from adapler_export.link import token_compact_torch
-
-    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-    positions = torch.where(mask_t == 1, torch.arange(ids.shape[1], dtype=torch.int32)[None],
-                            torch.tensor(-1, dtype=torch.int32))
-    kept = []
-    with torch.no_grad():
-        hidden, scores = modules[0](ids_t, mask_t)
-        for k, eta in enumerate(etas):
-            hidden, mask_t, positions, _ = token_compact_torch(hidden, scores, mask_t, positions, eta)
-            kept.append(positions.numpy())
-            out = modules[k + 1](hidden, mask_t)
-            if k + 1 == len(modules) - 1:
-                logits = out
-            else:
-                hidden, scores = out
-    return logits.numpy(), kept
+        try:
+            link_cuda.load_library()
+        except link_cuda.CudaLinkUnavailable as exc:
+            pytest.skip(f"{exc}".splitlines()[0] + f"; build it: `{link_cuda.BUILD_COMMAND}`")
+    ids, mask = _ids(7, MAX_SEQ)  # 7 rows: two chunks of the profile's 4
+    reference = PyTorchBackend(model).run(ids, mask)
+    tolerance = Tolerances.for_precision(precision)
+    with load_backend(artifacts[precision], kind="tensorrt", link=link) as backend:
+        got = backend.run(ids, mask)
+    error = np.abs(got.logits - reference.logits)
+    assert error.mean() <= tolerance.mean_abs_logit
+    if precision == "fp32":
+        assert error.max() <= tolerance.max_abs_logit
+        for g, r in zip(got.kept, reference.kept):
+            np.testing.assert_array_equal(g, r)
 
 
 @needs_gpu
-@pytest.mark.parametrize("link", ["torch", "auto"])
-def test_gpu_segments_backend_matches_reference(tiny_model, tmp_path, link):
-    from adapler_export.backends.tensorrt import TensorRTSegmentsBackend
-
-    infos = E.build_segment_engines(tiny_model["onnx"], tmp_path / "engines", "fp32", _profiles())
-    etas = [0.6, 0.8]
-    rng = np.random.default_rng(2)
-    b, s = 11, 20  # > MAX_BATCH: exercises chunking
-    ids = rng.integers(1, VOCAB, (b, s)).astype(np.int32)
-    mask = np.ones((b, s), np.int32)
-    for row in range(b):
-        mask[row, rng.integers(2, s + 1):] = 0
-    ref_logits, ref_kept = _reference_chain(tiny_model["modules"], ids[:MAX_BATCH], mask[:MAX_BATCH], etas)
-    with TensorRTSegmentsBackend([i.plan_path for i in infos], etas, link=link,
-                                 runtime_cache_path=tmp_path / "rt.cache") as backend:
-        out = backend.run(ids, mask)
-    assert out.logits.shape == (b, LABELS) and out.logits.dtype == np.float32
-    assert len(out.kept) == 2
-    np.testing.assert_allclose(out.logits[:MAX_BATCH], ref_logits, atol=1e-3)
-    for k in range(2):
-        got = out.kept[k][:MAX_BATCH]
-        width = ref_kept[k].shape[1]
-        np.testing.assert_array_equal(got[:, :width], ref_kept[k])
-        assert np.all(got[:, width:] == -1)
-
-
-# ------------------------------------------------- runtime orchestration with a stand-in TensorRT
-
-
-class _FakeTRT:
-    """The slice of the TensorRT runtime API the backends use, executing the ONNX graph with ONNX Runtime
-    on host memory (torch CPU tensors: their data_ptr() are host addresses). It checks the orchestration
-    (shapes, addresses, chunking, links, kept positions) on a machine without a GPU; the real API calls
-    are exercised by the GPU tests."""
-
-    class TensorIOMode:
-        INPUT, OUTPUT = "INPUT", "OUTPUT"
-
-    class _DT:
-        def __init__(self, name):
-            self.name = name
-
-    _NP = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32}
-    _ONNX = {onnx.TensorProto.FLOAT: "FLOAT", onnx.TensorProto.FLOAT16: "HALF", onnx.TensorProto.INT32: "INT32"}
-    __version__ = "fake"
-
-    def __init__(self, onnx_of_plan, profiles):
-        self.onnx_of_plan, self.profiles = onnx_of_plan, profiles
-
-    def Runtime(self, logger):  # noqa: N802 - mirrors the TensorRT API
-        return self
-
-    def deserialize_cuda_engine(self, data):
-        path = self.onnx_of_plan[bytes(data)]
-        return _FakeEngine(self, path, self.profiles[path])
-
-
-class _FakeEngine:
-    num_optimization_profiles = 1
-
-    def __init__(self, trt, path, profile):
-        import onnxruntime as ort
-
-        self.trt, self.profile = trt, profile
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        model = onnx.load(str(path))
-        self.io = ([(v.name, "INPUT", v) for v in model.graph.input]
-                   + [(v.name, "OUTPUT", v) for v in model.graph.output])
-        self.num_io_tensors = len(self.io)
-
-    def get_tensor_name(self, i):
-        return self.io[i][0]
-
-    def get_tensor_mode(self, name):
-        return next(m for n, m, _ in self.io if n == name)
-
-    def get_tensor_dtype(self, name):
-        v = next(v for n, _, v in self.io if n == name)
-        return _FakeTRT._DT(_FakeTRT._ONNX[v.type.tensor_type.elem_type])
-
-    def get_tensor_profile_shape(self, name, index):
-        return [list(s) for s in self.profile[name]]
-
-    def create_execution_context(self):
-        return _FakeContext(self)
-
-
-class _FakeContext:
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addresses, self.out_shapes = engine, {}, {}, {}
-
-    def set_input_shape(self, name, shape):
-        mn, _, mx = self.engine.profile[name]
-        if not all(a <= s <= b for a, s, b in zip(mn, shape, mx)):
-            return False
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def set_tensor_address(self, name, ptr):
-        self.addresses[name] = ptr
-
-    def _array(self, name, shape):
-        import ctypes
-
-        dt = np.dtype(_FakeTRT._NP[self.engine.get_tensor_dtype(name).name])
-        n = int(np.prod(shape))
-        buf = (ctypes.c_byte * (n * dt.itemsize)).from_address(self.addresses[name])
-        return np.frombuffer(buf, dtype=dt).reshape(shape)
-
-    def infer_shapes(self):
-        feeds = {n: np.zeros(s, _FakeTRT._NP[self.engine.get_tensor_dtype(n).name]) for n, s in self.shapes.items()}
-        feeds = {n: (np.ones_like(a) if a.dtype == np.int32 else a) for n, a in feeds.items()}
-        outs = self.engine.session.run(None, feeds)
-        self.out_shapes = {o.name: r.shape for o, r in zip(self.engine.session.get_outputs(), outs)}
-        return []
-
-    def get_tensor_shape(self, name):
-        return self.shapes.get(name) or self.out_shapes[name]
-
-    def execute_async_v3(self, stream):
-        feeds = {n: self._array(n, s).copy() for n, s in self.shapes.items()}
-        outs = self.engine.session.run(None, feeds)
-        for o, r in zip(self.engine.session.get_outputs(), outs):
-            self._array(o.name, r.shape)[...] = r
-        return True
-
-
-def test_segments_backend_orchestration_with_fake_tensorrt(tiny_model, tmp_path, monkeypatch):
-    import contextlib
-
-    from adapler_export.backends import tensorrt as B
-
-    plans, onnx_of_plan, prof_of = [], {}, {}
-    for k, (path, prof) in enumerate(zip(tiny_model["onnx"], _profiles())):
-        plan = tmp_path / E.plan_filename(k, "fp32")
-        plan.write_bytes(f"plan {k}".encode())
-        plans.append(plan)
-        onnx_of_plan[plan.read_bytes()] = path
-        prof_of[path] = prof
-    fake = _FakeTRT(onnx_of_plan, prof_of)
-
-    class _Stream:
-        cuda_stream = 0
-
-        def __init__(self, device=None):
-            pass
-
-        def synchronize(self):
-            pass
-
-    monkeypatch.setattr(B, "_require_cuda", lambda device: (torch, torch.device("cpu")))
-    monkeypatch.setattr(B, "import_tensorrt", lambda prefer=None: (fake, "fake"))
-    monkeypatch.setattr(B, "tensorrt_logger", lambda trt: None)
-    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-
-    etas = [0.6, 0.8]
-    backend = B.TensorRTSegmentsBackend(plans, etas, link="torch")
-    assert backend.max_batch == MAX_BATCH and backend.max_seq == MAX_SEQ and backend.link.name == "torch"
-    rng = np.random.default_rng(3)
-    b, s = 11, 20  # more rows than the profile's max batch: two chunks
-    ids = rng.integers(1, VOCAB, (b, s)).astype(np.int64)
-    mask = np.ones((b, s), np.int64)
-    for row in range(b):
-        mask[row, rng.integers(2, s + 1):] = 0
-    out = backend.run(ids, mask)
-    assert out.logits.shape == (b, LABELS) and out.logits.dtype == np.float32 and len(out.kept) == 2
-    for lo, hi in ((0, MAX_BATCH), (MAX_BATCH, b)):
-        ref_logits, ref_kept = _reference_chain(tiny_model["modules"], ids[lo:hi].astype(np.int32),
-                                                mask[lo:hi].astype(np.int32), etas)
-        np.testing.assert_allclose(out.logits[lo:hi], ref_logits, atol=1e-4)
-        for k in range(2):
-            width = ref_kept[k].shape[1]
-            np.testing.assert_array_equal(out.kept[k][lo:hi, :width], ref_kept[k])
-            assert np.all(out.kept[k][lo:hi, width:] == -1)
-    assert any(k.shape[1] < s for k in out.kept), "the links should have dropped tokens"
-    with pytest.raises(ValueError, match="max"):
-        backend.run(np.ones((1, MAX_SEQ + 1), np.int32), np.ones((1, MAX_SEQ + 1), np.int32))
-    # a plan set that breaks the segment contract is refused
-    with pytest.raises(E.EngineBuildError, match="contract"):
-        B.TensorRTSegmentsBackend([plans[0], plans[2], plans[1]], etas, link="torch")
-
-
-class _FakeSingleEngine:
-    """Stands in for the single engine: runs the tiny model's reference chain on the inputs and hands the
-    results out through the backend's IOutputAllocator, as TensorRT does for data-dependent shapes."""
-
-    num_optimization_profiles = 1
-    names = [("input_ids", "INPUT", "INT32"), ("attention_mask", "INPUT", "INT32"), ("logits", "OUTPUT", "FLOAT"),
-             ("kept_1", "OUTPUT", "INT32"), ("kept_0", "OUTPUT", "INT32")]
-
-    def __init__(self, modules, etas):
-        self.modules, self.etas, self.num_io_tensors = modules, etas, len(self.names)
-        self.profile = {"input_ids": [(1, 1), (4, 16), (MAX_BATCH, MAX_SEQ)],
-                        "attention_mask": [(1, 1), (4, 16), (MAX_BATCH, MAX_SEQ)]}
-
-    def get_tensor_name(self, i):
-        return self.names[i][0]
-
-    def get_tensor_mode(self, name):
-        return next(m for n, m, _ in self.names if n == name)
-
-    def get_tensor_dtype(self, name):
-        return _FakeTRT._DT(next(d for n, _, d in self.names if n == name))
-
-    def get_tensor_profile_shape(self, name, index):
-        return self.profile[name]
-
-    def create_execution_context(self):
-        engine = self
-
-        class Ctx(_FakeContext):
-            allocators = {}
-
-            def set_output_allocator(self, name, alloc):
-                self.allocators[name] = alloc
-                return True
-
-            def get_tensor_shape(self, name):
-                return self.shapes.get(name, (-1, -1))
-
-            def execute_async_v3(self, stream):
-                import ctypes
-
-                ids, mask = (self._array(n, self.shapes[n]).copy() for n in ("input_ids", "attention_mask"))
-                logits, kept = _reference_chain(engine.modules, ids, mask, engine.etas)
-                for name, arr in [("logits", logits.astype(np.float32))] + [(f"kept_{k}", a) for k, a in
-                                                                            enumerate(kept)]:
-                    alloc = self.allocators[name]
-                    ptr = alloc.reallocate_output_async(name, 0, arr.nbytes, 256, stream)
-                    ctypes.memmove(ptr, np.ascontiguousarray(arr).ctypes.data, arr.nbytes)
-                    alloc.notify_shape(name, arr.shape)
-                return True
-
-        return Ctx(self)
-
-
-@needs_trt
-def test_single_backend_reads_data_dependent_outputs(tiny_model, tmp_path, monkeypatch):
-    import contextlib
-
-    from adapler_export.backends import tensorrt as B
-
-    etas = [0.6, 0.8]
-    fake_engine = _FakeSingleEngine(tiny_model["modules"], etas)
-
-    class _Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, data):
-            return fake_engine
-
-    class _TRT:  # the real IOutputAllocator base class (constructible without a GPU), the rest faked
-        IOutputAllocator = TRT.IOutputAllocator
-        TensorIOMode = _FakeTRT.TensorIOMode
-        Runtime = _Runtime
-        __version__ = "fake"
-
-    class _Stream:
-        cuda_stream = 0
-
-        def __init__(self, device=None):
-            pass
-
-        def synchronize(self):
-            pass
-
-    plan = tmp_path / "single.fp32.plan"
-    plan.write_bytes(b"plan")
-    monkeypatch.setattr(B, "_require_cuda", lambda device: (torch, torch.device("cpu")))
-    monkeypatch.setattr(B, "import_tensorrt", lambda prefer=None: (_TRT, "fake"))
-    monkeypatch.setattr(B, "tensorrt_logger", lambda trt: None)
-    monkeypatch.setattr(B, "load_plugin_library", lambda path, trt=None: path)
-    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-
-    backend = B.TensorRTSingleBackend(plan, tmp_path / "libadapler_plugins.so")
-    assert backend.kept_outputs == ["kept_0", "kept_1"]  # natural order, not engine order
-    rng = np.random.default_rng(4)
-    ids = rng.integers(1, VOCAB, (5, 12)).astype(np.int32)
-    mask = np.ones((5, 12), np.int32)
-    mask[2, 4:] = 0
-    ref_logits, ref_kept = _reference_chain(tiny_model["modules"], ids, mask, etas)
-    for _ in range(2):  # the second call reuses the allocator's buffers
-        out = backend.run(ids, mask)
-        np.testing.assert_allclose(out.logits, ref_logits, atol=1e-6)
-        assert [k.shape for k in out.kept] == [k.shape for k in ref_kept]
-        for got, want in zip(out.kept, ref_kept):
-            np.testing.assert_array_equal(got, want)
+def test_gpu_single_engine_matches_the_segments(model, tmp_path):
+    library, why = engines.find_plugin_library()
+    if FLAVOR != "tensorrt" or library is None:
+        pytest.skip(f"the single engine needs full TensorRT and the plugin library ({why or FLAVOR}): "
+                    f"`{engines.PLUGIN_BUILD_COMMAND}`, then `python -m pytest -q tests/test_engines.py -k single`")
+    artifact = write_artifact(tmp_path / "single", model, "fp32")
+    manifest = read_manifest(artifact)
+    if manifest.engines.single is None:
+        pytest.fail(f"single engine not built: {manifest.engines.not_built['single']}")
+    assert (artifact / manifest.engines.single["plugin_library"]).is_file()
+    ids, mask = _ids(6, MAX_SEQ)
+    with load_backend(artifact, kind="tensorrt-single") as single, load_backend(artifact, kind="tensorrt") as chain:
+        got, want = single.run(ids, mask), chain.run(ids, mask)
+    np.testing.assert_allclose(got.logits, want.logits, atol=1e-3)
+    for g, w in zip(got.kept, want.kept):
+        np.testing.assert_array_equal(g, w)

@@ -9,16 +9,7 @@ from adapler_export.flops import flops_speedup, layer_flops
 from adapler_export.link import keep_mask_torch
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, cp_distribution
 
-
-def tiny_model(seed=0, eta=0.6):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config), eta_init=eta)
-    with torch.no_grad():  # make the CPs opinionated so that tokens really drop
-        for cp in model.cps:
-            cp.dense_out.weight.mul_(40.0)
-    return model.eval()
+from conftest import tiny_model
 
 
 def random_batch(rng, b=5, s=12, vocab=200):

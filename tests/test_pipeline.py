@@ -33,7 +33,10 @@ def test_training_resumes_finished_stages(ci_checkpoint, adapler_home, capsys):
     from conftest import CI_TRAIN_ARGS
 
     before = (ci_checkpoint / "adapler_heads.safetensors").read_bytes()
-    assert main(["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]) == 0
+    argv = ["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]
+    assert main(argv) == 2, "an existing checkpoint is replaced only with --force"
+    assert "pass --force" in capsys.readouterr().err
+    assert main(argv + ["--force"]) == 0
     err = capsys.readouterr().err
     assert "stage 1: already done" in err and "stage 2: already done" in err and "stage 3: already done" in err
     assert (ci_checkpoint / "adapler_heads.safetensors").read_bytes() == before

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,6 @@ def make_accelerator(seed: int):
     accelerator = Accelerator()
     set_seed(seed)
     return accelerator
-
-
-def progress(iterable, desc: str, total: int | None = None, enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    # Off a terminal (CI logs) print a line every 30 s instead of redrawing.
-    interval = 0.1 if sys.stderr.isatty() else 30.0
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled, mininterval=interval,
-                dynamic_ncols=True, leave=False)
 
 
 def adamw_with_warmup(params, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float = 0.1,

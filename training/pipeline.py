@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from adapler_export.checkpoint import (DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, adapler_home,
-                                       load_backbone, save_checkpoint)
+from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
+from adapler_export.data import TaskData, load_task
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.storage import adapler_home
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
 
 from .common import seed_everything
-from .data import TaskData, load_task
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
 from .stage3_adapler import Stage3Config, run_stage3
@@ -57,7 +57,7 @@ class TrainConfig:
         return key1, key3
 
 
-def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print) -> Path:
+def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data_dir)
     data.splits["train"] = data["train"].subset(cfg.max_train_samples, cfg.seed)
@@ -110,4 +110,4 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         metrics={"stage1_dev_accuracy": stage1["dev_accuracy"], **final.to_dict()},
     )
     model.eval()
-    return save_checkpoint(Checkpoint(model, tokenizer, config), Path(output))
+    return save_checkpoint(Checkpoint(model, tokenizer, config), Path(output), force=force)

@@ -13,7 +13,9 @@ import torch
 
 from adapler_export.evaluation import evaluate_full
 
-from .common import adamw_with_warmup, make_accelerator, progress, read_marker, write_json_atomic
+from adapler_export.progress import progress
+
+from .common import adamw_with_warmup, make_accelerator, read_marker, write_json_atomic
 from .data import EncodedDataset
 
 

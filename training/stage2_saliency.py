@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import progress, read_marker, write_json_atomic
+from adapler_export.progress import progress
+
+from .common import read_marker, write_json_atomic
 from .data import EncodedDataset
 
 

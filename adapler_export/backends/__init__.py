@@ -1,21 +1,32 @@
-"""Backends: runners with one interface, like polygraphy's runners.
+"""Backends: runners with one interface, the polygraphy way.
 
     backend.run(input_ids [B,S], attention_mask [B,S]) -> BackendOutput(logits [B,C] fp32, kept)
 
-`kept[k]` holds the original positions link k kept, [B, S'_k] int32 with -1 padding. Implementations:
-`pytorch` (the reference: hard removal in PyTorch), `onnxruntime` (segment graphs linked by the reference
-link, CPU or CUDA EP), `tensorrt` (segment engines linked by the CUDA kernel) and `tensorrt-single`
-(one engine with plugin layers).
+`Backend.run` validates the inputs once and calls the backend's `_run_impl`. `kept[k]` holds the original
+positions link k kept, [B, S'_k] int32 with -1 padding. Backends that run the model as segments derive
+from `SegmentChainBackend`, which supplies the one chain (`chain.run_chain`) and asks only for
+`run_segment` (and, where the link runs elsewhere than on host NumPy arrays, `link`).
+
+The registry maps a backend kind to the function that opens an artifact with it:
+
+    onnxruntime       segment graphs in ONNX Runtime, linked on the host (CPU; CUDA EP where installed)
+    tensorrt          segment engines linked by the CUDA kernel (GPU + TensorRT)
+    tensorrt-single   one engine with TokenCompact plugin layers (GPU + full TensorRT + plugin library)
+
+`load_backend(artifact, "auto")` picks one and says which and why; a named kind never falls back to
+another one: if it cannot run here, the error says why.
 """
 from __future__ import annotations
 
-import json
+import importlib
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ..chain import run_chain
 from ..errors import AdaplerError
+from ..link import CompactResult, token_compact
 
 
 @dataclass
@@ -24,58 +35,124 @@ class BackendOutput:
     kept: list
 
 
-class Backend:
-    name = "backend"
-
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> BackendOutput:  # pragma: no cover
-        raise NotImplementedError
-
-
-def as_int32_inputs(input_ids, attention_mask):
+def validate_inputs(input_ids, attention_mask) -> tuple:
+    """The one input check every backend gets: [B, S] integer arrays of equal shape, B >= 1, S >= 1,
+    mask values 0/1. Returns C-contiguous int32 copies (or the inputs themselves when they already are)."""
     input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
-        raise AdaplerError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must both be [B, S]")
+        raise AdaplerError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must both be "
+                           f"[B, S]")
+    if input_ids.shape[0] == 0:
+        raise AdaplerError("empty batch: pass at least one row")
     if input_ids.shape[1] == 0:
         raise AdaplerError("empty sequence: every row needs at least the [CLS] token")
-    return input_ids.astype(np.int32, copy=False), attention_mask.astype(np.int32, copy=False)
+    for name, array in (("input_ids", input_ids), ("attention_mask", attention_mask)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise AdaplerError(f"{name} must be integers, got {array.dtype}")
+    if attention_mask.size and not np.isin(attention_mask, (0, 1)).all():
+        raise AdaplerError("attention_mask must hold only 0 and 1")
+    return (np.ascontiguousarray(input_ids, dtype=np.int32), np.ascontiguousarray(attention_mask, dtype=np.int32))
 
 
-def read_manifest(artifact_dir) -> dict:
-    path = Path(artifact_dir) / "manifest.json"
-    if not path.is_file():
-        raise AdaplerError(f"{artifact_dir} is not a build artifact (no manifest.json); run `adapler-export build`")
-    return json.loads(path.read_text())
+class Backend:
+    """Base class: a public `run` that validates once, an `_run_impl` per backend."""
+
+    name = "backend"
+
+    def run(self, input_ids, attention_mask) -> BackendOutput:
+        return self._run_impl(*validate_inputs(input_ids, attention_mask))
+
+    def _run_impl(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> BackendOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the backend holds (sessions, engines, caches); safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
-def load_backend(artifact_dir, kind: str = "auto", **kwargs) -> Backend:
-    """Open a build artifact with the best backend available (`auto`: TensorRT segments on a GPU with
-    engines, else ONNX Runtime with the CUDA EP where present, else ONNX Runtime on the CPU)."""
-    artifact_dir = Path(artifact_dir)
-    manifest = read_manifest(artifact_dir)
-    if kind == "auto":
-        if manifest.get("engines", {}).get("segments") and _cuda_available():
-            try:
-                from .tensorrt import load_tensorrt_backend
+class SegmentChainBackend(Backend):
+    """A backend that runs segment k with `run_segment(k, feeds)` and links with `link(...)`; the chain
+    itself is `chain.run_chain`. `specs`/`etas` come from the artifact's manifest (or the model)."""
 
-                return load_tensorrt_backend(artifact_dir, kind="tensorrt", **kwargs)
-            except AdaplerError:
-                pass
-        kind = "onnxruntime"
-    if kind == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeBackend
+    def __init__(self, specs: list, etas: list):
+        self.specs, self.etas = list(specs), [float(e) for e in etas]
+        if len(self.specs) != len(self.etas) + 1:
+            raise AdaplerError(f"{len(self.specs)} segments need {len(self.specs) - 1} thresholds, "
+                               f"got {len(self.etas)}")
 
-        return OnnxRuntimeBackend.from_artifact(artifact_dir, manifest, **kwargs)
-    if kind in ("tensorrt", "tensorrt-single"):
-        from .tensorrt import load_tensorrt_backend
+    def run_segment(self, index: int, feeds: dict) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
 
-        return load_tensorrt_backend(artifact_dir, kind=kind, **kwargs)
-    raise AdaplerError(f"unknown backend {kind!r} (auto, onnxruntime, tensorrt, tensorrt-single)")
+    def link(self, hidden, scores, mask, positions, eta) -> CompactResult:
+        return token_compact(hidden, scores, mask, positions, eta)
+
+    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
+        result = run_chain(self.specs, self.etas, self.run_segment, self.link, input_ids, attention_mask)
+        return BackendOutput(np.asarray(result.logits, dtype=np.float32), [np.asarray(k) for k in result.kept])
 
 
-def _cuda_available() -> bool:
+# ----- registry ----------------------------------------------------------------------------------------------
+# kind -> "module:function" opening an artifact: function(artifact_dir, manifest, log=None, **kwargs) -> Backend
+# (`log` receives the backend's own choices, e.g. which link implementation it runs).
+# Imported lazily: ONNX Runtime users never import TensorRT or torch.
+BACKENDS = {
+    "onnxruntime": "adapler_export.backends.onnxruntime:open_artifact",
+    "tensorrt": "adapler_export.backends.tensorrt:open_segments",
+    "tensorrt-single": "adapler_export.backends.tensorrt:open_single",
+}
+KINDS = ("auto",) + tuple(BACKENDS)
+
+
+def register_backend(kind: str, opener: str) -> None:
+    """Add a backend kind: `opener` is "module:function" (function(artifact_dir, manifest, log, **kwargs))."""
+    BACKENDS[kind] = opener
+
+
+def _opener(kind: str) -> Callable:
+    if kind not in BACKENDS:
+        raise AdaplerError(f"unknown backend {kind!r} (choose from {', '.join(KINDS)})")
+    module, function = BACKENDS[kind].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def cuda_device_available() -> bool:
     try:
         import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
+    except ImportError:  # pragma: no cover - a declared dependency
         return False
+    return bool(torch.cuda.is_available())
+
+
+def choose_backend(manifest) -> tuple:
+    """(kind, reason) for `auto`: TensorRT segment engines where the artifact has them and a CUDA GPU is
+    here; ONNX Runtime otherwise."""
+    if not manifest.engines.segments:
+        reason = manifest.engines.not_built.get("segments", "the artifact has no TensorRT engines")
+        return "onnxruntime", reason
+    if not cuda_device_available():
+        return "onnxruntime", "the artifact has TensorRT engines but this machine has no CUDA GPU"
+    return "tensorrt", "TensorRT segment engines and a CUDA GPU are present"
+
+
+def load_backend(artifact_dir, kind: str = "auto", log: Callable[[str], None] | None = None,
+                 check_files: bool = True, **kwargs) -> Backend:
+    """Open a build artifact (path or name under the cache) with backend `kind`.
+
+    `auto` says what it chose and why through `log`; it does not try another kind when the chosen one
+    fails (a TensorRT problem is an error to see, not a silent switch to the CPU).
+    """
+    from ..artifact import open_artifact
+
+    path, manifest = open_artifact(artifact_dir, check_files=check_files)
+    if kind == "auto":
+        kind, reason = choose_backend(manifest)
+        if log is not None:
+            log(f"backend: {kind} ({reason})")
+    if log is not None:
+        kwargs["log"] = log
+    return _opener(kind)(path, manifest, **kwargs)

@@ -1,8 +1,10 @@
 """Serving: Triton model repository writer, local tritonserver runner, client and load helpers.
 
-* :func:`write_model_repository` — ``adapler_text`` (Python backend: text -> label, probabilities, kept
-  tokens) and, with the single TensorRT engine, ``adapler_plan`` / ``adapler_tokenizer`` /
-  ``adapler_ensemble``.
+* :class:`TextClassifier` — the library classifier (``predict`` and the Triton model run it):
+  :class:`Prediction` with label, probabilities, ``truncated``, ``empty_input`` and kept tokens.
+* :func:`write_model_repository` — ``adapler_text`` (Python backend: text -> label, probabilities, flags,
+  kept tokens; tensors in ``contract.py``) and, with the single TensorRT engine, ``adapler_plan`` /
+  ``adapler_tokenizer`` / ``adapler_ensemble``.
 * :class:`TritonServer` — the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on loopback ports.
 * :class:`AdaplerClient` — ``classify(texts)`` over HTTP or gRPC.
 * :func:`run_load` — bounded concurrent load: p50/p99 latency, throughput, failures.
@@ -27,6 +29,7 @@ _EXPORTS = {
     "run_load": "load",
     "LoadResult": "load",
     "TextClassifier": "runtime",
+    "Prediction": "runtime",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,63 +1,36 @@
 """``adapler-export triton`` and ``adapler-export serve``: argparse wiring for the CLI.
 
-Wire into ``adapler_export/cli.py``::
+Wired into ``adapler_export/cli.py``::
 
     from .serving.cli_commands import add_serve_parser, add_triton_parser
     add_triton_parser(sub)
     add_serve_parser(sub)
 
 Each parser sets ``func`` (``args.func(args) -> int``). User errors raise ``AdaplerError`` subclasses
-(``RepositoryError``, ``TritonServerError``), which the CLI prints as one line.
+(``ManifestError``, ``RepositoryError``, ``TritonServerError``), which the CLI prints as one line.
+
+``serve`` stops the server and removes every temporary file it made on each way out: normal end, a
+failed start, Ctrl-C (exit 130), SIGTERM (exit 143), SIGHUP (exit 129), printing one line saying so.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
-import os
 import pathlib
+import signal
 import sys
 import tempfile
+import threading
 import time
 
+from ..data import default_texts_file, read_texts
 from ..errors import AdaplerError
-
-_REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def default_texts_file(task: str = "sst2") -> pathlib.Path | None:
-    """``$ADAPLER_DATA_DIR/<task>/dev.tsv``, else ``../shared/data/<task>/dev.tsv`` beside the repository."""
-    cands = []
-    if os.environ.get("ADAPLER_DATA_DIR"):
-        cands.append(pathlib.Path(os.environ["ADAPLER_DATA_DIR"]) / task / "dev.tsv")
-    cands.append(_REPO_ROOT.parent / "shared" / "data" / task / "dev.tsv")
-    return next((p for p in cands if p.is_file()), None)
-
-
-def read_texts(path: str | os.PathLike, limit: int | None = None, column: str = "sentence") -> list[str]:
-    """Texts from a GLUE ``.tsv`` (header with ``sentence``; quoting disabled) or a plain file (one per line)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise AdaplerError(f"texts file {path} not found")
-    texts: list[str] = []
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.suffix == ".tsv":
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            header = next(reader, None) or []
-            if column not in header:
-                raise AdaplerError(f"{path}: no {column!r} column in header {header}")
-            col = header.index(column)
-            texts = [row[col] for row in reader if len(row) > col]
-        else:
-            texts = [line.rstrip("\n") for line in f if line.strip()]
-    if not texts:
-        raise AdaplerError(f"{path}: no texts")
-    return texts[:limit] if limit else texts
 
 
 # ----- triton: write the repository -------------------------------------------------------------------
@@ -66,11 +39,11 @@ def cmd_triton(args) -> int:
 
     info = write_model_repository(
         args.artifact, args.out, max_batch=args.max_batch, max_queue_delay_us=args.queue_delay_us,
-        instances=args.instances, backend_kind=args.backend, precision=args.precision,
+        instances=args.instances, backend_kind=args.backend,
         with_tensorrt_plan=True if args.with_tensorrt_plan else None, artifact_mode=args.artifact_mode,
         overwrite=args.force,
     )
-    print(f"model repository written to {info.path}")
+    print(f"model repository written to {info.path} (artifact {info.artifact} checked)")
     print(f"models: {', '.join(info.models)}")
     print(f"see {info.path / 'README.md'}; in a Triton container"
           f"{' with TensorRT and a GPU' if info.with_tensorrt_plan else ''}:\n  {info.tritonserver_command}")
@@ -86,24 +59,21 @@ def cmd_triton(args) -> int:
                 result = client.classify(["a gorgeous, witty, seductive movie.", ""])
             print(f"check: server ready in {server.startup_seconds:.1f}s; "
                   + "; ".join(f"{r['label']} {max(r['probabilities']):.3f}" for r in result))
-            server.cleanup()
         finally:
-            if server.proc is not None:
-                server.stop()
-                _log(f"server log kept: {server.log_file}")
+            server.cleanup()
     return 0
 
 
 def add_triton_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("triton", help="write a Triton model repository for a build artifact")
-    p.add_argument("--artifact", required=True, help="build artifact directory (adapler-export build output)")
+    p.add_argument("--artifact", required=True,
+                   help="build artifact: a path, or a name under $ADAPLER_HOME/artifacts (checked first)")
     p.add_argument("--repo", "--out", dest="out", required=True, help="repository directory to write (atomically)")
     p.add_argument("--max-batch", type=int, default=32, help="max_batch_size of the models (default 32)")
     p.add_argument("--queue-delay-us", type=int, default=2000,
                    help="dynamic batching max_queue_delay_microseconds (default 2000)")
     p.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
     p.add_argument("--backend", default="auto", help="load_backend kind for adapler_text (default auto)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], help="which engines/single.<precision>.plan")
     p.add_argument("--with-tensorrt-plan", action="store_true",
                    help="also write adapler_plan/adapler_tokenizer/adapler_ensemble (needs the single engine; "
                         "default: written when the artifact has one)")
@@ -118,55 +88,95 @@ def add_triton_parser(subparsers) -> argparse.ArgumentParser:
 
 
 # ----- serve: run the server (and optionally a bounded load) -----------------------------------------------
-def cmd_serve(args) -> int:
-    from .load import run_load
-    from .repository import write_model_repository
-    from .server import TritonServer
+class Stopped(BaseException):
+    """A stop signal, raised in the main thread so that the same cleanup runs as for Ctrl-C. A
+    BaseException, like KeyboardInterrupt, so that no `except Exception` swallows it."""
 
-    tmp = None
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def stop_signals_raise():
+    """Within the block, the first SIGINT/SIGTERM/SIGHUP raises (KeyboardInterrupt for SIGINT, else
+    :class:`Stopped`); later ones are ignored, so that the cleanup they started is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            return
+        received.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def cmd_serve(args) -> int:
+    try:
+        with stop_signals_raise(), contextlib.ExitStack() as cleanup:
+            return _serve(args, cleanup)
+    except KeyboardInterrupt:
+        _log("adapler-export serve: interrupted; server stopped and temporary files removed")
+        return 128 + signal.SIGINT
+    except Stopped as stop:
+        _log(f"adapler-export serve: stopped by {stop}; server stopped and temporary files removed")
+        return 128 + stop.signum
+
+
+def _serve(args, cleanup: contextlib.ExitStack) -> int:
+    """The serve command; everything it makes is registered on ``cleanup`` (unwound on any way out)."""
+    from .load import run_load
+    from .repository import repository_artifacts, write_model_repository
+    from .server import TritonServer, log_error_summary
+
     if args.repo:
         repo = pathlib.Path(args.repo)
+        if not repo.is_dir():
+            raise AdaplerError(f"no model repository at {repo}; write one with `adapler-export triton`")
+        repository_artifacts(repo)  # configs and artifact digests: fail here, not in the server log
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="adapler-serve-")
-        repo = pathlib.Path(tmp.name) / "repository"
+        repo = pathlib.Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="adapler-serve-"))) / "repo"
         write_model_repository(args.artifact, repo, max_batch=args.max_batch, artifact_mode="reference",
                                backend_kind=args.backend)
         _log(f"repository written to {repo} (temporary; artifact referenced by path)")
     server = TritonServer(repo, models=args.models, http_port=args.http_port, grpc_port=args.grpc_port,
                           log_file=args.log_file)
-    try:
-        server.start(timeout=args.timeout)
-        info = server.describe()
-        _log(f"tritonserver pid {info['pid']} ready in {info['startup_seconds']:.1f}s: "
-             f"http {info['http']}  grpc {info['grpc']}  log {info['log']}")
-        if args.load is None:
-            _log("serving; Ctrl-C stops it")
-            while server.is_alive():
-                time.sleep(1.0)
-            _log(f"tritonserver exited; log tail:\n{server.log_tail(3000)}")
-            return 1
-        texts = read_texts(args.texts or default_texts_file() or _missing_texts(), limit=args.load_texts)
-        protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
-        results = []
-        for proto in protocols:
-            res = run_load(server.url(proto), texts, protocol=proto, concurrency=args.concurrency,
-                           requests_per_client=args.requests, max_seconds=args.duration,
-                           batch_size=args.batch_size)
-            results.append(res)
-            if not args.json:
-                print(res.summary(), flush=True)
-        if args.json:
-            print(json.dumps({"server": info, "load": [r.as_dict() for r in results]}, indent=2))
-        ok = all(r.failures == 0 for r in results)
-        if ok:
-            server.cleanup()  # stops it; removes its work folder (the log too, unless --log-file elsewhere)
-        return 0 if ok else 1
-    finally:
-        if server.is_alive() or server.proc is not None:
-            server.stop()
-            _log(f"server log kept: {server.log_file}")
-        if tmp is not None:
-            tmp.cleanup()
+    cleanup.callback(server.cleanup)
+    server.start(timeout=args.timeout)
+    info = server.describe()
+    _log(f"tritonserver pid {info['pid']} ready in {info['startup_seconds']:.1f}s: "
+         f"http {info['http']}  grpc {info['grpc']}" + (f"  log {args.log_file}" if args.log_file else ""))
+    if not args.load:
+        _log("serving; Ctrl-C stops it")
+        while server.is_alive():
+            time.sleep(0.5)
+        code = server.proc.returncode if server.proc is not None else None
+        reason = log_error_summary(server.log_tail(200000))
+        raise AdaplerError(f"tritonserver exited with code {code}" + (f": {reason}" if reason else ""))
+    texts = read_texts(args.texts or default_texts_file() or _missing_texts(), limit=args.load_texts)
+    protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
+    results = []
+    for proto in protocols:
+        res = run_load(server.url(proto), texts, protocol=proto, concurrency=args.concurrency,
+                       requests_per_client=args.requests, max_seconds=args.duration, batch_size=args.batch_size)
+        results.append(res)
+        if not args.json:
+            print(res.summary(), flush=True)
+    if args.json:
+        print(json.dumps({"server": info, "load": [r.as_dict() for r in results]}, indent=2))
+    return 0 if all(r.failures == 0 for r in results) else 1
 
 
 def _missing_texts():
@@ -179,16 +189,17 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                       "with --load, run a bounded load test and stop")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--repo", help="a repository written by `adapler-export triton`")
-    src.add_argument("--artifact", help="a build artifact (a temporary repository is written for it)")
+    src.add_argument("--artifact", help="a build artifact, path or name (a temporary repository is written for it)")
     p.add_argument("--models", nargs="+", help="models to load (default: all this server can run)")
     p.add_argument("--max-batch", type=int, default=32, help="with --artifact: max_batch_size")
     p.add_argument("--backend", default="auto", help="with --artifact: load_backend kind")
     p.add_argument("--http-port", type=int, help="default: a free port")
     p.add_argument("--grpc-port", type=int, help="default: a free port")
-    p.add_argument("--log-file", help="server log (default: in a temporary work folder)")
+    p.add_argument("--log-file", help="keep the server log here (default: in the temporary work folder, removed "
+                                      "on exit)")
     p.add_argument("--timeout", type=float, default=300.0, help="readiness timeout (s)")
-    p.add_argument("--load", action="store_const", const=True, help="run a bounded load test, print it, stop")
-    p.add_argument("--texts", help="texts for --load (default: SST-2 dev from ../shared/data)")
+    p.add_argument("--load", action="store_true", help="run a bounded load test, print it, stop")
+    p.add_argument("--texts", help="texts for --load (default: SST-2 dev from the data folder)")
     p.add_argument("--load-texts", type=int, default=None, help="use only the first N texts")
     p.add_argument("--protocol", choices=["http", "grpc", "both"], default="http")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")

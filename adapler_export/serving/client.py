@@ -1,12 +1,14 @@
 """Client helpers for the ``adapler_text`` model, over HTTP or gRPC (``tritonclient``).
 
 >>> with AdaplerClient("127.0.0.1:8000") as c:
-...     c.classify(["a gorgeous, witty, seductive movie.", "unflinchingly bleak and desperate"])
-[{'label': 'positive', 'label_id': 1, 'probabilities': [0.01, 0.99],
-  'kept_tokens': {'tokens': [...], 'kept_positions': [[...], ...], 'kept_tokens': [[...], ...], 'truncated': False}},
- ...]
+...     c.classify(["a gorgeous, witty, seductive movie.", ""])
+[{'label': 'positive', 'label_id': 1, 'probabilities': [0.01, 0.99], 'truncated': False, 'empty_input': False,
+  'tokens': [...], 'kept_positions': [[...], ...], 'kept_tokens': [[...], ...]},
+ {'label': ..., 'empty_input': True, 'tokens': ['[CLS]', '[SEP]'], ...}]
 
-Server-side errors surface as ``tritonclient.utils.InferenceServerException``.
+Each result has the keys and meaning of ``runtime.Prediction.as_dict()`` (what `predict --json` prints).
+Server-side errors surface as ``tritonclient.utils.InferenceServerException``. Light on purpose:
+tritonclient and numpy only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .repository import TEXT_MODEL
+from .contract import EMPTY_INPUT, RATIONALE, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS, TRUNCATED
 
 
 def _strip_scheme(url: str) -> str:
@@ -75,25 +77,24 @@ class AdaplerClient:
     def _kwargs(self) -> dict:
         return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
-    def infer_raw(self, texts_or_array) -> dict[str, np.ndarray]:
+    def infer_raw(self, texts_or_array) -> dict:
         """One request with exactly the given ``TEXT`` array (no chunking): returns every output."""
         arr = texts_or_array
         if not isinstance(arr, np.ndarray):
             arr = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in arr], dtype=np.object_)
-        inp = self._mod.InferInput("TEXT", list(arr.shape), "BYTES")
+        inp = self._mod.InferInput(TEXT_INPUT, list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
-        names = ("LABEL", "LABEL_ID", "PROBABILITIES", "KEPT_TOKENS")
-        outs = [self._mod.InferRequestedOutput(n) for n in names]
+        outs = [self._mod.InferRequestedOutput(n) for n in TEXT_OUTPUTS]
         res = self._client.infer(self.model_name, [inp], outputs=outs, **self._kwargs())
-        return {n: res.as_numpy(n) for n in names}
+        return {n: res.as_numpy(n) for n in TEXT_OUTPUTS}
 
     # -- API -------------------------------------------------------------------------------------------
-    def classify(self, texts: Sequence[str]) -> list[dict]:
-        """Classify ``texts`` (chunked to the model's max batch). One dict per text: ``label``,
-        ``label_id``, ``probabilities`` (list of float), ``kept_tokens`` (the parsed rationale JSON)."""
+    def classify(self, texts: Sequence[str]) -> list:
+        """Classify ``texts`` (chunked to the model's max batch): one dict per text, shaped like
+        ``runtime.Prediction.as_dict()``."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify() takes a sequence of texts; use classify_one() for one")
-        results: list[dict] = []
+        results: list = []
         n = self.max_batch
         for start in range(0, len(texts), n):
             out = self.infer_raw(texts[start:start + n])
@@ -102,7 +103,9 @@ class AdaplerClient:
                     "label": out["LABEL"][i, 0].decode("utf-8"),
                     "label_id": int(out["LABEL_ID"][i, 0]),
                     "probabilities": [float(x) for x in out["PROBABILITIES"][i]],
-                    "kept_tokens": json.loads(out["KEPT_TOKENS"][i, 0]),
+                    "truncated": bool(out[TRUNCATED][i, 0]),
+                    "empty_input": bool(out[EMPTY_INPUT][i, 0]),
+                    **json.loads(out[RATIONALE][i, 0]),
                 })
         return results
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .client import AdaplerClient, _strip_scheme
-from .repository import TEXT_MODEL
+from .contract import TEXT_MODEL
 
 
 @dataclasses.dataclass

@@ -1,22 +1,25 @@
-"""Triton Python-backend model ``adapler_text``: text in; label, probabilities, kept tokens out.
+"""Triton Python-backend model ``adapler_text``: text in; label, probabilities, flags, kept tokens out.
 
 This file is a *template*: :func:`adapler_export.serving.repository.write_model_repository` copies it to
 ``<repo>/adapler_text/1/model.py``. It runs inside Triton's Python-backend stub and needs ``numpy``,
-``transformers`` and the ``adapler_export`` package importable there.
+``transformers``, ``onnxruntime`` and the ``adapler_export`` package importable there; nothing on its
+import path imports torch (``tokenization.py`` says why the tokenizer is read without ``AutoTokenizer``).
 
 Config parameters (``config.pbtxt``, all strings):
-  ``artifact_dir``   the build artifact; relative paths are relative to this version folder
-                     (``artifact`` = the copy written beside this file).
-  ``backend_kind``   passed to ``adapler_export.backends.load_backend`` (``auto``: ONNX Runtime on CPU,
-                     TensorRT segments where a GPU and engines exist).
-  ``python_path``    ``os.pathsep``-separated folders put in front of ``sys.path`` (the folder holding
-                     ``adapler_export`` when it is not installed: the stub ignores ``PYTHONPATH``).
-  ``backend_factory`` optional ``module:function`` replacing ``load_backend`` (tests).
+  ``artifact_dir``    the build artifact; relative paths are relative to this version folder
+                      (``artifact`` = the copy written beside this file).
+  ``backend_kind``    passed to ``adapler_export.backends.load_backend`` (``auto``: ONNX Runtime on CPU,
+                      TensorRT segments where a GPU and engines exist; the choice and its reason are logged).
+  ``python_path``     ``os.pathsep``-separated folders put in front of ``sys.path`` (the folder holding
+                      ``adapler_export`` when it is not installed: the stub ignores ``PYTHONPATH``); the
+                      folders of ``$ADAPLER_PYTHONPATH`` are added too.
+  ``backend_factory`` optional ``module:function`` with ``load_backend``'s signature, used instead of it.
 
-Per request (one request may carry several rows, and the dynamic batcher joins requests):
+Tensors: ``serving/contract.py``. Per request (one request may carry several rows, and the dynamic
+batcher joins requests):
   * undecodable (non-UTF-8) ``TEXT`` -> that request alone gets an ``INVALID_ARG`` error;
-  * over-long text -> truncated to ``max_length`` wordpieces, warning logged, ``"truncated": true``;
-  * empty string -> classified as ``[CLS] [SEP]`` (documented result);
+  * over-long text -> truncated to ``max_length`` wordpieces, warning logged, ``TRUNCATED`` true;
+  * empty or whitespace-only text -> classified as ``[CLS] [SEP]``, ``EMPTY_INPUT`` true;
   * a backend failure on the joined batch -> each request is retried alone, so one bad request cannot
     fail the others; the model instance stays up.
 """
@@ -40,8 +43,8 @@ def _extend_sys_path(extra):
             sys.path.insert(0, p)
 
 
-def _error(message, code=None):
-    if code is not None and hasattr(pb_utils.TritonError, code):
+def _error(message, code):
+    if hasattr(pb_utils.TritonError, code):
         return pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))
     return pb_utils.TritonError(message)
 
@@ -57,68 +60,62 @@ class TritonPythonModel:
             artifact = os.path.join(version_dir, artifact)
         factory = None
         if params.get("backend_factory"):
-            mod, _, fn = params["backend_factory"].partition(":")
-            factory = getattr(importlib.import_module(mod), fn)
+            module, _, function = params["backend_factory"].partition(":")
+            factory = getattr(importlib.import_module(module), function)
 
+        from adapler_export.serving import contract
         from adapler_export.serving.runtime import TextClassifier
+        from adapler_export.serving.tokenization import TextInputError, decode_texts
 
+        self.contract, self.decode_texts, self.input_error = contract, decode_texts, TextInputError
         self.classifier = TextClassifier(
             artifact,
             backend_kind=params.get("backend_kind") or "auto",
             backend_factory=factory,
+            log=lambda message: pb_utils.Logger.log_info(f"adapler_text: {message}"),
             pad_to_multiple_of=int(params.get("pad_to_multiple_of") or 1),
         )
-        self.max_rows = int(self.model_config.get("max_batch_size") or 0)
         pb_utils.Logger.log_info(
-            f"adapler_text: artifact {artifact}, backend {self.classifier.backend_name}, "
+            f"adapler_text: artifact {self.classifier.artifact_dir}, backend {self.classifier.backend_name}, "
             f"max_length {self.classifier.max_length}, labels {self.classifier.labels}"
         )
 
     # -- helpers --------------------------------------------------------------------------------------
-    @staticmethod
-    def _decode(request):
-        tensor = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    def _decode(self, request):
+        tensor = pb_utils.get_input_tensor_by_name(request, self.contract.TEXT_INPUT)
         if tensor is None:
-            raise ValueError("missing input TEXT")
-        arr = tensor.as_numpy()
-        if arr.size == 0:
-            raise ValueError("TEXT holds no element")
-        texts = []
-        for i, item in enumerate(arr.reshape(-1)):
-            if isinstance(item, (bytes, bytearray, np.bytes_)):
-                try:
-                    texts.append(bytes(item).decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise ValueError(f"TEXT[{i}] is not valid UTF-8: {e}") from None
-            elif isinstance(item, str):
-                texts.append(item)
-            else:
-                raise ValueError(f"TEXT[{i}] has type {type(item).__name__}, expected bytes")
-        return texts
+            raise self.input_error(f"missing input {self.contract.TEXT_INPUT}")
+        return self.decode_texts(tensor.as_numpy())
 
-    def _responses(self, preds):
-        labels = np.array([[p.label.encode("utf-8")] for p in preds], dtype=np.object_)
-        label_ids = np.array([[p.label_id] for p in preds], dtype=np.int32)
-        probs = np.stack([p.probabilities for p in preds]).astype(np.float32)
-        kept = np.array([[p.rationale_json().encode("utf-8")] for p in preds], dtype=np.object_)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor("LABEL", labels),
-                pb_utils.Tensor("LABEL_ID", label_ids),
-                pb_utils.Tensor("PROBABILITIES", probs),
-                pb_utils.Tensor("KEPT_TOKENS", kept),
-            ]
-        )
+    def _response(self, predictions):
+        def column(values, dtype):
+            return np.array([[v] for v in values], dtype=dtype)
+
+        c = self.contract
+        tensors = {
+            "LABEL": column([p.label.encode("utf-8") for p in predictions], np.object_),
+            "LABEL_ID": column([p.label_id for p in predictions], np.int32),
+            "PROBABILITIES": np.stack([p.probabilities for p in predictions]).astype(np.float32),
+            c.TRUNCATED: column([p.truncated for p in predictions], np.bool_),
+            c.EMPTY_INPUT: column([p.empty_input for p in predictions], np.bool_),
+            c.RATIONALE: column([p.rationale_json().encode("utf-8") for p in predictions], np.object_),
+        }
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, tensors[name])
+                                                          for name in c.TEXT_OUTPUTS])
 
     def _classify(self, texts):
-        preds = self.classifier.classify(texts)
-        for i, p in enumerate(preds):
+        predictions = self.classifier.classify(texts)
+        for text, p in zip(texts, predictions):
             if p.truncated:
-                pb_utils.Logger.log_warn(
-                    f"adapler_text: input of {len(texts[i])} characters truncated to "
-                    f"{self.classifier.max_length} wordpieces"
-                )
-        return preds
+                pb_utils.Logger.log_warn(f"adapler_text: input of {len(text)} characters truncated to "
+                                         f"{self.classifier.max_length} wordpieces")
+        return predictions
+
+    def _failure(self, texts):
+        trace = traceback.format_exc(limit=3)
+        pb_utils.Logger.log_error(f"adapler_text: inference failed for {len(texts)} text(s): {trace}")
+        return pb_utils.InferenceResponse(
+            error=_error(f"inference failed: {trace.strip().splitlines()[-1]}", "INTERNAL"))
 
     # -- Triton entry points --------------------------------------------------------------------------
     def execute(self, requests):
@@ -127,32 +124,26 @@ class TritonPythonModel:
         for r, request in enumerate(requests):
             try:
                 texts = self._decode(request)
-            except ValueError as e:
+            except self.input_error as e:
                 responses[r] = pb_utils.InferenceResponse(error=_error(str(e), "INVALID_ARG"))
                 continue
             spans.append((r, len(batch), len(batch) + len(texts)))
             batch += texts
-        if batch:
-            try:
-                preds = self._classify(batch)
-                for r, a, b in spans:
-                    responses[r] = self._responses(preds[a:b])
-            except Exception:  # noqa: BLE001 - isolate the failing request(s)
-                if len(spans) == 1:
-                    r, a, b = spans[0]
+        if not batch:
+            return responses
+        try:
+            predictions = self._classify(batch)
+            for r, a, b in spans:
+                responses[r] = self._response(predictions[a:b])
+        except Exception:  # noqa: BLE001 - isolate the failing request(s): retry each alone
+            for r, a, b in spans:
+                try:
+                    responses[r] = self._response(self._classify(batch[a:b]))
+                except Exception:  # noqa: BLE001
                     responses[r] = self._failure(batch[a:b])
-                else:
-                    for r, a, b in spans:
-                        try:
-                            responses[r] = self._responses(self._classify(batch[a:b]))
-                        except Exception:  # noqa: BLE001
-                            responses[r] = self._failure(batch[a:b])
         return responses
 
-    def _failure(self, texts):
-        msg = traceback.format_exc(limit=3)
-        pb_utils.Logger.log_error(f"adapler_text: inference failed for {len(texts)} text(s): {msg}")
-        return pb_utils.InferenceResponse(error=_error(f"inference failed: {msg.strip().splitlines()[-1]}", "INTERNAL"))
-
     def finalize(self):
-        self.classifier = None
+        if getattr(self, "classifier", None) is not None:
+            self.classifier.close()
+            self.classifier = None

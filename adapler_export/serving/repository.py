@@ -1,26 +1,32 @@
 """Write a Triton model repository for a build artifact.
 
-Layout written by :func:`write_model_repository` (atomically: a temp folder beside ``repo_dir``, then a
-rename)::
+Layout written by :func:`write_model_repository` (atomically, through ``storage.atomic_directory``: a
+temporary folder beside ``repo_dir``, renamed into place when complete; an existing repository is
+replaced only with ``overwrite``, and nothing else is ever replaced)::
 
     <repo>/README.md                          how to start it (both servers), what each model does
-    <repo>/adapler_text/config.pbtxt          Python backend: TEXT -> LABEL, LABEL_ID, PROBABILITIES, KEPT_TOKENS
+    <repo>/.adapler-triton-repository         what was written from which artifact (JSON; marks the folder)
+    <repo>/adapler_text/config.pbtxt          Python backend: TEXT -> LABEL, LABEL_ID, PROBABILITIES,
+                                              TRUNCATED, EMPTY_INPUT, RATIONALE (serving/contract.py)
     <repo>/adapler_text/1/model.py            (template: adapler_export/serving/model.py)
     <repo>/adapler_text/1/artifact/           copy of the build artifact (artifact_mode="copy"/"hardlink";
                                               with "reference" config.pbtxt holds its absolute path instead)
-  only with the single TensorRT engine (``with_tensorrt_plan=True``, or auto when the artifact has one):
-    <repo>/adapler_plan/config.pbtxt          tensorrt_plan, dynamic dims (-1)
-    <repo>/adapler_plan/1/model.plan          engines/single.<precision>.plan
-    <repo>/adapler_tokenizer/config.pbtxt     Python backend: TEXT -> input_ids, attention_mask (INT32)
-    <repo>/adapler_tokenizer/1/model.py       (template: adapler_export/serving/tokenizer_model.py)
+  only with a single TensorRT engine in the artifact (``with_tensorrt_plan=True``, or auto when it has one):
+    <repo>/adapler_plan/config.pbtxt          tensorrt_plan, dynamic dims (-1), I/O from the engine record
+    <repo>/adapler_plan/1/model.plan          the artifact's single engine
+    <repo>/adapler_tokenizer/config.pbtxt     Python backend: TEXT -> input_ids, attention_mask (INT32), EMPTY_INPUT
+    <repo>/adapler_tokenizer/1/model.py       (template: adapler_export/serving/tokenizer_model.py, with
+                                              tokenization.py and contract.py beside it)
     <repo>/adapler_tokenizer/1/tokenizer/
     <repo>/adapler_ensemble/config.pbtxt      ensemble: adapler_tokenizer -> adapler_plan
     <repo>/adapler_ensemble/1/                (empty version folder, required)
     <repo>/plugins/libadapler_plugins.so      TokenCompact plugin (load with --backend-config=tensorrt,plugins=…)
 
-Every ``config.pbtxt`` is generated from Triton's ``ModelConfig`` protobuf (``tritonclient.grpc.
-model_config_pb2``) and parsed back from the file before the repository is moved into place; ensembles are
-checked against the models and tensors they name.
+The artifact is read only through ``artifact.open_artifact`` (its files checked against their digests
+first, so a missing segment fails here, not when a server loads the model). Every ``config.pbtxt`` is
+generated from Triton's ``ModelConfig`` protobuf (``tritonclient.grpc.model_config_pb2``) and parsed back
+from the file before the repository is moved into place; ensembles are checked against the models and
+tensors they name.
 """
 
 from __future__ import annotations
@@ -30,22 +36,22 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import textwrap
 from typing import Iterable, Sequence
 
+from ..artifact import Manifest, open_artifact
 from ..errors import AdaplerError
-from .runtime import manifest_labels, manifest_max_length, read_manifest
-
-TEXT_MODEL = "adapler_text"
-PLAN_MODEL = "adapler_plan"
-TOKENIZER_MODEL = "adapler_tokenizer"
-ENSEMBLE_MODEL = "adapler_ensemble"
-PLUGIN_LIB = "libadapler_plugins.so"
+from ..storage import OUTPUT_MARKERS, atomic_directory
+from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, PLAN_MODEL, PLUGIN_LIB, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS,
+                       TOKENIZER_MODEL, TOKENIZER_OUTPUTS)
 
 _HERE = pathlib.Path(__file__).resolve().parent
-_ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 11: "TYPE_FP64", 6: "TYPE_INT32", 7: "TYPE_INT64",
-                   9: "TYPE_BOOL", 2: "TYPE_UINT8", 3: "TYPE_INT8", 16: "TYPE_BF16"}
+REPOSITORY_MARKER = OUTPUT_MARKERS["repository"]
+# Files the tokenizer model needs beside its model.py (it runs where adapler_export need not be installed).
+TOKENIZER_MODEL_FILES = ("tokenization.py", "contract.py")
+# numpy dtype names (engine records) -> Triton data types
+_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int32": "TYPE_INT32",
+                 "int64": "TYPE_INT64", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
 
 
 class RepositoryError(AdaplerError, ValueError):
@@ -64,130 +70,55 @@ def _pb2():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Artifact inspection
+# The artifact's single engine
 # ---------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TensorSpec:
     name: str
     data_type: str  # TYPE_*
-    dims: list[int]  # without the batch dimension
+    dims: list  # without the batch dimension
 
 
 @dataclasses.dataclass
-class ArtifactInfo:
-    path: pathlib.Path
-    manifest: dict
-    labels: list[str] | None
-    max_length: int
-    precision: str
-    single_engine: pathlib.Path | None
-    plugin: pathlib.Path | None
+class SingleEngine:
+    """The single engine an artifact records (paths inside the artifact)."""
 
-    @property
-    def num_labels(self) -> int | None:
-        return len(self.labels) if self.labels else None
+    plan: pathlib.Path
+    plugin: pathlib.Path
+    inputs: list  # TensorSpec
+    outputs: list
+    max_batch: int  # of its optimization profile
+    max_seq: int
 
 
-def inspect_artifact(artifact_dir: str | os.PathLike, precision: str | None = None) -> ArtifactInfo:
-    path = pathlib.Path(artifact_dir).resolve()
-    if not path.is_dir():
-        raise RepositoryError(f"artifact {path} is not a directory")
-    if not (path / "tokenizer").is_dir():
-        raise RepositoryError(f"artifact {path} has no tokenizer/ folder")
-    manifest = read_manifest(path)
-    tok = None
-    if not any(isinstance(manifest.get(k), int) for k in ("max_length", "max_seq_length", "max_seq_len")):
-        try:
-            from .runtime import load_tokenizer
-
-            tok = load_tokenizer(path)
-        except Exception:  # noqa: BLE001 - fall back to the default below
-            tok = None
-    precision = precision or str(manifest.get("precision") or "")
-    engines = sorted((path / "engines").glob("single.*.plan")) if (path / "engines").is_dir() else []
-    single = None
-    if precision:
-        cand = path / "engines" / f"single.{precision}.plan"
-        single = cand if cand.is_file() else None
-    elif len(engines) == 1:
-        single = engines[0]
-        precision = single.name.split(".")[1]
-    plugin = path / "plugins" / PLUGIN_LIB
-    return ArtifactInfo(
-        path=path,
-        manifest=manifest,
-        labels=manifest_labels(manifest),
-        max_length=manifest_max_length(manifest, tok),
-        precision=precision or "fp32",
-        single_engine=single,
-        plugin=plugin if plugin.is_file() else None,
-    )
-
-
-def _onnx_io(onnx_path: pathlib.Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
-    """Inputs/outputs of ``single.onnx`` (graph only, no weights), batch dim dropped."""
-    if not onnx_path.is_file():
+def single_engine(artifact_dir: pathlib.Path, manifest: Manifest) -> SingleEngine | None:
+    """The artifact's single engine with plugin layers (``manifest.engines.single``, the record
+    ``engines.build_artifact_engines`` writes), or None where the build made none."""
+    record = manifest.engines.single
+    if record is None:
         return None
+    where = f"{artifact_dir / 'manifest.json'}: engines.single"
     try:
-        import onnx
-    except ImportError:
-        return None
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-
-    def spec(v) -> TensorSpec:
-        t = v.type.tensor_type
-        dt = _ONNX_TO_TRITON.get(t.elem_type)
-        if dt is None:
-            raise RepositoryError(f"{onnx_path}: tensor {v.name} has ONNX type {t.elem_type} Triton cannot carry")
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-        return TensorSpec(v.name, dt, dims[1:] if dims else [])
-
-    return [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output]
+        max_batch, max_seq = record["profiles"][0]["input_ids"]["max"]
+        plan, plugin = artifact_dir / record["plan_path"], artifact_dir / record["plugin_library"]
+        inputs, outputs = _triton_tensors(record["inputs"], where), _triton_tensors(record["outputs"], where)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RepositoryError(f"{where} is not a single-engine record (plan_path, plugin_library, inputs, "
+                              f"outputs, an input_ids profile): {exc!r}") from None
+    expected = sorted(name for name in TOKENIZER_OUTPUTS if name != EMPTY_INPUT)
+    if sorted(t.name for t in inputs) != expected:
+        raise RepositoryError(f"{where}: inputs {[t.name for t in inputs]}, the ensemble feeds {expected}")
+    return SingleEngine(plan, plugin, inputs, outputs, int(max_batch), int(max_seq))
 
 
-def engine_profile_max(manifest: dict) -> tuple[int | None, int | None]:
-    """(max batch, max sequence) of the single engine's profile where the manifest records it
-    (``engines.single.profile.input_ids = [min, opt, max]`` shapes; or ``engines.single.max_batch`` /
-    ``max_seq``)."""
-    eng = manifest.get("engines")
-    if not isinstance(eng, dict):
-        return None, None
-    single = eng.get("single") if isinstance(eng.get("single"), dict) else {}
-    prof = single.get("profile") or (single.get("profiles") or [None])[0]
-    if isinstance(prof, dict) and isinstance(prof.get("input_ids"), (list, tuple)) and len(prof["input_ids"]) == 3:
-        try:
-            return int(prof["input_ids"][2][0]), int(prof["input_ids"][2][1])
-        except (TypeError, ValueError, IndexError):
-            pass
-
-    def num(v):
-        return v if isinstance(v, int) and v > 0 else None
-
-    return num(single.get("max_batch")) or num(eng.get("max_batch")), num(single.get("max_seq"))
-
-
-def plan_io(info: ArtifactInfo) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """I/O of the single engine: from ``onnx/single.onnx`` when present, else ``manifest['single_io']``
-    ({"inputs"/"outputs": [{"name", "data_type", "dims"}]}), else the contract's defaults
-    (``input_ids``/``attention_mask`` INT32 [-1] -> ``logits`` FP32 [C])."""
-    io = _onnx_io(info.path / "onnx" / "single.onnx")
-    if io is not None:
-        inputs, outputs = io
-        for t in outputs:  # single.onnx declares logits [batch, ?]: the label count is known here
-            if t.name == "logits" and t.dims == [-1] and info.num_labels:
-                t.dims = [info.num_labels]
-        return inputs, outputs
-    sio = info.manifest.get("single_io")
-    if isinstance(sio, dict) and sio.get("inputs") and sio.get("outputs"):
-        def conv(items):
-            return [TensorSpec(d["name"], d["data_type"], list(d["dims"])) for d in items]
-
-        return conv(sio["inputs"]), conv(sio["outputs"])
-    return (
-        [TensorSpec("input_ids", "TYPE_INT32", [-1]), TensorSpec("attention_mask", "TYPE_INT32", [-1])],
-        [TensorSpec("logits", "TYPE_FP32", [info.num_labels or -1])],
-    )
+def _triton_tensors(tensors: dict, where: str) -> list:
+    """``{name: {"dtype", "shape"}}`` (batch dimension first) as Triton tensors without the batch dimension."""
+    out = []
+    for name, tensor in tensors.items():
+        if tensor["dtype"] not in _TRITON_TYPES:
+            raise RepositoryError(f"{where}: tensor {name} has type {tensor['dtype']}, which Triton cannot carry")
+        out.append(TensorSpec(name, _TRITON_TYPES[tensor["dtype"]], [int(d) for d in tensor["shape"][1:]]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,44 +133,35 @@ def _add_io(cfg, field: str, specs: Iterable[TensorSpec]) -> None:
         t.dims.extend(s.dims)
 
 
-def _params(cfg, params: dict[str, str]) -> None:
-    for k, v in params.items():
-        cfg.parameters[k].string_value = str(v)
-
-
-def text_model_config(*, max_batch: int, max_queue_delay_us: int, num_labels: int | None, instances: int,
-                      instance_kind: str, params: dict[str, str], name: str = TEXT_MODEL):
+def _python_model_config(name: str, *, max_batch: int, max_queue_delay_us: int, outputs: Sequence[TensorSpec],
+                         instances: int, instance_kind: str, params: dict):
+    """A Python-backend model taking ``TEXT`` (BYTES [1] per row), dynamically batched."""
     pb2, _ = _pb2()
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=max_batch)
-    _add_io(cfg, "input", [TensorSpec("TEXT", "TYPE_STRING", [1])])
-    _add_io(cfg, "output", [
-        TensorSpec("LABEL", "TYPE_STRING", [1]),
-        TensorSpec("LABEL_ID", "TYPE_INT32", [1]),
-        TensorSpec("PROBABILITIES", "TYPE_FP32", [num_labels or -1]),
-        TensorSpec("KEPT_TOKENS", "TYPE_STRING", [1]),
-    ])
-    if max_batch > 0:
-        cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    g = cfg.instance_group.add()
-    g.count = instances
-    g.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
-    _params(cfg, params)
+    _add_io(cfg, "input", [TensorSpec(TEXT_INPUT, "TYPE_STRING", [1])])
+    _add_io(cfg, "output", outputs)
+    cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    group = cfg.instance_group.add()
+    group.count = instances
+    group.kind = pb2.ModelInstanceGroup.Kind.Value(instance_kind)
+    for key, value in params.items():
+        cfg.parameters[key].string_value = str(value)
     return cfg
 
 
-def tokenizer_model_config(*, max_batch: int, max_queue_delay_us: int, instances: int, params: dict[str, str]):
-    pb2, _ = _pb2()
-    cfg = pb2.ModelConfig(name=TOKENIZER_MODEL, backend="python", max_batch_size=max_batch)
-    _add_io(cfg, "input", [TensorSpec("TEXT", "TYPE_STRING", [1])])
-    _add_io(cfg, "output", [TensorSpec("input_ids", "TYPE_INT32", [-1]),
-                            TensorSpec("attention_mask", "TYPE_INT32", [-1])])
-    if max_batch > 0:
-        cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    g = cfg.instance_group.add()
-    g.count = instances
-    g.kind = pb2.ModelInstanceGroup.Kind.KIND_CPU
-    _params(cfg, params)
-    return cfg
+def text_model_config(*, max_batch: int, max_queue_delay_us: int, num_labels: int, instances: int,
+                      instance_kind: str, params: dict):
+    outputs = [TensorSpec(name, data_type, [num_labels] if name == "PROBABILITIES" else list(dims))
+               for name, (data_type, dims) in TEXT_OUTPUTS.items()]
+    return _python_model_config(TEXT_MODEL, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                                outputs=outputs, instances=instances, instance_kind=instance_kind, params=params)
+
+
+def tokenizer_model_config(*, max_batch: int, max_queue_delay_us: int, instances: int, params: dict):
+    return _python_model_config(TOKENIZER_MODEL, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                                outputs=[TensorSpec(name, *spec) for name, spec in TOKENIZER_OUTPUTS.items()],
+                                instances=instances,
+                                instance_kind="KIND_CPU", params=params)
 
 
 def plan_model_config(*, max_batch: int, max_queue_delay_us: int, inputs: Sequence[TensorSpec],
@@ -249,36 +171,34 @@ def plan_model_config(*, max_batch: int, max_queue_delay_us: int, inputs: Sequen
                           default_model_filename="model.plan")
     _add_io(cfg, "input", inputs)
     _add_io(cfg, "output", outputs)
-    if max_batch > 0:
-        # Only requests of the same padded length are joined (no ragged batching): see tokenizer padding.
-        cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    g = cfg.instance_group.add()
-    g.count = 1
-    g.kind = pb2.ModelInstanceGroup.Kind.KIND_GPU
+    # Only requests of the same padded length are joined (no ragged batching): see the tokenizer's padding.
+    cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    group = cfg.instance_group.add()
+    group.count = 1
+    group.kind = pb2.ModelInstanceGroup.Kind.KIND_GPU
     return cfg
 
 
-def ensemble_model_config(*, max_batch: int, plan_inputs: Sequence[TensorSpec], plan_outputs: Sequence[TensorSpec]):
+def ensemble_model_config(*, max_batch: int, plan_outputs: Sequence[TensorSpec]):
+    """adapler_tokenizer -> adapler_plan; outputs: the engine's, and the tokenizer's EMPTY_INPUT flag."""
     pb2, _ = _pb2()
     cfg = pb2.ModelConfig(name=ENSEMBLE_MODEL, platform="ensemble", max_batch_size=max_batch)
-    _add_io(cfg, "input", [TensorSpec("TEXT", "TYPE_STRING", [1])])
-    _add_io(cfg, "output", plan_outputs)
-    step = cfg.ensemble_scheduling.step.add()
-    step.model_name = TOKENIZER_MODEL
-    step.model_version = -1
-    step.input_map["TEXT"] = "TEXT"
-    step.output_map["input_ids"] = "_input_ids"
-    step.output_map["attention_mask"] = "_attention_mask"
-    step = cfg.ensemble_scheduling.step.add()
-    step.model_name = PLAN_MODEL
-    step.model_version = -1
-    names = {s.name for s in plan_inputs}
-    if names != {"input_ids", "attention_mask"}:
-        raise RepositoryError(f"single engine inputs are {sorted(names)}; the ensemble needs input_ids, attention_mask")
-    step.input_map["input_ids"] = "_input_ids"
-    step.input_map["attention_mask"] = "_attention_mask"
-    for s in plan_outputs:
-        step.output_map[s.name] = s.name
+    _add_io(cfg, "input", [TensorSpec(TEXT_INPUT, "TYPE_STRING", [1])])
+    empty = TensorSpec(EMPTY_INPUT, *TOKENIZER_OUTPUTS[EMPTY_INPUT])
+    _add_io(cfg, "output", list(plan_outputs) + [empty])
+    tokenize = cfg.ensemble_scheduling.step.add()
+    tokenize.model_name, tokenize.model_version = TOKENIZER_MODEL, -1
+    tokenize.input_map[TEXT_INPUT] = TEXT_INPUT
+    run = cfg.ensemble_scheduling.step.add()
+    run.model_name, run.model_version = PLAN_MODEL, -1
+    for name in TOKENIZER_OUTPUTS:
+        if name == EMPTY_INPUT:
+            tokenize.output_map[name] = name
+        else:  # an internal tensor between the two steps
+            tokenize.output_map[name] = f"_{name}"
+            run.input_map[name] = f"_{name}"
+    for spec in plan_outputs:
+        run.output_map[spec.name] = spec.name
     return cfg
 
 
@@ -386,7 +306,7 @@ def loadable_models(repo_dir: str | os.PathLike, available_backends: Iterable[st
 @dataclasses.dataclass
 class RepositoryInfo:
     path: pathlib.Path
-    models: list[str]
+    models: list
     artifact: pathlib.Path
     artifact_mode: str
     with_tensorrt_plan: bool
@@ -414,7 +334,7 @@ def _write_config(cfg, path: pathlib.Path) -> None:
 
 
 def write_model_repository(
-    artifact_dir: str | os.PathLike,
+    artifact,
     repo_dir: str | os.PathLike,
     *,
     max_batch: int = 32,
@@ -423,7 +343,6 @@ def write_model_repository(
     instance_kind: str = "KIND_CPU",
     backend_kind: str = "auto",
     with_tensorrt_plan: bool | None = None,
-    precision: str | None = None,
     artifact_mode: str = "copy",
     pad_to_multiple_of: int = 8,
     python_path: str | None = None,
@@ -432,44 +351,37 @@ def write_model_repository(
 ) -> RepositoryInfo:
     """Write the repository (see the module docstring) and return what was written.
 
-    ``artifact_mode``: ``copy`` (default; self-contained repository), ``hardlink`` (same, without
-    duplicating bytes where the file system allows), ``reference`` (config.pbtxt holds the artifact's
-    absolute path: the repository is then only valid on this machine while the artifact stays put).
-    ``with_tensorrt_plan``: ``None`` = write the plan/tokenizer/ensemble models when the artifact has a
-    single engine; ``True`` requires one. ``python_path``: folders the Python-backend stub prepends to
-    ``sys.path`` to import ``adapler_export`` (default: where this package is imported from).
+    ``artifact``: a path, or a bare name under the cache (``artifact.resolve_artifact``); it is checked
+    (manifest, files, digests) before anything is written. ``artifact_mode``: ``copy`` (default;
+    self-contained repository), ``hardlink`` (same, without duplicating bytes where the file system
+    allows), ``reference`` (config.pbtxt holds the artifact's absolute path: the repository is then only
+    valid on this machine while the artifact stays put). ``with_tensorrt_plan``: ``None`` = write the
+    plan/tokenizer/ensemble models when the artifact has a single engine; ``True`` requires one.
+    ``python_path``: folders the Python-backend stub prepends to ``sys.path`` to import
+    ``adapler_export`` (default: where this package is imported from). ``backend_factory``:
+    ``module:function`` the Triton model calls instead of ``backends.load_backend`` (same signature).
     """
     if artifact_mode not in ("copy", "hardlink", "reference"):
         raise RepositoryError(f"artifact_mode must be copy, hardlink or reference, not {artifact_mode!r}")
     if max_batch < 1:
         raise RepositoryError("max_batch must be >= 1")
-    info = inspect_artifact(artifact_dir, precision)
-    want_plan = with_tensorrt_plan if with_tensorrt_plan is not None else info.single_engine is not None
-    if want_plan and info.single_engine is None:
-        raise RepositoryError(
-            f"--with-tensorrt-plan: artifact {info.path} has no engines/single.{info.precision}.plan "
-            "(build it where TensorRT exists)"
-        )
-    if want_plan and info.plugin is None:
-        raise RepositoryError(
-            f"--with-tensorrt-plan: artifact {info.path} has no plugins/{PLUGIN_LIB}; the single engine's "
-            "TokenCompact layers cannot be deserialized without it"
-        )
-    repo = pathlib.Path(repo_dir).resolve()
-    if repo.exists() and not overwrite:
-        raise RepositoryError(f"{repo} exists (pass overwrite=True / --force to replace it)")
-    repo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{repo.name}.tmp-", dir=repo.parent))
-    try:
+    artifact_dir, manifest = open_artifact(artifact, check_files=True)
+    engine = single_engine(artifact_dir, manifest)
+    want_plan = with_tensorrt_plan if with_tensorrt_plan is not None else engine is not None
+    if want_plan and engine is None:
+        reason = manifest.engines.not_built.get("single", "build it where full TensorRT and a GPU exist")
+        raise RepositoryError(f"--with-tensorrt-plan: artifact {artifact_dir} has no single TensorRT engine "
+                              f"({reason})")
+    repo = pathlib.Path(repo_dir).expanduser().resolve()
+    with atomic_directory(repo, kind="repository", force=overwrite, inputs=(artifact_dir,)) as tmp:
         models = [TEXT_MODEL]
-        # --- adapler_text ---------------------------------------------------------------------------
         version = tmp / TEXT_MODEL / "1"
         version.mkdir(parents=True)
         shutil.copy2(_HERE / "model.py", version / "model.py")
         if artifact_mode == "reference":
-            artifact_param = str(info.path)
+            artifact_param = str(artifact_dir)
         else:
-            _copy_tree(info.path, version / "artifact", artifact_mode)
+            _copy_tree(artifact_dir, version / "artifact", artifact_mode)
             artifact_param = "artifact"
         params = {
             "artifact_dir": artifact_param,
@@ -479,61 +391,66 @@ def write_model_repository(
         }
         if backend_factory:
             params["backend_factory"] = backend_factory
-        _write_config(
-            text_model_config(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                              num_labels=info.num_labels, instances=instances, instance_kind=instance_kind,
-                              params=params),
-            tmp / TEXT_MODEL / "config.pbtxt",
-        )
-        # --- single engine: plan + tokenizer + ensemble -----------------------------------------------
+        _write_config(text_model_config(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                                        num_labels=len(manifest.labels), instances=instances,
+                                        instance_kind=instance_kind, params=params),
+                      tmp / TEXT_MODEL / "config.pbtxt")
         if want_plan:
-            inputs, outputs = plan_io(info)
-            profile_batch, profile_seq = engine_profile_max(info.manifest)
-            plan_batch = min(max_batch, profile_batch) if profile_batch else max_batch
-            plan_seq = min(info.max_length, profile_seq) if profile_seq else info.max_length
-            (tmp / PLAN_MODEL / "1").mkdir(parents=True)
-            shutil.copy2(info.single_engine, tmp / PLAN_MODEL / "1" / "model.plan")
-            _write_config(plan_model_config(max_batch=plan_batch, max_queue_delay_us=max_queue_delay_us,
-                                            inputs=inputs, outputs=outputs), tmp / PLAN_MODEL / "config.pbtxt")
-            tv = tmp / TOKENIZER_MODEL / "1"
-            tv.mkdir(parents=True)
-            shutil.copy2(_HERE / "tokenizer_model.py", tv / "model.py")
-            shutil.copytree(info.path / "tokenizer", tv / "tokenizer")
-            _write_config(
-                tokenizer_model_config(max_batch=plan_batch, max_queue_delay_us=max_queue_delay_us,
-                                       instances=instances,
-                                       params={"max_length": str(plan_seq),
-                                               "pad_to_multiple_of": str(pad_to_multiple_of)}),
-                tmp / TOKENIZER_MODEL / "config.pbtxt",
-            )
-            (tmp / ENSEMBLE_MODEL / "1").mkdir(parents=True)
-            _write_config(ensemble_model_config(max_batch=plan_batch, plan_inputs=inputs, plan_outputs=outputs),
-                          tmp / ENSEMBLE_MODEL / "config.pbtxt")
-            (tmp / "plugins").mkdir()
-            shutil.copy2(info.plugin, tmp / "plugins" / PLUGIN_LIB)
+            _write_engine_models(tmp, artifact_dir, engine, max_batch=min(max_batch, engine.max_batch),
+                                 max_seq=min(manifest.max_length, engine.max_seq),
+                                 max_queue_delay_us=max_queue_delay_us, instances=instances,
+                                 pad_to_multiple_of=pad_to_multiple_of)
             models += [PLAN_MODEL, TOKENIZER_MODEL, ENSEMBLE_MODEL]
         validate_repository(tmp)
         command = tritonserver_command(repo, want_plan)
-        (tmp / "README.md").write_text(_readme(repo, info, models, artifact_mode, max_batch, command), encoding="utf-8")
-        (tmp / "repository.json").write_text(json.dumps({
-            "artifact": str(info.path), "artifact_mode": artifact_mode, "models": models,
-            "max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "precision": info.precision,
-            "labels": info.labels, "max_length": info.max_length,
+        (tmp / "README.md").write_text(_readme(repo, artifact_dir, manifest, models, artifact_mode, max_batch,
+                                               command), encoding="utf-8")
+        (tmp / REPOSITORY_MARKER).write_text(json.dumps({
+            "artifact": str(artifact_dir), "artifact_mode": artifact_mode, "models": models,
+            "max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "precision": manifest.precision,
+            "labels": manifest.labels, "max_length": manifest.max_length,
         }, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        # --- move into place ------------------------------------------------------------------------
-        old = None
-        if repo.exists():
-            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{repo.name}.old-", dir=repo.parent))
-            os.rmdir(old)
-            os.rename(repo, old)
-        os.rename(tmp, repo)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return RepositoryInfo(repo, models, info.path, artifact_mode, want_plan, command)
+    return RepositoryInfo(repo, models, artifact_dir, artifact_mode, want_plan, command)
+
+
+def _write_engine_models(tmp: pathlib.Path, artifact_dir: pathlib.Path, engine: SingleEngine, *, max_batch: int,
+                         max_seq: int, max_queue_delay_us: int, instances: int, pad_to_multiple_of: int) -> None:
+    """adapler_plan (the engine), adapler_tokenizer (its front), adapler_ensemble, plugins/."""
+    (tmp / PLAN_MODEL / "1").mkdir(parents=True)
+    shutil.copy2(engine.plan, tmp / PLAN_MODEL / "1" / "model.plan")
+    _write_config(plan_model_config(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                                    inputs=engine.inputs, outputs=engine.outputs), tmp / PLAN_MODEL / "config.pbtxt")
+    version = tmp / TOKENIZER_MODEL / "1"
+    version.mkdir(parents=True)
+    shutil.copy2(_HERE / "tokenizer_model.py", version / "model.py")
+    for name in TOKENIZER_MODEL_FILES:
+        shutil.copy2(_HERE / name, version / name)
+    shutil.copytree(artifact_dir / "tokenizer", version / "tokenizer")
+    _write_config(tokenizer_model_config(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
+                                         instances=instances,
+                                         params={"max_length": str(max_seq),
+                                                 "pad_to_multiple_of": str(pad_to_multiple_of)}),
+                  tmp / TOKENIZER_MODEL / "config.pbtxt")
+    (tmp / ENSEMBLE_MODEL / "1").mkdir(parents=True)
+    _write_config(ensemble_model_config(max_batch=max_batch, plan_outputs=engine.outputs),
+                  tmp / ENSEMBLE_MODEL / "config.pbtxt")
+    (tmp / "plugins").mkdir()
+    shutil.copy2(engine.plugin, tmp / "plugins" / PLUGIN_LIB)
+
+
+def repository_artifacts(repo_dir) -> list:
+    """The artifacts the repository's ``adapler_text`` models use, each checked with ``open_artifact``
+    (files and digests): a damaged copy fails here with one line, before a server is started."""
+    repo = pathlib.Path(repo_dir)
+    checked = []
+    for name, cfg in validate_repository(repo).items():
+        if "artifact_dir" not in cfg.parameters:
+            continue
+        path = pathlib.Path(cfg.parameters["artifact_dir"].string_value)
+        if not path.is_absolute():
+            path = repo / name / "1" / path
+        checked.append(open_artifact(path, check_files=True)[0])
+    return checked
 
 
 def tritonserver_command(repo: pathlib.Path, with_plan: bool) -> str:
@@ -543,50 +460,49 @@ def tritonserver_command(repo: pathlib.Path, with_plan: bool) -> str:
     return cmd
 
 
-def _readme(repo: pathlib.Path, info: ArtifactInfo, models: list[str], artifact_mode: str, max_batch: int,
-            command: str) -> str:
-    labels = ", ".join(info.labels) if info.labels else "(not in manifest: LABEL_<i>)"
+def _readme(repo: pathlib.Path, artifact_dir: pathlib.Path, manifest: Manifest, models: list, artifact_mode: str,
+            max_batch: int, command: str) -> str:
     art = ("`adapler_text/1/artifact/` (a copy: the repository is self-contained)" if artifact_mode != "reference"
-           else f"`{info.path}` (referenced by absolute path in `adapler_text/config.pbtxt`: keep it there)")
+           else f"`{artifact_dir}` (referenced by absolute path in `adapler_text/config.pbtxt`: keep it there)")
     text = f"""\
     # Triton model repository for an AdapLeR artifact
 
-    Written by `adapler_export.serving.write_model_repository` from `{info.path}`.
-    Models: {", ".join(f"`{m}`" for m in models)}. Labels: {labels}. max_length: {info.max_length} wordpieces.
-    Artifact used by `adapler_text`: {art}.
+    Written by `adapler_export.serving.write_model_repository` from `{artifact_dir}`.
+    Models: {", ".join(f"`{m}`" for m in models)}. Labels: {", ".join(manifest.labels)}. max_length:
+    {manifest.max_length} wordpieces. Artifact used by `adapler_text`: {art}.
 
     ## `adapler_text` (Python backend; ONNX Runtime on CPU, TensorRT segments on GPU)
-    Input `TEXT` (BYTES, shape [batch, 1], batch <= {max_batch}, UTF-8). Outputs per row: `LABEL` (BYTES, label
-    name), `LABEL_ID` (INT32), `PROBABILITIES` (FP32 [C]), `KEPT_TOKENS` (BYTES: JSON
-    `{{"tokens", "kept_positions", "kept_tokens", "truncated"}}`; `kept_tokens[k]` = the wordpieces that enter
-    encoder layer k, i.e. the model's rationale). Empty text is classified as `[CLS] [SEP]`; text longer than
-    {info.max_length} wordpieces is truncated (warning in the server log, `"truncated": true`); non-UTF-8 text
-    gets an error for that request only.
+    Input `TEXT` (BYTES, shape [batch, 1], batch <= {max_batch}, UTF-8). Outputs per row: `LABEL` (BYTES,
+    label name), `LABEL_ID` (INT32), `PROBABILITIES` (FP32 [{len(manifest.labels)}]), `TRUNCATED` (BOOL: cut to
+    {manifest.max_length} wordpieces, warning in the server log), `EMPTY_INPUT` (BOOL: the text holds no
+    token, e.g. empty or whitespace; its label is the model's prior, not a reading), `RATIONALE` (BYTES: JSON
+    `{{"tokens", "kept_positions", "kept_tokens"}}`; `kept_tokens[k]` = the wordpieces that enter encoder
+    layer k). Non-UTF-8 text gets an error for that request only.
 
     Needs, in the Python that runs the backend stub: numpy, transformers, onnxruntime and the
-    `adapler_export` package (the config's `python_path` parameter puts its folder on `sys.path`).
+    `adapler_export` package (the config's `python_path` parameter puts its folder on `sys.path`; so do
+    the folders in `$ADAPLER_PYTHONPATH`). It imports no torch.
 
     ### Start it on this machine (tritonserver from the `nvidia-pytriton` wheel, loopback only)
     ```
     adapler-export serve --repo {repo}
-    # or, from Python:
-    python -c "from adapler_export.serving import TritonServer; s = TritonServer('{repo}').start(); print(s.describe()); input()"
     ```
-    (`TritonServer` builds a backends folder with the wheel's Python backend plus the stub for this Python,
-    sets LD_LIBRARY_PATH to the wheel's libraries, picks free 127.0.0.1 ports and waits for readiness.)
+    (builds a backends folder with the wheel's Python backend plus the stub for this Python, sets
+    LD_LIBRARY_PATH to the wheel's libraries, picks free 127.0.0.1 ports and waits for readiness; Ctrl-C or
+    SIGTERM stops the server and removes its temporary files.)
 
     ### Query it
     ```
     python examples/triton_client.py --url 127.0.0.1:<http port> "a gorgeous, witty, seductive movie."
     ```
     """
-    if "adapler_plan" in models:
+    if PLAN_MODEL in models:
         text += f"""
     ## `adapler_plan` + `adapler_tokenizer` + `adapler_ensemble` (TensorRT single engine, GPU)
-    `adapler_plan` serves `engines/single.{info.precision}.plan` (TokenCompact plugin layers inside) with
-    dynamic sequence dims (-1); `adapler_ensemble` = `adapler_tokenizer` (TEXT -> input_ids, attention_mask
-    INT32) -> `adapler_plan`. Needs a Triton server with the TensorRT backend of the **same TensorRT version**
-    the engine was built with, a GPU, and the plugin library loaded:
+    `adapler_plan` serves the artifact's single engine ({manifest.precision}; TokenCompact plugin layers
+    inside) with dynamic sequence dims (-1); `adapler_ensemble` = `adapler_tokenizer` (TEXT -> input_ids,
+    attention_mask INT32, EMPTY_INPUT) -> `adapler_plan`. Needs a Triton server with the TensorRT backend of
+    the **same TensorRT version** the engine was built with, a GPU, and the plugin library loaded:
     ```
     {command}
     ```
@@ -596,10 +512,10 @@ def _readme(repo: pathlib.Path, info: ArtifactInfo, models: list[str], artifact_
     ```
     {command} --model-control-mode=explicit --load-model={ENSEMBLE_MODEL}
     ```
-    The ensemble's outputs are the engine's (`logits`, `kept_positions_<k>`); `adapler_tokenizer` pads each
-    request to a multiple of 8 wordpieces (<= {info.max_length}) so equal-length requests can be batched.
-    The pytriton wheel has no TensorRT backend: locally `adapler-export serve` loads only the Python models.
-    Check it against the local backend: `ADAPLER_TRITON_PLAN_URL=<host:http port> pytest tests/test_serving.py
-    -k tensorrt_ensemble` (with the artifact as the `built_artifact` fixture).
+    The ensemble's outputs are the engine's (`logits`, `kept_positions_<k>`) and `EMPTY_INPUT`;
+    `adapler_tokenizer` pads each request to a multiple of 8 wordpieces so equal-length requests can be
+    batched. The pytriton wheel has no TensorRT backend: locally `adapler-export serve` loads only the
+    Python models. Check it against the local backend: `ADAPLER_TRITON_PLAN_URL=<host:http port> pytest
+    tests/test_serving.py -k tensorrt_ensemble` (with the artifact as the `built_artifact` fixture).
     """
     return textwrap.dedent(text)

@@ -16,6 +16,11 @@ The stub embeds the Python of *this* interpreter: it is started with ``PATH`` le
 
 Everything listens on 127.0.0.1 only, on free ports picked at start. The server is stopped by its PID
 (SIGTERM, then SIGKILL of its process group after a timeout). Its output goes to a log file.
+
+Temporary files: without a ``workdir`` the server makes an ``adapler-triton-*`` folder in the system temp
+folder when it starts and removes it in :meth:`TritonServer.cleanup` (the context manager calls it), and
+also when a start fails or is interrupted: the error carries the log's first error line, so nothing is
+left behind on any exit path (``serve`` turns Ctrl-C and SIGTERM into that path).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import signal
@@ -50,7 +56,27 @@ _PY_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 
 
 class TritonServerError(AdaplerError, RuntimeError):
-    """The server could not be found, started, or did not become ready."""
+    """The server could not be found, started, or did not become ready. ``log_tail``: the end of its log
+    (the message itself is one line)."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+# Triton's glog lines: "E1127 10:11:12.345678 123 file.cc:45] message"
+_LOG_ERROR = re.compile(r"^E\d{4} \S+\s+\d+ [^\]]*\] ?(.*)$")
+
+
+def log_error_summary(log_text: str) -> str | None:
+    """One line that explains a failed start: the first model-load failure of a Triton log, else its last
+    error line (not the first: on a machine without a GPU Triton logs a harmless CUDA error first)."""
+    errors = [m.group(1).strip() for m in map(_LOG_ERROR.match, log_text.splitlines()) if m and m.group(1).strip()]
+    if not errors:
+        return None
+    chosen = next((e for e in errors if "failed to load" in e), errors[-1])
+    message = " ".join(chosen.strip('"').split("\\n")[0].split())  # Triton quotes messages, escapes newlines
+    return message if len(message) <= 400 else message[:397] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +240,8 @@ class TritonServer:
         self._requested_ports = (http_port, grpc_port, metrics_port)
         self.enable_metrics = enable_metrics
         self._own_workdir = workdir is None
-        self.workdir = pathlib.Path(workdir) if workdir else pathlib.Path(tempfile.mkdtemp(prefix="adapler-triton-"))
-        self.log_file = pathlib.Path(log_file) if log_file else self.workdir / "tritonserver.log"
+        self.workdir = pathlib.Path(workdir) if workdir else None  # own one: made by start()
+        self._log_file = pathlib.Path(log_file) if log_file else None
         self.log_verbose = log_verbose
         self.exit_timeout_s = int(exit_timeout_s)
         self.backend_config = list(backend_config)
@@ -228,6 +254,13 @@ class TritonServer:
         self._log_handle = None
 
     # -- urls -------------------------------------------------------------------------------------------
+    @property
+    def log_file(self) -> pathlib.Path | None:
+        """The server log: ``log_file`` as given, else ``tritonserver.log`` in the work folder."""
+        if self._log_file is not None:
+            return self._log_file
+        return self.workdir / "tritonserver.log" if self.workdir is not None else None
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -285,29 +318,34 @@ class TritonServer:
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         """Start the server and wait until it and every loaded model is ready. Retries twice when a
-        picked port was taken in between."""
-        if self.proc is not None and self.proc.poll() is None:
+        picked port was taken in between. A failed or interrupted start stops what it started and
+        removes the work folder it made (the error says why in one line)."""
+        if self.is_alive():
             raise TritonServerError(f"server already running (pid {self.proc.pid})")
-        self._dist = find_triton(self._python_version)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._backend_dir = prepare_backend_dir(self._dist, self.workdir / "backends")
-        last_error = None
-        for attempt in range(3):
-            ports = free_ports(3)
-            self.http_port = self._requested_ports[0] or ports[0]
-            self.grpc_port = self._requested_ports[1] or ports[1]
-            self.metrics_port = self._requested_ports[2] or ports[2]
-            try:
-                self._launch_and_wait(timeout)
-                return self
-            except TritonServerError as e:
-                last_error = e
-                port_clash = "already in use" in self.log_tail(8000).lower()
-                self.stop()
-                if not port_clash or any(self._requested_ports[:2]):
-                    raise
-                LOGGER.warning("port clash starting tritonserver (attempt %d), retrying", attempt + 1)
-        raise last_error  # type: ignore[misc]
+        try:
+            self._dist = find_triton(self._python_version)
+            if self.workdir is None:
+                self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="adapler-triton-"))
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._backend_dir = prepare_backend_dir(self._dist, self.workdir / "backends")
+            for attempt in range(3):
+                ports = free_ports(3)
+                self.http_port = self._requested_ports[0] or ports[0]
+                self.grpc_port = self._requested_ports[1] or ports[1]
+                self.metrics_port = self._requested_ports[2] or ports[2]
+                try:
+                    self._launch_and_wait(timeout)
+                    return self
+                except TritonServerError:
+                    port_clash = "already in use" in self.log_tail(8000).lower()
+                    self.stop()
+                    if not port_clash or any(self._requested_ports[:2]) or attempt == 2:
+                        raise
+                    LOGGER.warning("port clash starting tritonserver (attempt %d), retrying", attempt + 1)
+        except BaseException:  # a failure, Ctrl-C or a signal turned into an exception: leave nothing
+            self.cleanup()
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _launch_and_wait(self, timeout: float) -> None:
         self._shm_prefix = f"adapler{os.getpid()}x{secrets.token_hex(3)}"
@@ -341,20 +379,21 @@ class TritonServer:
         while True:
             code = self.proc.poll()
             if code is not None:
-                raise TritonServerError(
-                    f"tritonserver exited with code {code} before becoming ready; log {self.log_file}:\n"
-                    + self.log_tail()
-                )
+                raise self._start_error(f"tritonserver exited with code {code} before becoming ready")
             if _http_status(base + "/v2/health/ready") == 200 and all(
                 _http_status(f"{base}/v2/models/{m}/ready") == 200 for m in models
             ):
                 return
             if time.monotonic() > deadline:
-                raise TritonServerError(
-                    f"tritonserver (pid {self.proc.pid}) not ready after {timeout:.0f}s; log {self.log_file}:\n"
-                    + self.log_tail()
-                )
+                raise self._start_error(f"tritonserver (pid {self.proc.pid}) not ready after {timeout:.0f}s")
             time.sleep(0.25)
+
+    def _start_error(self, what: str) -> TritonServerError:
+        """One line: what happened, the log's first error, and where the log stays (when it does)."""
+        tail = self.log_tail(200000)
+        reason = log_error_summary(tail)
+        kept = f" (log: {self.log_file})" if self._log_file is not None or not self._own_workdir else ""
+        return TritonServerError(f"{what}{': ' + reason if reason else ''}{kept}", log_tail=tail[-6000:])
 
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -363,6 +402,8 @@ class TritonServer:
         return self.is_alive() and _http_status(f"http://{self.http_url}/v2/health/ready") == 200
 
     def log_tail(self, n_chars: int = 6000) -> str:
+        if self.log_file is None:
+            return ""
         try:
             data = self.log_file.read_bytes()[getattr(self, "_log_offset", 0):]
         except OSError:
@@ -413,23 +454,25 @@ class TritonServer:
                 p.unlink()
 
     def cleanup(self) -> None:
-        """Stop, and remove the work folder when this object created it (the log is in it)."""
+        """Stop, and remove the work folder when this object made it (the log too, unless ``log_file``
+        put it elsewhere). Safe to call more than once."""
         self.stop()
-        if self._own_workdir:
+        if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def __enter__(self) -> "TritonServer":
         return self.start() if not self.is_alive() else self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.cleanup()
 
     def describe(self) -> dict:
         return {
             "pid": self.pid,
             "http": self.http_url,
             "grpc": self.grpc_url,
-            "log": str(self.log_file),
+            "log": str(self.log_file) if self.log_file is not None else None,
             "repository": str(self.model_repository),
             "startup_seconds": self.startup_seconds,
         }

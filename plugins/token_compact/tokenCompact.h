@@ -80,7 +80,7 @@ typedef enum adaplerStatus
     ADAPLER_SUCCESS = 0,
     ADAPLER_ERR_NULL_POINTER = 1,         /* a required pointer is NULL                               */
     ADAPLER_ERR_BAD_DTYPE = 2,            /* dtype is not an adaplerDType value                        */
-    ADAPLER_ERR_BAD_ETA = 3,              /* eta is not in (0, 1] (NaN included)                       */
+    ADAPLER_ERR_BAD_ETA = 3,              /* eta is not in [0, 1] (NaN included)                       */
     ADAPLER_ERR_SEQ_TOO_LONG = 4,         /* S > ADAPLER_TC_MAX_SEQ_LEN                                */
     ADAPLER_ERR_BAD_SHAPE = 5,            /* B < 0, S < 0, H <= 0, a row >= 2 GiB, or sizes overflow  */
     ADAPLER_ERR_WORKSPACE_TOO_SMALL = 6,  /* workspace bytes < adaplerTokenCompactWorkspaceSize(B, S)  */

@@ -141,8 +141,9 @@ int validateHidden(int64_t batch, int64_t seq, int64_t hiddenSize, size_t elemSi
 
 int validateEta(float eta)
 {
-    // Written so that NaN fails too.
-    return (eta > 0.0f && eta <= 1.0f) ? ADAPLER_SUCCESS : ADAPLER_ERR_BAD_ETA;
+    // eta lies in [0, 1] (docs/INTERFACES.md). eta = 0 needs no special case: delta = 0 / n = 0 keeps every
+    // live token (the scores are >= 0). Written so that NaN fails too.
+    return (eta >= 0.0f && eta <= 1.0f) ? ADAPLER_SUCCESS : ADAPLER_ERR_BAD_ETA;
 }
 
 int validateWorkspace(void const* ws, size_t bytes, int64_t batch, int64_t seq)
@@ -209,8 +210,8 @@ __global__ void __launch_bounds__(kThreads) tokenCompactPass1Kernel(float const*
         }
     }
     __syncthreads();
-    // IEEE fp32 quotient, as NumPy's float32(eta) / float32(n). n == 0 gives +inf (no score passes;
-    // slot 0 is kept only where mask == 1, i.e. never for a fully dead 0/1 row).
+    // IEEE fp32 quotient, as NumPy's float32(eta) / float32(n). n == 0 gives +inf, or NaN for eta = 0: no
+    // score passes either (slot 0 is kept only where mask == 1, i.e. never for a fully dead 0/1 row).
     float const delta = __fdiv_rn(eta, __int2float_rn(sLive));
 
     // Order-preserving compaction, one tile of kThreads slots at a time: warp ballot + popc give
@@ -500,7 +501,7 @@ ADAPLER_API const char* adaplerGetErrorString(int status)
     case ADAPLER_SUCCESS: return "ADAPLER_SUCCESS: no error";
     case ADAPLER_ERR_NULL_POINTER: return "ADAPLER_ERR_NULL_POINTER: a required pointer argument is NULL";
     case ADAPLER_ERR_BAD_DTYPE: return "ADAPLER_ERR_BAD_DTYPE: dtype must be ADAPLER_DTYPE_FLOAT32 (0) or ADAPLER_DTYPE_FLOAT16 (1)";
-    case ADAPLER_ERR_BAD_ETA: return "ADAPLER_ERR_BAD_ETA: eta must lie in (0, 1]";
+    case ADAPLER_ERR_BAD_ETA: return "ADAPLER_ERR_BAD_ETA: eta must lie in [0, 1]";
     case ADAPLER_ERR_SEQ_TOO_LONG: return "ADAPLER_ERR_SEQ_TOO_LONG: sequence length exceeds ADAPLER_TC_MAX_SEQ_LEN (8192)";
     case ADAPLER_ERR_BAD_SHAPE: return "ADAPLER_ERR_BAD_SHAPE: batch/seq must be >= 0 (batch <= 2^31-1), hidden size > 0, sizes must fit in int64";
     case ADAPLER_ERR_WORKSPACE_TOO_SMALL: return "ADAPLER_ERR_WORKSPACE_TOO_SMALL: workspace smaller than adaplerTokenCompactWorkspaceSize(batch, seq)";

@@ -9,11 +9,12 @@ TensorRT is not needed: the kernels are reached through their C API (ctypes,
 adapler_export/link_cuda.py), the same code the TensorRT plugin's enqueue() calls.
 
 What it does:
-  1. CPU checks, everywhere: the reference link (adapler_export.link.token_compact_numpy, and
-     token_compact_torch) against an independent, literal per-row implementation of the rule in
-     docs/INTERFACES.md, on random batches with fully dead rows, CLS-only rows, random masks with
-     holes and scores exactly at the threshold; plus the C API's argument validation (pure host code)
-     when the library can be built here.
+  1. CPU checks, everywhere: the host links of adapler_export.link (token_compact_fast, the ONNX
+     Runtime chain's, and token_compact_torch) against the reference every check here uses,
+     token_compact_numpy (itself checked slot by slot against the rule in tests/test_link.py), on
+     random batches with fully dead rows, CLS-only rows, random masks with holes and scores exactly at
+     the threshold; plus the C API's argument validation (pure host code) when the library can be
+     built here.
   2. GPU checks, where torch sees a CUDA GPU: builds the library, then for B in {1,3,8,32},
      S in {1,2,17,64,128,512}, H in {64,384,768,1023}, fp32 and fp16 (and extra shapes: S up to 8192,
      S = 0, B = 0, misaligned buffers, every vector width of the gather), runs three API flavours
@@ -61,47 +62,23 @@ PROOF_COMMAND = "python plugins/token_compact/tools/gpu_proof.py"
 # ------------------------------------------------------------------------------------ reference
 
 
-def spec_compact_numpy(hidden, scores, mask, positions, eta):
-    """The rule of docs/INTERFACES.md, written out literally, one row and one slot at a time.
+def expected(hidden, scores, mask, positions, eta):
+    """What the kernel must produce, as (hidden, mask, positions, new_len): the project's reference link
+    (adapler_export.link.token_compact_numpy). S = 0, which the C API accepts and the host link does not
+    take, has no slot to keep: one padding slot per row."""
+    from adapler_export.link import token_compact_numpy
 
-    Deliberately independent of adapler_export.link (no sorting tricks), so the two check each other.
-    Handles S == 0 and B == 0 too (S' = 1, all padding). Returns (hidden, mask, positions, new_len).
-    """
-    b_sz, s_sz, h_sz = hidden.shape
-    eta32 = np.float32(eta)
-    kept_rows = []
-    for b in range(b_sz):
-        n = sum(1 for i in range(s_sz) if int(mask[b, i]) == 1)  # live tokens (= sum of a 0/1 mask)
-        with np.errstate(divide="ignore"):
-            delta = np.float32(eta32 / np.float32(n))  # IEEE fp32 division; inf when n == 0
-        kept = [i for i in range(s_sz)
-                if int(mask[b, i]) == 1 and (i == 0 or np.float32(scores[b, i]) >= delta)]
-        kept_rows.append(kept)
-    new_len = max([len(k) for k in kept_rows] + [1])
-    out_h = np.zeros((b_sz, new_len, h_sz), dtype=hidden.dtype)
-    out_m = np.zeros((b_sz, new_len), dtype=np.int32)
-    out_p = np.full((b_sz, new_len), -1, dtype=np.int32)
-    for b, kept in enumerate(kept_rows):
-        for j, i in enumerate(kept):
-            out_h[b, j] = hidden[b, i]
-            out_m[b, j] = 1
-            out_p[b, j] = positions[b, i]
-    return out_h, out_m, out_p, new_len
-
-
-def reference_numpy():
-    """(function, name): the project's reference, or the literal spec when it is not importable."""
-    try:
-        from adapler_export.link import token_compact_numpy
-        return token_compact_numpy, "adapler_export.link.token_compact_numpy"
-    except ImportError as exc:  # pragma: no cover - the lead's module is part of the package
-        print(f"note: adapler_export.link not importable ({exc}); using the literal spec as reference")
-        return spec_compact_numpy, "gpu_proof.spec_compact_numpy"
+    b, s, h = hidden.shape
+    if s == 0:
+        return np.zeros((b, 1, h), hidden.dtype), np.zeros((b, 1), np.int32), np.full((b, 1), -1, np.int32), 1
+    return tuple(token_compact_numpy(hidden, scores, mask, positions, eta))
 
 
 # ---------------------------------------------------------------------------------- input cases
 
 KINDS = ("mixed", "prefix", "holes", "cls_only", "all_dead", "ties")
+# eta values the grids draw from: both ends of [0, 1] (0 keeps every live token) and a few between
+ETAS = (1.0, 0.5, 0.37, 1e-3, 0.0)
 
 
 def make_case(rng: np.random.Generator, b: int, s: int, h: int, dtype, kind: str, eta: float):
@@ -176,44 +153,31 @@ class Checks:
 
 
 def cpu_checks(checks: Checks, rng: np.random.Generator, quick: bool) -> None:
-    ref, ref_name = reference_numpy()
-    print(f"[cpu] reference under test: {ref_name}")
+    import torch
+
+    from adapler_export.link import token_compact_fast, token_compact_torch
+
+    def on_torch(hidden, scores, mask, positions, eta):
+        r = token_compact_torch(*(torch.from_numpy(a) for a in (hidden, scores, mask, positions)), eta)
+        return r.hidden.numpy(), r.mask.numpy(), r.positions.numpy(), r.new_len
+
+    print("[cpu] host links under test: token_compact_fast, token_compact_torch (reference: token_compact_numpy)")
     shapes = [(1, 1, 4), (1, 2, 3), (3, 17, 5), (8, 64, 8), (5, 128, 3)] + ([] if quick else [(32, 512, 2)])
     for b, s, h in shapes:
         for kind in KINDS:
             for dtype in (np.float32, np.float16):
-                eta = float(rng.choice([1.0, 0.5, 0.37, 1e-3]))
+                eta = float(rng.choice(ETAS))
                 args = make_case(rng, b, s, h, dtype, kind, eta)
-                got = tuple(ref(*args, eta))
-                ok, why = results_equal(got, spec_compact_numpy(*args, eta))
-                checks.check(ok, f"reference vs spec B={b} S={s} H={h} {np.dtype(dtype).name} {kind}: {why}")
-    # token_compact_torch (CPU) agrees too
-    try:
-        import torch
-        from adapler_export.link import token_compact_torch
-    except ImportError:
-        torch = None
-    if torch is not None:
-        for b, s, h in shapes[:4]:
-            args = make_case(rng, b, s, h, np.float32, "mixed", 0.5)
-            r = token_compact_torch(*(torch.from_numpy(a) for a in args), 0.5)
-            got = (r.hidden.numpy(), r.mask.numpy(), r.positions.numpy(), r.new_len)
-            want = spec_compact_numpy(*args, 0.5)
-            ok, why = results_equal(got, want)
-            if not ok and why == "hidden differs" and np.array_equal(got[0], want[0]):
-                # Equal as numbers, different bits: padding written as -0.0 (hidden * 0 for negative
-                # values). The contract asks for zero padding and the kernel writes +0.0 bits; the
-                # fix is torch.where(slot_live, gathered, 0) instead of a multiplication.
-                print(f"  WARNING token_compact_torch B={b} S={s}: padding is -0.0 where hidden < 0 "
-                      f"(numerically equal; not bit-equal to the kernel's +0.0)")
-                ok, why = True, ""
-            checks.check(ok, f"token_compact_torch vs spec B={b} S={s}: {why}")
+                want = expected(*args, eta)
+                for name, link in (("token_compact_fast", token_compact_fast), ("token_compact_torch", on_torch)):
+                    ok, why = results_equal(tuple(link(*args, eta)), want)
+                    checks.check(ok, f"{name} vs reference B={b} S={s} H={h} {np.dtype(dtype).name} {kind}: {why}")
     # properties the contract states
-    h, m, p, n = spec_compact_numpy(np.ones((2, 4, 3), np.float32), np.zeros((2, 4), np.float32),
-                                    np.zeros((2, 4), np.int32), np.full((2, 4), -1, np.int32), 0.5)
+    h, m, p, n = expected(np.ones((2, 4, 3), np.float32), np.zeros((2, 4), np.float32),
+                          np.zeros((2, 4), np.int32), np.full((2, 4), -1, np.int32), 0.5)
     checks.check(n == 1 and not m.any() and (p == -1).all() and not h.any(), "all-dead batch gives one padding slot")
     args = make_case(rng, 6, 40, 2, np.float32, "prefix", 0.9)
-    got = ref(*args, 0.9)
+    got = expected(*args, 0.9)
     ok = all(got[1][r, 0] == 1 and got[2][r, 0] == args[3][r, 0] for r in range(6))
     checks.check(ok, "[CLS] is always kept in live rows")
     print(f"[cpu] {checks.passed} checks passed, {len(checks.failed)} failed")
@@ -269,11 +233,12 @@ def validation_checks(checks: Checks, lib, device: bool) -> None:
 
     P = 1 << 20  # fake, 16-byte aligned
     ws = lib.workspace_size(2, 8)
+    above_one = float(np.nextafter(np.float32(1), np.float32(2)))  # the first float32 past the range [0, 1]
     checks.check(ws > 0 and lib.workspace_size(1, lib.max_seq_len + 1) == 0, "workspace size query")
     checks.check(lib.max_seq_len == 8192, "max sequence length is 8192")
     cases = [
         ("S > max", lambda: code(lib.pass1, P, P, 1, lib.max_seq_len + 1, 0.5, P, 1 << 30), C["ADAPLER_ERR_SEQ_TOO_LONG"]),
-        ("eta = 0", lambda: code(lib.pass1, P, P, 2, 8, 0.0, P, ws), C["ADAPLER_ERR_BAD_ETA"]),
+        ("eta = 1 + 1 ulp", lambda: code(lib.pass1, P, P, 2, 8, above_one, P, ws), C["ADAPLER_ERR_BAD_ETA"]),
         ("eta = 1.5", lambda: code(lib.pass1, P, P, 2, 8, 1.5, P, ws), C["ADAPLER_ERR_BAD_ETA"]),
         ("eta = NaN", lambda: code(lib.pass1, P, P, 2, 8, float("nan"), P, ws), C["ADAPLER_ERR_BAD_ETA"]),
         ("eta = -0.1", lambda: code(lib.pass1, P, P, 2, 8, -0.1, P, ws), C["ADAPLER_ERR_BAD_ETA"]),
@@ -440,7 +405,6 @@ def run_flavours(torch, lib, args_np, eta, device, misalign: bool = False):
 def gpu_checks(checks: Checks, torch, lib, rng, quick: bool, device=None, tensor_api: bool = True) -> None:
     """The correctness grid. `device`/`tensor_api` exist for the CPU dry run of this script's own
     plumbing (tests/test_plugin_build.py runs it against a host model of the library)."""
-    ref, _ = reference_numpy()
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device())
     lib.set_device(device.index or 0)
@@ -459,9 +423,9 @@ def gpu_checks(checks: Checks, torch, lib, rng, quick: bool, device=None, tensor
     for i, (b, s, h, dt) in enumerate(grid + [e[:4] for e in extras]):
         misalign = i >= len(grid) and extras[i - len(grid)][4]
         kind = KINDS[i % len(KINDS)]
-        eta = float(rng.choice([1.0, 0.5, 0.37, 1e-3]))
+        eta = float(rng.choice(ETAS))
         args = make_case(rng, b, s, h, dt, kind, eta)
-        want = spec_compact_numpy(*args, eta) if (s == 0 or b == 0) else tuple(ref(*args, eta))
+        want = expected(*args, eta)
         for flavour, got, extra_ok, why in run_flavours(torch, lib, args, eta, device, misalign):
             label = f"B={b} S={s} H={h} {np.dtype(dt).name} {kind}{' misaligned' if misalign else ''} [{flavour}]"
             if got is None:
@@ -475,7 +439,7 @@ def gpu_checks(checks: Checks, torch, lib, rng, quick: bool, device=None, tensor
             args = make_case(rng, b, s, h, dt, "mixed", 0.5)
             r = compact_with_kernel(*(torch.from_numpy(a).to(device) for a in args), 0.5, library=lib)
             got = (r.hidden.cpu().numpy(), r.mask.cpu().numpy(), r.positions.cpu().numpy(), r.new_len)
-            ok, why = results_equal(got, tuple(ref(*args, 0.5)))
+            ok, why = results_equal(got, expected(*args, 0.5))
             checks.check(ok, f"token_compact_cuda (torch) B={b} S={s} H={h} {np.dtype(dt).name}: {why}")
     print(f"[checks] {n_cases} cases x 3 API flavours in {time.time() - t0:.1f} s")
 
@@ -566,71 +530,33 @@ def timing(torch, lib, rng, quick: bool) -> list[dict]:
 # ------------------------------------------------------------------------------------------ end to end
 
 
-def run_segments(model, precision: str, input_ids, attention_mask, link_fn, device):
-    """The whole adaptive model as PyTorch segments (adapler_export.segments) linked by `link_fn`
-    (the CUDA kernel on a GPU). Returns logits [B,C] and the kept positions per link, on the host."""
-    import torch
-
-    from adapler_export.segments import precision_model, segment_modules
-
-    modules = [m.to(device) for m in segment_modules(precision_model(model, precision))]
-    ids = torch.as_tensor(input_ids, dtype=torch.int32, device=device)
-    mask = torch.as_tensor(attention_mask, dtype=torch.int32, device=device)
-    positions = torch.where(mask == 1, torch.arange(mask.shape[1], device=device, dtype=torch.int32)[None],
-                            torch.full_like(mask, -1))
-    kept = []
-    with torch.no_grad():
-        hidden, scores = modules[0](ids, mask)
-        for k, module in enumerate(modules[1:]):
-            hidden, mask, positions, _ = link_fn(hidden, scores, mask, positions, float(model.eta[k]))
-            kept.append(positions.cpu().numpy())
-            out = module(hidden, mask)
-            if k + 1 < len(modules) - 1:
-                hidden, scores = out
-            else:
-                logits = out
-    return logits.float().cpu().numpy(), kept
-
-
 def end_to_end(checks: Checks, ckpt: str, link_fn, device, samples: int, label: str) -> list:
-    """Adaptive model on `device` with `link_fn` against the CPU fp32 reference (`forward_hard`) on SST-2
-    dev sentences: fp32 must keep every decision and agree within 1e-3; fp16 is bounded like a build."""
+    """The adaptive model as PyTorch segments on `device`, chained by the library's one chain and linked by
+    `link_fn` (the CUDA kernel on a GPU) — `PyTorchSegmentsBackend` — against the CPU fp32 reference
+    (`forward_hard`) on dev sentences, by `parity.compare_backends` with the precision's tolerances (fp32:
+    every keep decision kept, |dlogit| <= 1e-3; fp16: bounded like a build)."""
     import copy
 
-    from adapler_export.backends.pytorch import PyTorchBackend
+    from adapler_export.backends.pytorch import PyTorchBackend, PyTorchSegmentsBackend
     from adapler_export.checkpoint import load_checkpoint
-    from adapler_export.evaluation import encode
-    from adapler_export.parity import Tolerances, kept_matrix
-    from training.data import load_task
+    from adapler_export.data import parity_texts
+    from adapler_export.parity import compare_backends
 
     loaded = load_checkpoint(ckpt)
-    texts = load_task(loaded.config.task)["dev"].texts[:samples]
+    texts = parity_texts(loaded.config.task, None, samples)
     reference = PyTorchBackend(loaded.model)
     rows = []
-    for precision in ("fp32", "fp16"):
-        diffs, flips, decisions, agree = [], 0, 0, 0
-        for start in range(0, len(texts), 32):
-            ids, mask = encode(loaded.tokenizer, texts[start:start + 32], loaded.config.max_length)
-            ref = reference.run(ids, mask)
-            logits, kept = run_segments(copy.deepcopy(loaded.model), precision, ids, mask, link_fn, device)
-            diffs.append(np.abs(ref.logits - logits).ravel())
-            agree += int((ref.logits.argmax(-1) == logits.argmax(-1)).sum())
-            live = mask == 1
-            for r, c in zip(ref.kept, kept):
-                flips += int((kept_matrix(r, mask.shape[1]) != kept_matrix(c, mask.shape[1]))[live].sum())
-                decisions += int(live.sum())
-        diffs = np.concatenate(diffs)
-        tol = Tolerances.for_precision(precision)
-        row = {"precision": precision, "examples": len(texts), "max_abs_logit_diff": float(diffs.max()),
-               "label_agreement": agree / len(texts), "flip_rate": flips / max(1, decisions), "flips": flips}
-        ok = row["flip_rate"] <= tol.max_flip_rate and row["label_agreement"] >= tol.min_label_agreement and \
-            (tol.max_abs_logit is None or row["max_abs_logit_diff"] <= tol.max_abs_logit)
-        line = (f"[e2e {label}] {precision}: {len(texts)} SST-2 dev sentences, max |dlogit| "
-                f"{row['max_abs_logit_diff']:.3g}, label agreement {row['label_agreement']:.4f}, "
-                f"flips {flips}/{decisions}")
-        if checks.check(ok, line):
+    for precision in ("fp32", "fp16"):  # a copy on the device: the reference stays on the CPU
+        candidate = PyTorchSegmentsBackend(copy.deepcopy(loaded.model), precision, device, link=link_fn)
+        report = compare_backends(reference, candidate, loaded.tokenizer, texts, loaded.config.max_length, precision)
+        line = (f"[e2e {label}] {precision}: {report.examples} dev sentences, max |dlogit| "
+                f"{report.max_abs_logit_diff:.3g}, label agreement {report.label_agreement:.4f}, "
+                f"flips {report.flips}/{report.decisions}")
+        if not report.passed:
+            line += ": " + "; ".join(report.failures)
+        if checks.check(report.passed, line):
             print(f"  ok   {line}")
-        rows.append(row)
+        rows.append(report.to_dict())
     return rows
 
 # ------------------------------------------------------------------------------------------ main
@@ -721,7 +647,7 @@ def main(argv=None) -> int:
             checks.check(False, "GPU checks raised")
     ckpt = a.ckpt
     if ckpt is None:
-        from adapler_export.checkpoint import checkpoints_dir
+        from adapler_export.storage import checkpoints_dir
         ckpt = str(checkpoints_dir() / "sst2") if (checkpoints_dir() / "sst2").is_dir() else None
     if ckpt is not None and has_gpu and lib is not None:
         from adapler_export.link_cuda import token_compact_cuda

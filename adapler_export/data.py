@@ -1,0 +1,200 @@
+"""Task data the library needs: GLUE-style TSV folders, CSV files, HF `datasets` when a hub is reachable,
+plain text files; the dev texts parity runs on.
+
+Every loader returns `TaskData` (texts + integer labels per split) and raises `AdaplerError` with the
+file and line on malformed input, so the CLI can print one clear line. Only the splits asked for are
+read: a malformed train.tsv does not block a command that needs only dev.tsv. `training/` (tokenised
+batches) and `calibration/` build on this module; it imports neither.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AdaplerError
+from .storage import sha256_file
+
+# Tasks we know: label names and the column that holds the text.
+TASKS = {
+    "sst2": {"labels": ["negative", "positive"], "text_column": "sentence", "hf": ("glue", "sst2"),
+             "splits": {"train": "train", "dev": "validation"}},
+}
+SPLIT_FILES = {"train": "train", "dev": "dev"}
+
+
+@dataclass
+class Split:
+    texts: list
+    labels: np.ndarray
+    source: str = ""
+    sha256: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, count: int | None, seed: int = 0) -> "Split":
+        """A deterministic random subset (the same seed always gives the same rows)."""
+        if count is None or count >= len(self):
+            return self
+        order = np.random.default_rng(seed).permutation(len(self))[:count]
+        order.sort()
+        return Split([self.texts[i] for i in order], self.labels[order], self.source, self.sha256)
+
+
+@dataclass
+class TaskData:
+    task: str
+    labels: list
+    splits: dict = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> Split:
+        return self.splits[split]
+
+
+def default_data_dir(task: str) -> Path | None:
+    """$ADAPLER_DATA_DIR/<task>, else the workplace's ../shared/data/<task> beside the repository."""
+    env = os.environ.get("ADAPLER_DATA_DIR")
+    candidates = [Path(env) / task] if env else []
+    repo = Path(__file__).resolve().parents[1]
+    candidates.append(repo.parent / "shared" / "data" / task)
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _read_table(path: Path, text_column: str, label_names: list) -> Split:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    # GLUE TSVs contain unbalanced quotes: read with quoting disabled; CSV files use normal quoting.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    texts, labels = [], []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            raise AdaplerError(f"{path}: empty file (expected a header with '{text_column}' and 'label')")
+        header = [h.strip() for h in header]
+        text_col = next((c for c in (text_column, "text", "sentence") if c in header), None)
+        if text_col is None or "label" not in header:
+            raise AdaplerError(f"{path}: header {header} lacks a text column ('{text_column}' or 'text') "
+                               "and a 'label' column")
+        ti, li = header.index(text_col), header.index("label")
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise AdaplerError(f"{path}:{line_no}: expected {len(header)} fields, got {len(row)}")
+            raw = row[li].strip()
+            try:
+                label = int(raw)
+            except ValueError:
+                if raw not in label_names:
+                    raise AdaplerError(f"{path}:{line_no}: label {raw!r} is neither an integer nor one of "
+                                       f"{label_names}") from None
+                label = label_names.index(raw)
+            if not 0 <= label < len(label_names):
+                raise AdaplerError(f"{path}:{line_no}: label {label} outside 0..{len(label_names) - 1}")
+            texts.append(row[ti])
+            labels.append(label)
+    if not texts:
+        raise AdaplerError(f"{path}: no examples")
+    return Split(texts, np.asarray(labels, dtype=np.int64), str(path), sha256_file(path))
+
+
+def load_folder(task: str, data_dir: Path, splits=tuple(SPLIT_FILES)) -> TaskData:
+    spec = TASKS.get(task, {"labels": ["0", "1"], "text_column": "sentence"})
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise AdaplerError(f"data folder {data_dir} does not exist")
+    data = TaskData(task, list(spec["labels"]))
+    for split in splits:
+        stem = SPLIT_FILES[split]
+        for suffix in (".tsv", ".csv"):
+            path = data_dir / f"{stem}{suffix}"
+            if path.is_file():
+                data.splits[split] = _read_table(path, spec["text_column"], data.labels)
+                break
+    missing = [s for s in splits if s not in data.splits]
+    if missing:
+        raise AdaplerError(f"data folder {data_dir} has no {' / '.join(f'{SPLIT_FILES[m]}.tsv' for m in missing)}"
+                           " (GLUE layout: train.tsv and dev.tsv, or .csv)")
+    return data
+
+
+def load_hf_datasets(task: str, splits=tuple(SPLIT_FILES)) -> TaskData:  # pragma: no cover - needs a hub
+    try:
+        import datasets
+    except ImportError as exc:
+        raise AdaplerError("no --data-dir given and the `datasets` package is not installed") from exc
+    spec = TASKS[task]
+    try:
+        raw = datasets.load_dataset(*spec["hf"])
+    except Exception as exc:  # network errors come in many types
+        raise AdaplerError(f"could not load {spec['hf']} from the hub: {exc}") from exc
+    data = TaskData(task, list(spec["labels"]))
+    for split in splits:
+        hf_split = spec["splits"][split]
+        part = raw[hf_split]
+        data.splits[split] = Split(list(part[spec["text_column"]]), np.asarray(part["label"], dtype=np.int64),
+                                   f"hf:{'/'.join(spec['hf'])}:{hf_split}")
+    return data
+
+
+def load_task(task: str, data_dir: str | Path | None = None, splits=tuple(SPLIT_FILES)) -> TaskData:
+    """The task's splits (`splits`: which ones to read; the others are not opened)."""
+    splits = tuple(splits)
+    unknown = [s for s in splits if s not in SPLIT_FILES]
+    if unknown:
+        raise AdaplerError(f"unknown split {unknown[0]!r} (have {', '.join(SPLIT_FILES)})")
+    if data_dir is not None:
+        return load_folder(task, Path(data_dir), splits)
+    if task not in TASKS:
+        raise AdaplerError(f"unknown task {task!r}: pass --data-dir with train/dev files (known: {sorted(TASKS)})")
+    found = default_data_dir(task)
+    if found is not None:
+        return load_folder(task, found, splits)
+    return load_hf_datasets(task, splits)
+
+
+def load_dev(task: str, data_dir: str | Path | None = None, samples: int | None = None) -> Split:
+    """The dev split alone (evaluate, build, verify, calibrate), optionally a deterministic subset."""
+    return load_task(task, data_dir, splits=("dev",))["dev"].subset(samples)
+
+
+def parity_texts(task: str, data_dir: str | Path | None, samples: int | None) -> list:
+    """The dev texts a build or verify checks parity on."""
+    return list(load_dev(task, data_dir, samples).texts)
+
+
+def default_texts_file(task: str = "sst2") -> Path | None:
+    """The task's dev file (for servers and load tests that need example texts), if present."""
+    folder = default_data_dir(task)
+    path = folder / "dev.tsv" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
+def read_texts(path, limit: int | None = None, column: str = "sentence") -> list:
+    """Texts from a GLUE `.tsv` (header with `column`; quoting disabled) or a plain file (one text a line).
+
+    Blank lines of a plain file are kept as empty texts (the classifier flags them), so line N of the
+    input is result N; a final newline does not make an extra text."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaplerError(f"texts file {path} not found")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            if path.suffix == ".tsv":
+                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                header = next(reader, None) or []
+                if column not in header:
+                    raise AdaplerError(f"{path}: no {column!r} column in header {header}")
+                col = header.index(column)
+                texts = [row[col] for row in reader if len(row) > col]
+            else:
+                texts = handle.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not texts:
+        raise AdaplerError(f"{path}: no texts")
+    return texts[:limit] if limit else texts

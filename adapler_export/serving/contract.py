@@ -1,0 +1,42 @@
+"""The Triton models' names and tensors: one definition for the config writer, the models and the client.
+
+No imports on purpose: the repository writer copies this file beside the ``adapler_tokenizer`` model,
+which runs where ``adapler_export`` need not be installed.
+
+``adapler_text`` (text -> prediction), per row of a [batch, 1] request:
+  ``TEXT``           BYTES  UTF-8 text
+  ``LABEL``          BYTES  label name
+  ``LABEL_ID``       INT32
+  ``PROBABILITIES``  FP32 [C]
+  ``TRUNCATED``      BOOL   the text was cut to the artifact's max_length wordpieces
+  ``EMPTY_INPUT``    BOOL   the text holds no token (empty, whitespace, or only characters the tokenizer
+                            drops): the label is the model's prior for no evidence, not a reading
+  ``RATIONALE``      BYTES  JSON {"tokens", "kept_positions", "kept_tokens"} (see runtime.Prediction)
+"""
+
+TEXT_MODEL = "adapler_text"
+PLAN_MODEL = "adapler_plan"
+TOKENIZER_MODEL = "adapler_tokenizer"
+ENSEMBLE_MODEL = "adapler_ensemble"
+PLUGIN_LIB = "libadapler_plugins.so"
+
+TEXT_INPUT = "TEXT"
+TRUNCATED = "TRUNCATED"
+EMPTY_INPUT = "EMPTY_INPUT"
+RATIONALE = "RATIONALE"
+# name -> (Triton data type, dims of one row); PROBABILITIES' -1 becomes the artifact's label count.
+TEXT_OUTPUTS = {
+    "LABEL": ("TYPE_STRING", [1]),
+    "LABEL_ID": ("TYPE_INT32", [1]),
+    "PROBABILITIES": ("TYPE_FP32", [-1]),
+    TRUNCATED: ("TYPE_BOOL", [1]),
+    EMPTY_INPUT: ("TYPE_BOOL", [1]),
+    RATIONALE: ("TYPE_STRING", [1]),
+}
+# adapler_tokenizer: TEXT -> the single engine's inputs (Hugging Face's names, which the segment contract
+# uses for segment 0) and the EMPTY_INPUT flag, which the ensemble passes through.
+TOKENIZER_OUTPUTS = {
+    "input_ids": ("TYPE_INT32", [-1]),
+    "attention_mask": ("TYPE_INT32", [-1]),
+    EMPTY_INPUT: ("TYPE_BOOL", [1]),
+}

@@ -1,0 +1,68 @@
+"""What each segment graph takes and gives: the I/O contract of docs/INTERFACES.md as data.
+
+Light on purpose (no torch, no onnx): the artifact manifest, the backends and the Triton model read it.
+Like Optimum's export configs, a `SegmentSpec` names inputs and outputs with dtypes and symbolic dims;
+exports, validation, engines' profiles and runtimes all take names from here, never from literals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPSET = 17
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class SegmentSpec:
+    """What one segment graph takes and gives (names, dtypes, shapes with symbolic dims)."""
+    index: int
+    inputs: dict  # name -> (numpy dtype name, shape with "batch"/"seq"/ints)
+    outputs: dict
+    description: str = ""
+
+    @property
+    def file_name(self) -> str:
+        return f"segment_{self.index:02d}.onnx"
+
+    def dynamic_axes(self) -> dict:
+        axes = {}
+        for name, (_, shape) in {**self.inputs, **self.outputs}.items():
+            axes[name] = {i: d for i, d in enumerate(shape) if isinstance(d, str)}
+        return axes
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "file": self.file_name, "description": self.description,
+                "inputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.inputs.items()},
+                "outputs": {k: {"dtype": d, "shape": list(s)} for k, (d, s) in self.outputs.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SegmentSpec":
+        """The inverse of `to_dict` (what artifact manifests store)."""
+        def io(section):
+            return {k: (v["dtype"], list(v["shape"])) for k, v in data[section].items()}
+
+        spec = cls(int(data["index"]), io("inputs"), io("outputs"), str(data.get("description", "")))
+        if data.get("file", spec.file_name) != spec.file_name:
+            raise ValueError(f"segment {spec.index} is stored as {data['file']!r}, expected {spec.file_name!r}")
+        return spec
+
+    @property
+    def hidden_dtype(self) -> str:
+        """The floating dtype the segment's hidden states use (its precision)."""
+        hidden = {**self.inputs, **self.outputs}.get("hidden") or self.outputs.get("hidden_out")
+        return hidden[0] if hidden else "float32"
+
+
+def segment_specs(num_layers: int, hidden: int, num_labels: int, precision: str) -> list:
+    ht = "float16" if precision == "fp16" else "float32"
+    bs, bsh = ["batch", "seq"], ["batch", "seq", hidden]
+    specs = [SegmentSpec(0, {"input_ids": ("int32", bs), "attention_mask": ("int32", bs)},
+                         {"hidden": (ht, bsh), "scores": ("float32", bs)}, "embeddings + CP_0")]
+    for k in range(1, num_layers):
+        specs.append(SegmentSpec(k, {"hidden": (ht, bsh), "attention_mask": ("int32", bs)},
+                                 {"hidden_out": (ht, bsh), "scores": ("float32", bs)},
+                                 f"encoder layer {k - 1} + CP_{k}"))
+    specs.append(SegmentSpec(num_layers, {"hidden": (ht, bsh), "attention_mask": ("int32", bs)},
+                             {"logits": ("float32", ["batch", num_labels])},
+                             f"encoder layer {num_layers - 1} + classifier"))
+    return specs
