@@ -22,10 +22,12 @@ import onnx
 import torch
 from torch import nn
 
-from .backends import Backend, BackendOutput, as_int32_inputs
+from .backends import Backend, BackendOutput
 from .errors import AdaplerError
+from .link import live_positions
+from .tolerances import Tolerances
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, encoder_layer
-from .segments import OPSET, PRECISIONS, precision_model
+from .segments import OPSET, PRECISIONS, example_token_ids, precision_model
 
 FULL_FILE = "full.onnx"
 INPUTS = ("input_ids", "attention_mask")
@@ -54,20 +56,8 @@ class FullModel(nn.Module):
         return model.head(hidden).float()
 
 
-def live_positions(mask: np.ndarray) -> np.ndarray:
-    """What a link that keeps every live token outputs as `positions_out`: [B, S'] int32, -1 padding."""
-    live = np.asarray(mask) == 1
-    counts = live.sum(axis=1)
-    new_len = max(int(counts.max()) if live.shape[0] else 1, 1)
-    order = np.argsort(~live, axis=1, kind="stable")[:, :new_len]
-    slot_live = np.arange(new_len)[None, :] < counts[:, None]
-    return np.where(slot_live, order, -1).astype(np.int32)
-
-
 def _example_feeds(vocab: int, batch: int = 2, seq: int = 9, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, max(vocab, 1001), size=(batch, seq)).astype(np.int32)
-    ids[:, 0] = 101
+    ids = example_token_ids(np.random.default_rng(seed), vocab, (batch, seq))
     mask = np.ones((batch, seq), np.int32)
     mask[-1, seq // 2:] = 0  # one padded row
     return {"input_ids": ids, "attention_mask": mask}
@@ -119,7 +109,7 @@ def export_full_onnx(model: AdapLeRForSequenceClassification, out_path, precisio
             want = module(*args).float().numpy()
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, feeds)[0]
-        tol = tolerance if tolerance is not None else (1e-4 if precision == "fp32" else 5e-2)
+        tol = tolerance if tolerance is not None else Tolerances.for_precision(precision).export_relative
         err = float(np.abs(want - got).max())
         if not np.isfinite(err) or err > tol * max(1.0, float(np.abs(want).max())):
             raise AdaplerError(f"{out_path.name}: ONNX Runtime logits differ from forward_full by {err:.3g}")
@@ -147,8 +137,7 @@ class FullModelBackend(Backend):
         self.providers = self.session.get_providers()
         self.num_layers = int(num_layers)
 
-    def run(self, input_ids, attention_mask) -> BackendOutput:
-        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
+    def _run_impl(self, input_ids, mask) -> BackendOutput:
         logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
         positions = live_positions(mask)
         return BackendOutput(logits.astype(np.float32, copy=False), [positions] * self.num_layers)
@@ -169,8 +158,7 @@ class PyTorchFullBackend(Backend):
         with torch.inference_mode():
             return self.module(input_ids, attention_mask)
 
-    def run(self, input_ids, attention_mask) -> BackendOutput:
-        input_ids, mask = as_int32_inputs(input_ids, attention_mask)
+    def _run_impl(self, input_ids, mask) -> BackendOutput:
         logits = self.logits(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
         positions = live_positions(mask)
         return BackendOutput(logits.float().cpu().numpy(), [positions] * self.num_layers)

@@ -117,26 +117,27 @@ def cmd_verify(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .serving.runtime import TextClassifier
-
     from .data import read_texts
+    from .serving.runtime import TextClassifier
 
     texts = list(args.texts)
     if args.file:
         texts += read_texts(args.file)
     if not texts:
         raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
-    classifier = TextClassifier(args.artifact, backend_kind=args.backend)
-    for text, prediction in zip(texts, classifier.classify(texts)):
+    classifier = TextClassifier(args.artifact, backend_kind=args.backend, log=_log)
+    for number, (text, prediction) in enumerate(zip(texts, classifier.classify(texts)), start=1):
         if prediction.truncated:
-            _log(f"warning: text truncated to {classifier.max_length} wordpieces: {text[:60]!r}...")
+            _log(f"warning: text {number} truncated to {classifier.max_length} wordpieces: {text[:60]!r}...")
+        if prediction.empty_input:
+            _log(f"warning: text {number} is empty (no token): its label is the model's prior, not a prediction")
         record = prediction.as_dict()
         if args.json:
-            print(json.dumps({"text": text, **record}))
+            print(json.dumps({"text": text, **record}, ensure_ascii=False))
         else:
-            kept = prediction.kept_tokens[-1]
+            note = "  (empty input)" if prediction.empty_input else ""
             print(f"{prediction.label:<10} p={max(record['probabilities']):.3f}  kept by the last layer: "
-                  f"{' '.join(kept)}")
+                  f"{' '.join(prediction.kept_tokens[-1])}{note}")
     return 0
 
 
@@ -264,14 +265,18 @@ def main(argv=None) -> int:
             pass
     try:
         return args.func(args)
-    except AdaplerError as exc:
-        if args.verbose:
-            raise
-        print(f"adapler-export: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"adapler-export: {terminated['by'] or 'interrupted'}; nothing half-written was left", file=sys.stderr)
-        return 143 if terminated["by"] else 130
+    except (KeyboardInterrupt, Exception) as exc:
+        if terminated["by"] or isinstance(exc, KeyboardInterrupt):
+            # The interruption may surface as another exception (e.g. an import that was cut short raises
+            # "ImportError: initialization failed"): what happened is the signal, and the temporary folders
+            # were removed on the way out.
+            print(f"adapler-export: {terminated['by'] or 'interrupted'}; nothing half-written was left",
+                  file=sys.stderr)
+            return 143 if terminated["by"] else 130
+        if isinstance(exc, AdaplerError) and not args.verbose:
+            print(f"adapler-export: error: {exc}", file=sys.stderr)
+            return 2
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -25,6 +25,7 @@ OUTPUT_MARKERS = {
     "checkpoint": "adapler_config.json",
     "artifact": "manifest.json",
     "repository": ".adapler-triton-repository",
+    "calibration report": "calibration.json",
 }
 
 

@@ -46,8 +46,8 @@ def cmd_calibrate(args) -> int:
                                reference=args.reference, data_dir=args.data_dir, samples=args.samples,
                                scales=args.scales, num_scales=args.num_scales, refine=not args.no_refine,
                                measure=args.measure, measure_samples=args.measure_samples,
-                               measure_repeats=args.repeats, threads=args.threads or 1, report_dir=args.report_dir,
-                               force=args.force).validate()
+                               measure_repeats=args.repeats, threads=1 if args.threads is None else args.threads,
+                               report_dir=args.report_dir, force=args.force).validate()
     _set_threads(args.threads)
     result = calibrate(args.ckpt, args.output, options, log=_log)
     if args.json:
@@ -70,6 +70,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from adapler_export.progress import progress
+
     from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
 
     options = QuantizeOptions(calib_samples=args.calib_samples, calib_split=args.calib_split,
@@ -77,10 +79,10 @@ def cmd_quantize(args) -> int:
                               symmetric_activations=args.symmetric, quantize_attention=args.quantize_attention,
                               quantize_ffn_out=args.quantize_ffn_out, quantize_outputs=args.quantize_outputs,
                               data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
-                              threads=args.threads or 1, tensorrt=args.tensorrt, max_batch=args.max_batch,
-                              max_seq=args.max_seq, force=args.force).validate()
+                              threads=1 if args.threads is None else args.threads, tensorrt=args.tensorrt,
+                              max_batch=args.max_batch, max_seq=args.max_seq, force=args.force).validate()
     _set_threads(args.threads)
-    result = quantize_artifact(args.artifact, args.output, options, ckpt=args.ckpt, log=_log)
+    result = quantize_artifact(args.artifact, args.output, options, ckpt=args.ckpt, log=_log, progress=progress)
     summary = quantize_summary(result)
     if args.json:
         print(json.dumps(summary, indent=2, default=_json_default))
@@ -97,8 +99,9 @@ def cmd_quantize(args) -> int:
     engines = summary["engines"]
     if engines["plans"]:
         print(f"TensorRT INT8 engines ({engines['flavor']} {engines['version']}): {', '.join(engines['plans'])}")
-    for kind, reason in engines["not_built"].items():
-        print(f"TensorRT {kind} engines not built: {reason}")
+    if args.tensorrt:
+        for kind, reason in engines["not_built"].items():
+            print(f"TensorRT INT8 {kind} engine(s) not built: {reason}")
     print(f"artifact: {result.path}")
     return 0
 

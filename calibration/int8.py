@@ -57,7 +57,7 @@ import numpy as np
 
 from adapler_export.chain import SCORES
 from adapler_export.errors import AdaplerError, ParityError
-from calibration.sweep import check_count
+from calibration.sweep import check_options
 
 CALIBRATION_METHODS = ("minmax", "minmax-moving-average")
 CALIBRATION_SPLITS = ("train", "dev")
@@ -95,16 +95,11 @@ class QuantizeOptions:
                                f"got {self.calibrate_method!r}")
         if self.calib_split not in CALIBRATION_SPLITS:
             raise AdaplerError(f"--calib-split must be one of {CALIBRATION_SPLITS}, got {self.calib_split!r}")
-        counts = [("--calib-samples", self.calib_samples, 1), ("calib_batch", self.calib_batch, 1),
-                  ("batch_size", self.batch_size, 1), ("bench_samples", self.bench_samples, 1),
-                  ("bench_repeats", self.bench_repeats, 1), ("--threads", self.threads, 1),
-                  ("--max-batch", self.max_batch, 1)]
-        counts += [(flag, value, 1) for flag, value in (("--samples", self.samples), ("--max-seq", self.max_seq))
-                   if value is not None]
-        for flag, value, low in counts:
-            check_count(flag, value, low)
-        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
-            raise AdaplerError(f"--data-dir {self.data_dir} is not a folder")
+        check_options([("--calib-samples", self.calib_samples, 1), ("calib_batch", self.calib_batch, 1),
+                       ("batch_size", self.batch_size, 1), ("bench_samples", self.bench_samples, 1),
+                       ("bench_repeats", self.bench_repeats, 1), ("--threads", self.threads, 1),
+                       ("--max-batch", self.max_batch, 1)],
+                      [("--samples", self.samples, 1), ("--max-seq", self.max_seq, 1)], self.data_dir)
         return self
 
 
@@ -407,20 +402,19 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             quantization=quantization)
         write_manifest(tmp, manifest)  # the int8 graphs are opened through the contract, like any artifact's
 
+        log(f"int8 parity against the PyTorch fp32 reference on {len(dev)} dev sentences")
         reference = _Recording(PyTorchBackend(model))
         with load_backend(tmp, kind="onnxruntime", check_files=False, device="cpu",
                           threads=options.threads) as int8_graphs:
             candidate = _Recording(int8_graphs, "onnxruntime-int8")
             report = compare_backends(reference, candidate, tokenizer, dev.texts, max_length, "int8",
                                       batch_size=options.batch_size, progress=progress)
-        log(report.table())
-        if not report.passed:
+        if not report.passed:  # the report is the result (QuantizeResult.parity); on failure, the diagnosis
+            log(report.table())
             raise ParityError(f"int8 parity failed ({'; '.join(report.failures)}); no artifact written")
         accuracy = {"examples": len(dev), "split": "dev", "fp32_reference": reference.accuracy(dev.labels),
                     "int8": candidate.accuracy(dev.labels)}
         accuracy["drop_points"] = (accuracy["fp32_reference"] - accuracy["int8"]) * 100
-        log(f"dev accuracy: fp32 reference {accuracy['fp32_reference'] * 100:.2f}%, int8 "
-            f"{accuracy['int8'] * 100:.2f}% ({len(dev)} examples)")
         quantization["accuracy"] = accuracy
         if options.bench:
             with OnnxRuntimeBackend(source.segment_paths(source_dir), specs, etas, "cpu", options.threads) as fp32, \
@@ -428,9 +422,6 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
                 bench = bench_chains(fp32, int8, tokenizer, dev.texts[: options.bench_samples], max_length,
                                      repeats=options.bench_repeats)
             quantization["speed"] = {**bench, "threads": options.threads}
-            log(f"speed (ONNX Runtime CPU, {options.threads} thread(s)): " + ", ".join(
-                f"{k}: fp32 {v['fp32_ms']:.2f} ms, int8 {v['int8_ms']:.2f} ms/sentence ({v['speedup']:.2f}x)"
-                for k, v in bench.items() if k.startswith("batch_")))
         parity = {"end_to_end": {"onnxruntime": report.to_dict()}, "not_run": {}, "accuracy": accuracy,
                   "speed": quantization["speed"]}
         if options.tensorrt:
@@ -445,7 +436,8 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
                 trt_candidate = _Recording(trt_graphs, "onnxruntime-int8-symmetric (TensorRT graphs)")
                 trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts, max_length,
                                               "int8", batch_size=options.batch_size)
-            log(trt_report.table())
+            log(f"TensorRT graphs via ONNX Runtime: label agreement {trt_report.label_agreement * 100:.2f}%, keep "
+                f"decisions flipped {trt_report.flip_rate * 100:.3f}%: {'passed' if trt_report.passed else 'FAILED'}")
             parity["tensorrt_graphs_via_onnxruntime"] = trt_report.to_dict()
             quantization["tensorrt_graphs"] = {"folder": f"onnx/{TENSORRT_GRAPHS}",
                                                "activations": "int8 symmetric (zero point 0)",
@@ -456,7 +448,6 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             else:  # engines from graphs that miss the int8 bounds would only fail `verify` on the GPU
                 reason = "the symmetric int8 graphs fail parity: " + "; ".join(trt_report.failures)
                 manifest.engines = EnginesRecord(not_built={"segments": reason, "single": reason})
-                log(f"TensorRT int8 engines not built: {reason}")
             if manifest.engines.segments:
                 parity["not_run"]["tensorrt"] = ("quantize runs the engines nowhere; on a machine with a CUDA GPU: "
                                                  f"adapler-export verify --artifact {out} --backend tensorrt")
@@ -464,7 +455,6 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
         manifest.parity = parity
         manifest.build_seconds = round(time.time() - started, 1)
         write_manifest(tmp, manifest)
-    log(f"int8 artifact written to {out}")
     return QuantizeResult(out, report, manifest)
 
 
@@ -483,7 +473,6 @@ def build_int8_engines(artifact_dir: Path, graphs_dir: Path, specs, max_batch: i
     try:
         trt, flavor = import_tensorrt()
     except AdaplerError as exc:
-        log(f"TensorRT INT8 engines not built: {exc}")
         return EnginesRecord(not_built={"segments": str(exc), "single": single})
     record = EnginesRecord(flavor=flavor, version=str(trt.__version__), not_built={"single": single})
     log(f"building {len(specs)} INT8 segment engines from the QDQ graphs with {flavor} {trt.__version__}")
@@ -495,7 +484,6 @@ def build_int8_engines(artifact_dir: Path, graphs_dir: Path, specs, max_batch: i
         except AdaplerError as exc:  # recorded: a partial set of engines is of no use to the tensorrt backend
             shutil.rmtree(artifact_dir / Path(plan).parent, ignore_errors=True)
             reason = f"{spec.file_name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            log(f"TensorRT INT8 engines not built: {reason}")
             return EnginesRecord(flavor=flavor, version=record.version, not_built={"segments": reason,
                                                                                     "single": single})
         record.segments.append({"plan_path": plan, "onnx_path": onnx_path.relative_to(artifact_dir).as_posix(),

@@ -335,27 +335,15 @@ def write_derived_checkpoint(source: Path, output: Path, eta: list, record: dict
     return output
 
 
-def check_report_dir(folder: Path, source: Path, force: bool = False) -> None:
-    """Where a target-free sweep writes its report folder, by the rules of `adapler_export.storage`: never
-    over or inside the checkpoint, never over a folder that is not an earlier report, over an earlier
-    report only with `force`."""
-    folder, source = Path(folder).resolve(), Path(source).resolve()
-    if folder == source or source in folder.parents or folder in source.parents:
-        raise AdaplerError(f"report folder {folder} overlaps the checkpoint {source}; choose another --report-dir")
-    if folder.exists() and not folder.is_dir():
-        raise AdaplerError(f"report folder {folder} exists and is not a folder; choose another --report-dir")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (folder / REPORT_FILE).is_file():
-            raise AdaplerError(f"report folder {folder} is a non-empty folder that is not a calibration report; "
-                               "refusing to replace it (choose another --report-dir)")
-        if not force:
-            raise AdaplerError(f"calibration report {folder} already exists; pass --force to replace it")
-
-
 # ----- the whole calibration ----------------------------------------------------------------------------------
-def check_count(flag: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise AdaplerError(f"{flag} must be an integer >= {low}, got {value!r}")
+def check_options(counts, optional_counts=(), data_dir=None) -> None:
+    """The option checks calibrate and quantize share: (flag, value, lowest) integers (`optional_counts`:
+    None = not given) and an existing --data-dir."""
+    for flag, value, low in list(counts) + [c for c in optional_counts if c[1] is not None]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise AdaplerError(f"{flag} must be an integer >= {low}, got {value!r}")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise AdaplerError(f"--data-dir {data_dir} is not a folder")
 
 
 def _finite(value) -> bool:
@@ -399,19 +387,14 @@ class CalibrateOptions:
         if self.has_target and self.report_dir is not None:
             raise AdaplerError("--report-dir is for sweeps without a target; with a target the report goes into "
                                f"the calibrated checkpoint's {CALIBRATION_SUBDIR}/ folder")
-        counts = [("--num-scales", self.num_scales, 3), ("--measure-samples", self.measure_samples, 1),
-                  ("--repeats", self.measure_repeats, 1), ("--threads", self.threads, 1),
-                  ("batch_size", self.batch_size, 1), ("refine_passes", self.refine_passes, 1)]
-        if self.samples is not None:
-            counts.append(("--samples", self.samples, 1))
-        for flag, value, low in counts:
-            check_count(flag, value, low)
+        check_options([("--num-scales", self.num_scales, 3), ("--measure-samples", self.measure_samples, 1),
+                       ("--repeats", self.measure_repeats, 1), ("--threads", self.threads, 1),
+                       ("batch_size", self.batch_size, 1), ("refine_passes", self.refine_passes, 1)],
+                      [("--samples", self.samples, 1)], self.data_dir)
         if self.scales is not None and (not self.scales or not all(_finite(s) and s >= 0 for s in self.scales)):
             raise AdaplerError(f"--scales must be numbers >= 0 (0 = no removal), got {self.scales!r}")
         if not self.multipliers or not all(_finite(m) and m > 0 for m in self.multipliers):
             raise AdaplerError(f"refinement multipliers must be positive numbers, got {self.multipliers!r}")
-        if self.data_dir is not None and not Path(self.data_dir).expanduser().is_dir():
-            raise AdaplerError(f"--data-dir {self.data_dir} is not a folder")
         return self
 
 
@@ -510,7 +493,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         out_ckpt = None
         report_dir = Path(options.report_dir).expanduser().resolve() if options.report_dir else \
             resolve_output_dir(source.name, "calibration")
-        check_report_dir(report_dir, source, options.force)
+        check_output_dir(report_dir, "calibration report", options.force, [source])
 
     ckpt = load_checkpoint(source)
     model, config = ckpt.model, ckpt.config
@@ -592,7 +575,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
                                  metrics=metrics, extra_files=lambda tmp: write_report(tmp / CALIBRATION_SUBDIR),
                                  force=options.force)
     else:
-        check_report_dir(report_dir, source, options.force)  # again: the sweep took a while
+        check_output_dir(report_dir, "calibration report", options.force, [source])  # again: the sweep took a while
         with atomic_directory(report_dir) as tmp:
             write_report(tmp)
     return CalibrationResult(record, points, chosen, out_ckpt, report_dir, files)

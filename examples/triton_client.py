@@ -10,6 +10,11 @@ then::
 
     python examples/triton_client.py --url 127.0.0.1:PORT "a gorgeous, witty, seductive movie."
     python examples/triton_client.py --url 127.0.0.1:PORT --protocol grpc --file texts.txt --json
+
+As with `adapler-export predict --file`, every line of the file is a text, blank ones included (result N is
+line N): a blank or whitespace-only line comes back flagged ``empty_input`` (its label is the model's
+prior, not a reading) and is marked ``(empty input)`` here; a text cut to the model's length is marked
+``(truncated)``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,20 @@ import argparse
 import json
 import sys
 
+from adapler_export.data import read_texts
+from adapler_export.errors import AdaplerError
 from adapler_export.serving.client import AdaplerClient
+
+
+def describe(text: str, result: dict) -> list:
+    """The human-readable lines for one result."""
+    flags = [name for name, on in (("empty input", result["empty_input"]), ("truncated", result["truncated"]))
+             if on]
+    probs = " ".join(f"{p:.3f}" for p in result["probabilities"])
+    lines = [f"{result['label']:<10} [{probs}]  {text!r}" + "".join(f"  ({flag})" for flag in flags)]
+    for layer, kept in enumerate(result["kept_tokens"]):
+        lines.append(f"    layer {layer}: {len(kept):3d}/{len(result['tokens'])} kept  {' '.join(kept)}")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -27,28 +45,28 @@ def main(argv=None) -> int:
     p.add_argument("--url", default="127.0.0.1:8000", help="host:port of the server (HTTP or gRPC port)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
     p.add_argument("--model", default="adapler_text")
-    p.add_argument("--file", help="one text per line")
+    p.add_argument("--file", help="one text per line (blank lines are texts too, flagged empty_input)")
     p.add_argument("--json", action="store_true", help="print the full results as JSON lines")
     args = p.parse_args(argv)
-    texts = list(args.texts)
-    if args.file:
-        with open(args.file, encoding="utf-8") as f:
-            texts += [line.rstrip("\n") for line in f if line.strip()]
+    try:
+        texts = list(args.texts) + (read_texts(args.file) if args.file else [])
+    except AdaplerError as exc:  # missing or non-UTF-8 file: one line
+        p.error(str(exc))
     if not texts:
         p.error("give texts or --file")
     with AdaplerClient(args.url, args.protocol, args.model) as client:
         if not client.is_ready():
             print(f"server at {args.url} ({args.protocol}) or model {args.model} is not ready", file=sys.stderr)
             return 1
-        for text, result in zip(texts, client.classify(texts)):
-            if args.json:
-                print(json.dumps({"text": text, **result}, ensure_ascii=False))
-                continue
-            probs = " ".join(f"{p:.3f}" for p in result["probabilities"])
-            print(f"{result['label']:<10} [{probs}]  {text}")
-            rationale = result["kept_tokens"]
-            for layer, kept in enumerate(rationale["kept_tokens"]):
-                print(f"    layer {layer}: {len(kept):3d}/{len(rationale['tokens'])} kept  {' '.join(kept)}")
+        results = client.classify(texts)
+    for number, (text, result) in enumerate(zip(texts, results), start=1):
+        if result["empty_input"]:
+            print(f"warning: text {number} is empty: its label is the model's prior, not a prediction",
+                  file=sys.stderr)
+        if args.json:
+            print(json.dumps({"text": text, **result}, ensure_ascii=False))
+        else:
+            print("\n".join(describe(text, result)))
     return 0
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tiny_models import make_tiny_checkpoint, tiny_model  # noqa: F401 (tests import tiny_model from here)
+
 REPO = Path(__file__).resolve().parents[1]
 SST2_DIR = REPO.parent / "shared" / "data" / "sst2"
 
@@ -23,46 +25,9 @@ CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epoch
                "stage3.lambda_base": 50.0, "stage3.lambda_mult": 50.0}
 
 
-TINY_WORDS = ("the a film movie good bad great boring it is not very and of to was this that with "
-              "charming dull fun awful plot acting story").split()
-
-
-def tiny_tokenizer(max_length: int = 64):
-    """A BERT WordPiece tokenizer over a small vocabulary (no download)."""
-    from transformers import BertTokenizerFast
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *"abcdefghijklmnopqrstuvwxyz0123456789",
-             *("##" + c for c in "abcdefghijklmnopqrstuvwxyz"), *".,'!?-:;()\"&"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(vocab))}
-    return BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=max_length)
-
-
-def tiny_model(seed: int = 0, eta: float = 0.6, vocab_size: int = 200, layers: int = 3, cp_gain: float = 40.0):
-    """A randomly initialised BERT AdapLeR model whose CPs are opinionated enough to really drop tokens."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config), eta_init=eta)
-    with torch.no_grad():
-        for cp in model.cps:
-            cp.dense_out.weight.mul_(cp_gain)
-    return model.eval()
-
-
 def save_tiny_checkpoint(path: Path, seed: int = 0, eta: float = 0.6, layers: int = 3) -> Path:
-    """A complete AdapLeR checkpoint folder of a tiny random model (seconds to export and build)."""
-    from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, save_checkpoint
-
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(seed, eta, vocab_size=len(tokenizer), layers=layers)
-    config = AdapLeRConfig(backbone="tiny-random-bert", num_layers=layers, hidden_size=32,
-                           labels=["negative", "positive"], max_length=64, task="sst2")
-    return save_checkpoint(Checkpoint(model, tokenizer, config), path)
+    """A tiny random model whose CPs are opinionated enough to drop many tokens (tests/tiny_models.py)."""
+    return make_tiny_checkpoint(path, seed=seed, layers=layers, eta=eta, cp_gain=40.0)
 
 
 @pytest.fixture(scope="session")

@@ -21,78 +21,10 @@ import os
 import pathlib
 import shutil
 
-FAIL_MARKER = "explode"
+from tiny_models import (FAIL_MARKER, TINY_ETAS, TINY_MAX_LENGTH, make_tiny_artifact,  # noqa: F401 (used by tests)
+                         make_tiny_checkpoint)
+
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
-SST2_DIR = TESTS_DIR.parents[0].parent / "shared" / "data" / "sst2"
-TINY_MAX_LENGTH = 48
-TINY_ETAS = (1.0, 1.0)  # high enough that random contribution predictors drop tokens at every link
-
-_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORDS = ("the a an and or but not no it 's is was be this that of to in on for with as at by from film "
-          "movie story good great bad best worst fun funny dull boring charming witty moving love bleak "
-          "desperate gorgeous seductive journey often affecting performance characters director one all "
-          "more most too very so than just like even if about " + FAIL_MARKER).split()
-_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()\"")
-
-
-def tiny_vocab() -> list:
-    """Special tokens, some whole words, and every character alone and as a continuation (##c), so that
-    any ASCII word tokenizes without [UNK]."""
-    return list(dict.fromkeys(_SPECIAL + _WORDS + _CHARS + ["##" + c for c in _CHARS]))
-
-
-def make_tiny_tokenizer(scratch: pathlib.Path):
-    """A lower-casing BERT WordPiece tokenizer over :func:`tiny_vocab` (``scratch``: for transformers 4,
-    which builds it from a vocab.txt file)."""
-    from transformers import BertTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(tiny_vocab())}
-    try:  # transformers 5 builds the WordPiece model from a dict
-        tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=TINY_MAX_LENGTH)
-    except (TypeError, ValueError):  # transformers 4: from a vocab file
-        scratch.mkdir(parents=True, exist_ok=True)
-        (scratch / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizerFast(vocab_file=str(scratch / "vocab.txt"), do_lower_case=True,
-                                      model_max_length=TINY_MAX_LENGTH)
-    if tokenizer.convert_tokens_to_ids(FAIL_MARKER) != vocab[FAIL_MARKER]:
-        raise RuntimeError("the tiny tokenizer did not take the tiny vocabulary")
-    return tokenizer
-
-
-def make_tiny_checkpoint(output, seed: int = 0) -> pathlib.Path:
-    """Write a tiny real AdapLeR checkpoint to ``output`` (a path) and return it."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, save_checkpoint
-    from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
-
-    output = pathlib.Path(output)
-    scratch = output.parent / f".{output.name}-vocab"
-    tokenizer = make_tiny_tokenizer(scratch)
-    torch.manual_seed(seed)
-    labels = ["negative", "positive"]
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
-                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
-    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config)).eval()
-    with torch.no_grad():
-        model.eta.copy_(torch.tensor(TINY_ETAS))
-    adapler_config = AdapLeRConfig(backbone="tiny-random-bert", num_layers=model.num_layers,
-                                   hidden_size=config.hidden_size, labels=labels, max_length=TINY_MAX_LENGTH,
-                                   task="sst2")
-    save_checkpoint(Checkpoint(model, tokenizer, adapler_config), output)
-    shutil.rmtree(scratch, ignore_errors=True)
-    return output
-
-
-def make_tiny_artifact(checkpoint, output, samples: int = 32) -> pathlib.Path:
-    """Build the checkpoint into an fp32 ONNX Runtime artifact (parity on ``samples`` SST-2 dev texts)."""
-    from adapler_export.build import BuildOptions, build_artifact
-
-    result = build_artifact(str(checkpoint), str(output), BuildOptions(samples=samples, data_dir=str(SST2_DIR)),
-                            log=lambda message: None)
-    return pathlib.Path(result.path)
 
 
 def with_single_engine_record(artifact, output, max_batch: int = 8) -> pathlib.Path:

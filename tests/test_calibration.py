@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from adapler_export.errors import AdaplerError
+from adapler_export.storage import check_output_dir
 from adapler_export.tolerances import Tolerances
-from calibration.sweep import (CalibrateOptions, SweepPoint, check_report_dir, default_scales, format_table,
+from calibration.sweep import (CalibrateOptions, SweepPoint, default_scales, format_table,
                                mark_pareto, objective, refine_per_layer, reference_accuracy, scaled_eta,
                                select_point, temporary_eta, write_derived_checkpoint)
 
@@ -171,22 +172,26 @@ def test_derived_checkpoint_never_replaces_what_is_not_an_earlier_output(tmp_pat
 
 
 def test_report_dir_rules(tmp_path):
+    """A target-free sweep's report folder follows storage's output rules, as a "calibration report"."""
+    def check(folder, force=False):
+        check_output_dir(folder, "calibration report", force, inputs=[src])
+
     src = tmp_path / "ckpt"
     src.mkdir()
-    check_report_dir(tmp_path / "fresh", src)  # a new folder: fine
-    with pytest.raises(AdaplerError, match="overlaps the checkpoint"):
-        check_report_dir(src / "calibration", src)
+    check(tmp_path / "fresh")  # a new folder: fine
+    with pytest.raises(AdaplerError, match="overlaps the input"):
+        check(src / "calibration")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "paper.tex").write_text("x")
-    with pytest.raises(AdaplerError, match="not a calibration report"):
-        check_report_dir(mine, src, force=True)
+    with pytest.raises(AdaplerError, match="not an adapler-export calibration report"):
+        check(mine, force=True)
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "calibration.json").write_text("{}")
     with pytest.raises(AdaplerError, match="--force"):
-        check_report_dir(earlier, src)
-    check_report_dir(earlier, src, force=True)
+        check(earlier)
+    check(earlier, force=True)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -210,7 +215,8 @@ def test_options_are_checked_before_any_work(options, message):
 
 
 @pytest.mark.parametrize("args", [["--target-speedup", "0"], ["--target-speedup", "-1"],
-                                  ["--max-accuracy-drop", "-2"], ["--samples", "0"], ["--scales", "1,-1"]],
+                                  ["--max-accuracy-drop", "-2"], ["--samples", "0"], ["--scales", "1,-1"],
+                                  ["--threads", "0"]],
                          ids=lambda a: " ".join(a))
 def test_calibrate_cli_refuses_bad_arguments_at_once(args, capsys):
     """A bad argument is one line and exit 2 before anything is loaded: the checkpoint named here does not
@@ -386,6 +392,23 @@ def test_calibrate_cli_writes_derived_checkpoint_and_leaves_the_original(ci_chec
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists; pass --force" in err[0]
     assert (out / "calibration" / "calibration.json").is_file()
+
+
+@pytest.mark.slow
+def test_calibrate_reads_only_the_dev_split(ci_checkpoint, tmp_path, capsys):
+    """A malformed train.tsv does not block calibrate: only dev.tsv is read."""
+    import shutil
+
+    from adapler_export.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(sst2_dir() / "dev.tsv", data / "dev.tsv")
+    (data / "train.tsv").write_text("sentence\tlabel\nbroken row without a label\n")
+    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--data-dir", str(data), "--samples", "8", "--scales",
+               "0,1", "--report-dir", str(tmp_path / "report")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "report" / "calibration.json").read_text())["data"]["examples"] == 8
 
 
 @pytest.mark.slow

@@ -114,7 +114,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     assert want.keys() == got.keys()
     for key in want:
         assert torch.equal(want[key], got[key]), key
-    assert loaded.config.eta == [float(v) for v in model.eta]
+    assert loaded.config.eta == [float(v) for v in model.eta.detach()]
     assert not list(tmp_path.glob(".ckpt.tmp-*")), "no temp directory left behind"
 
 

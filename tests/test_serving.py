@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import serving_fixtures as F  # noqa: E402
+from conftest import SST2_DIR  # noqa: E402
 from adapler_export.artifact import ManifestError, read_manifest  # noqa: E402
 from adapler_export.data import read_texts  # noqa: E402
 from adapler_export.errors import AdaplerError  # noqa: E402
@@ -46,7 +48,7 @@ from adapler_export.serving.server import TritonServer, TritonServerError, find_
 from adapler_export.serving.tokenization import encode  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SST2_DEV = F.SST2_DIR / "dev.tsv"
+SST2_DEV = SST2_DIR / "dev.tsv"
 MARKER_FACTORY = "serving_fixtures:load_marker_failing_backend"
 MAX_BATCH = 16
 ONE_MIB = 1 << 20
@@ -73,7 +75,7 @@ def _parser():
 def tiny_home(tmp_path_factory):
     """An $ADAPLER_HOME with checkpoints/tiny and artifacts/tiny (built and parity-checked for real)."""
     if not SST2_DEV.is_file():
-        pytest.skip(f"SST-2 data not found at {F.SST2_DIR}")
+        pytest.skip(f"SST-2 data not found at {SST2_DIR}")
     home = tmp_path_factory.mktemp("tiny-home")
     checkpoint = F.make_tiny_checkpoint(home / "checkpoints" / "tiny")
     F.make_tiny_artifact(checkpoint, home / "artifacts" / "tiny")
@@ -196,7 +198,7 @@ def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
     assert ens.platform == "ensemble"
     assert [s.model_name for s in ens.ensemble_scheduling.step] == [C.TOKENIZER_MODEL, C.PLAN_MODEL]
     assert {t.name for t in ens.output} == set(outs) | {C.EMPTY_INPUT}
-    assert (repo / "plugins" / C.PLUGIN_LIB).is_file()
+    assert (repo / "plugins" / R.PLUGIN_LIB).is_file()
     cmd = (f"tritonserver --model-repository={repo.resolve()} "
            f"--backend-config=tensorrt,plugins={repo.resolve()}/plugins/libadapler_plugins.so")
     assert cmd in (repo / "README.md").read_text() and info.tritonserver_command == cmd
@@ -623,7 +625,29 @@ def test_tiny_server_tokenizer_model(tiny_server, tiny_classifier, protocol):
         client.close()
 
 
-def test_tiny_server_stubs_import_no_torch(tiny_server):
+def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
+    """examples/triton_client.py --file: line N is result N, blank lines flagged like `predict --file`."""
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    try:
+        import triton_client
+    finally:
+        sys.path.remove(str(REPO_ROOT / "examples"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a charming film .\n\n   \na dull one .\n", encoding="utf-8")
+    assert triton_client.main(["--url", tiny_server.http_url, "--file", str(texts), "--json"]) == 0
+    out, err = capsys.readouterr()
+    results = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in results] == ["a charming film .", "", "   ", "a dull one ."]
+    assert [r["empty_input"] for r in results] == [False, True, True, False]
+    assert err.count("is empty") == 2 and "text 2 is empty" in err
+    assert triton_client.main(["--url", tiny_server.http_url, "--file", str(texts)]) == 0
+    assert capsys.readouterr().out.count("(empty input)") == 2
+
+
+def test_tiny_server_model_setup(tiny_server):
+    """The model says in the server log which backend `auto` chose and why, and its stubs hold no torch."""
+    log = tiny_server.log_tail(500000)
+    assert re.search(r"adapler_text: backend: onnxruntime \(.+\)", log)  # the choice and its reason
     _assert_stubs_import_no_torch(tiny_server)
 
 

@@ -132,8 +132,8 @@ def choose_backend(manifest) -> tuple:
     """(kind, reason) for `auto`: TensorRT segment engines where the artifact has them and a CUDA GPU is
     here; ONNX Runtime otherwise."""
     if not manifest.engines.segments:
-        reason = manifest.engines.not_built.get("segments", "the artifact has no TensorRT engines")
-        return "onnxruntime", reason
+        why = manifest.engines.not_built.get("segments")
+        return "onnxruntime", "the artifact has no TensorRT engines" + (f": {why}" if why else "")
     if not cuda_device_available():
         return "onnxruntime", "the artifact has TensorRT engines but this machine has no CUDA GPU"
     return "tensorrt", "TensorRT segment engines and a CUDA GPU are present"

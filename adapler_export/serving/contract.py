@@ -18,7 +18,6 @@ TEXT_MODEL = "adapler_text"
 PLAN_MODEL = "adapler_plan"
 TOKENIZER_MODEL = "adapler_tokenizer"
 ENSEMBLE_MODEL = "adapler_ensemble"
-PLUGIN_LIB = "libadapler_plugins.so"
 
 TEXT_INPUT = "TEXT"
 TRUNCATED = "TRUNCATED"

@@ -42,8 +42,9 @@ from typing import Iterable, Sequence
 from ..artifact import Manifest, open_artifact
 from ..errors import AdaplerError
 from ..storage import OUTPUT_MARKERS, atomic_directory
-from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, PLAN_MODEL, PLUGIN_LIB, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS,
-                       TOKENIZER_MODEL, TOKENIZER_OUTPUTS)
+from ..engines import PLUGIN_LIBRARY as PLUGIN_LIB
+from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, PLAN_MODEL, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS, TOKENIZER_MODEL,
+                       TOKENIZER_OUTPUTS)
 
 _HERE = pathlib.Path(__file__).resolve().parent
 REPOSITORY_MARKER = OUTPUT_MARKERS["repository"]
