@@ -72,7 +72,8 @@ class Manifest:
     precision: str
     opset: int
     segments: list  # SegmentSpec.to_dict() per segment 0..L
-    single_graph: dict  # {"file", "link_op", "outputs"}
+    single_graph: dict  # {"file", "link_op", "outputs"}: links as adapler::TokenCompact (full TensorRT + plugin)
+    one_graph: dict | None = None  # {"file", "outputs"}: the whole model in standard ONNX ops; None: not built
     engines: EnginesRecord = field(default_factory=EnginesRecord)
     tools: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)  # form ("onnxruntime", "polygraphy_segments", ...) -> report

@@ -1,7 +1,7 @@
 """`build`: checkpoint -> verified deployable artifact (../shared/DESIGN.md §3, docs/INTERFACES.md).
 
-Steps: export the segments (validated one by one), join them into single.onnx with link nodes, save the
-tokenizer, build TensorRT engines where asked, check every segment with polygraphy, write the manifest
+Steps: export the segments (validated one by one), join them into single.onnx with link nodes and into
+model.onnx (the whole model in standard ONNX ops, validated against the chain), save the tokenizer, build TensorRT engines where asked, check every segment with polygraphy, write the manifest
 (the contract, with every file's digest), then run end-to-end parity against the PyTorch reference for
 every backend kind the artifact has and this machine can run (the others are named, with the reason).
 Everything happens in a temporary folder renamed into place only when parity passes: a failed build
@@ -21,10 +21,11 @@ from .checkpoint import checkpoint_digest, load_checkpoint
 from .data import parity_texts
 from .errors import AdaplerError, BackendUnavailable, ParityError
 from .evaluation import encode
+from .onnx_graph import build_one_graph
 from .parity import (ParityReport, Tolerances, artifact_backend_kinds, capture_segment_io, compare_backends,
                      polygraphy_segment_check)
 from .segments import LINK_DOMAIN, LINK_OP, build_single_graph, export_segments
-from .specs import OPSET
+from .specs import OPSET, model_output_names
 from .storage import atomic_directory, check_output_dir, resolve_output_dir
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -87,6 +88,8 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
         log(f"exporting {model.num_layers + 1} segments ({options.precision}) from {ckpt.path}")
         specs = export_segments(model, onnx_dir, options.precision, progress=progress)
         build_single_graph(onnx_dir, specs, etas, onnx_dir / "single.onnx")
+        log("joining segments and links into one standard-ONNX graph (onnx/model.onnx)")
+        one_graph = build_one_graph(onnx_dir, specs, etas)
         ckpt.tokenizer.save_pretrained(tmp / "tokenizer")
 
         engines = EnginesRecord(not_built={"segments": "not asked for (build --backend tensorrt)",
@@ -112,7 +115,8 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
             num_layers=model.num_layers, hidden_size=model.config.hidden_size, eta=etas,
             precision=options.precision, opset=OPSET, segments=[s.to_dict() for s in specs],
             single_graph={"file": "single.onnx", "link_op": f"{LINK_DOMAIN}::{LINK_OP}",
-                          "outputs": ["logits"] + [f"kept_positions_{k}" for k in range(model.num_layers)]},
+                          "outputs": model_output_names(model.num_layers)},
+            one_graph={"file": one_graph.relative_to(tmp).as_posix(), "outputs": model_output_names(model.num_layers)},
             engines=engines, tools=tool_versions())
         write_manifest(tmp, manifest)  # the backends open the folder through the contract
 

@@ -11,7 +11,8 @@ Method details follow ../shared/ADAPLER_METHOD.md (the paper's official code):
 - CP_l scores the tokens *entering* layer l (CP_0 scores the embedding output);
 - s~ = softmax of the CP logits over live tokens ([CLS] forced live), threshold delta_l = eta_l / n with
   n the live count ([CLS] included), keep iff s~ >= delta, [CLS] always kept, [SEP] droppable;
-- soft removal multiplies the running mask by exp(e) and adds log(mask) to the attention logits.
+- soft removal (training) updates the running mask as mask * exp(mask * e) and adds the same
+  mask * e to the attention logits of each key (the official layer code).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def cp_distribution(cp_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 
 def soft_removal_exponent(scores: torch.Tensor, delta: torch.Tensor, lam: float) -> torch.Tensor:
-    """e <= 0: the log of the factor that soft removal multiplies the mask by (ADAPLER_METHOD.md).
+    """e <= 0: the log-space suppression of each token at one layer (ADAPLER_METHOD.md).
 
     e = clip(min(0, lam/delta*(s - delta) - beta/lam, (s - 1)*beta/(lam*(1 - delta))), -10000, 0).
     Above delta the slope is gentle (tokens barely touched), below it steep (suppressed harder as lam grows).
@@ -76,6 +77,27 @@ def soft_removal_exponent(scores: torch.Tensor, delta: torch.Tensor, lam: float)
     e = torch.minimum(torch.minimum(below, above), torch.zeros_like(scores))
     e = e.clamp(ATTENTION_MASK_VALUE, 0.0)
     return torch.cat([torch.zeros_like(e[:, :1]), e[:, 1:]], dim=1)  # [CLS] is never suppressed
+
+
+SOFT_MASK_FLOOR = 1e-6  # below this a token counts as gone: its mask is no longer updated (official code)
+
+
+def soft_mask_update(mask: torch.Tensor, exponent: torch.Tensor) -> tuple:
+    """One layer of soft removal: returns (new mask, the edit added to the attention logits).
+
+    The edit is the exponent scaled by the current soft mask, mask * e, and the running mask becomes
+    mask * exp(mask * e): a token already half gone is pushed out more gently, and a token whose mask is
+    at or below SOFT_MASK_FLOOR (gone, or padding) keeps its mask (the official layer code).
+    """
+    edit = mask * exponent
+    alive = mask > SOFT_MASK_FLOOR
+    return torch.where(alive, mask * torch.exp(edit), mask), edit
+
+
+def scale_cls(distribution: torch.Tensor, weight) -> torch.Tensor:
+    """The distribution with its [CLS] entry multiplied by `weight`, renormalised to sum 1 (theta's role)."""
+    scaled = torch.cat([distribution[:, :1] * weight, distribution[:, 1:]], dim=1)
+    return scaled / (scaled.sum(dim=-1, keepdim=True) + 1e-15)
 
 
 def attention_bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -112,10 +134,9 @@ def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) ->
 @dataclass
 class SoftOutput:
     logits: torch.Tensor
-    scores: list  # s~ per layer, [B,S]
-    kl_scores: list  # s~ computed with a detached mask (the KL term must not train eta through the mask)
-    masks: list  # effective mask entering each layer's CP, [B,S] (soft)
-    lengths: list  # differentiable live length each layer runs on, [B] (the length loss)
+    scores: list  # s~ per layer, [B,S], the distribution compared with delta (and fitted to the targets)
+    masks: list  # soft mask entering each layer (its CP and its delta), [B,S]; [CLS] is 1
+    lengths: list  # per layer: soft live count after its removal, [CLS] and [SEP] included, [B] (differentiable)
 
 
 @dataclass
@@ -185,23 +206,32 @@ class AdapLeRForSequenceClassification(nn.Module):
             hidden = encoder_layer(layer, hidden, bias)
         return self.head(hidden)
 
-    def forward_soft(self, input_ids, attention_mask, lam: float) -> SoftOutput:
-        """Training forward: tokens are suppressed smoothly; the sequence length never changes."""
+    def forward_soft(self, input_ids, attention_mask, lam: float, cls_weights: torch.Tensor | None = None) -> \
+            SoftOutput:
+        """Training forward: tokens are suppressed smoothly; the sequence length never changes.
+
+        Everything is differentiable: eta_l acts through delta_l = eta_l / n on layer l's mask, and that
+        mask feeds every later layer's attention, CP distribution, n and length. `cls_weights` [L] is the
+        CP-side [CLS] weight (the official theta_PR: ones, used only to read the gradient theta learns
+        from; layer l uses cls_weights[l], layer 0 none).
+        """
         hidden = self.embed(input_ids)
         mask = attention_mask.to(torch.float32)
-        out = SoftOutput(None, [], [], [], [])
+        bias = attention_bias_from_mask(mask, torch.float32)
+        out = SoftOutput(None, [], [], [])
         for index, layer in enumerate(self.layers):
-            cp_logits = self.cps[index](hidden)
-            scores = cp_distribution(cp_logits, mask)
+            scores = cp_distribution(self.cps[index](hidden), mask)
+            if cls_weights is not None and index > 0:
+                scores = scale_cls(scores, cls_weights[index].clamp_min(THETA_MIN))
             n = with_cls_live(mask).sum(dim=-1, keepdim=True)  # soft live count, [CLS] included
-            delta = self.eta[index] / n
-            exponent = soft_removal_exponent(scores, delta, lam)
+            exponent = soft_removal_exponent(scores, self.eta[index] / n, lam)
             out.scores.append(scores)
-            out.kl_scores.append(cp_distribution(cp_logits, mask.detach()))
             out.masks.append(mask)
-            mask = mask * torch.exp(exponent)
+            mask, edit = soft_mask_update(mask, exponent)
             out.lengths.append(mask.sum(dim=-1))
-            hidden = encoder_layer(layer, hidden, attention_bias_from_mask(mask, hidden.dtype))
+            # The attention bias accumulates the edits (log of the mask while it is above the floor).
+            bias = (bias + edit[:, None, None, :]).clamp_min(ATTENTION_MASK_VALUE)
+            hidden = encoder_layer(layer, hidden, bias.to(hidden.dtype))
         out.logits = self.head(hidden)
         return out
 

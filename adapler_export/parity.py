@@ -241,9 +241,9 @@ class VerifyResult:
 
 
 def artifact_backend_kinds(manifest) -> list:
-    """Every backend kind that can run this artifact somewhere: ONNX Runtime always, TensorRT kinds where
-    the artifact has their engines."""
-    kinds = ["onnxruntime"]
+    """Every backend kind that can run this artifact somewhere: ONNX Runtime always (and on the one graph
+    where the artifact has it), TensorRT kinds where the artifact has their engines."""
+    kinds = ["onnxruntime"] + (["onnxruntime-graph"] if manifest.one_graph else [])
     if manifest.engines.segments:
         kinds.append("tensorrt")
     if manifest.engines.single:

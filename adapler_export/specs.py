@@ -11,6 +11,20 @@ from dataclasses import dataclass
 OPSET = 17
 PRECISIONS = ("fp32", "fp16")
 
+# The whole-model forms (single.onnx with custom link nodes, model.onnx in standard ops) share their I/O:
+MODEL_INPUTS = ("input_ids", "attention_mask")
+LOGITS = "logits"
+ETA_METADATA = "adapler.eta"  # model metadata: the thresholds a whole-model graph was built with
+
+
+def kept_output(k: int) -> str:
+    """The whole-model graph output holding link k's kept positions."""
+    return f"kept_positions_{k}"
+
+
+def model_output_names(num_links: int) -> list:
+    return [LOGITS] + [kept_output(k) for k in range(num_links)]
+
 
 @dataclass
 class SegmentSpec:

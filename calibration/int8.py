@@ -346,7 +346,9 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
     from adapler_export.build import tool_versions
     from adapler_export.checkpoint import checkpoint_digest, load_checkpoint
     from adapler_export.parity import compare_backends
+    from adapler_export.onnx_graph import build_one_graph
     from adapler_export.segments import build_single_graph
+    from adapler_export.specs import model_output_names
     from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
 
     options = (options or QuantizeOptions()).validate()
@@ -380,6 +382,12 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             log(f"  {spec.file_name}: {info['status']}, {len(info['quantized_nodes'])} MatMul int8, "
                 f"{len(info['excluded'])} kept fp32")
         build_single_graph(onnx_dir, specs, etas, onnx_dir / "single.onnx")
+        try:  # the one graph of the int8 segments (standard QDQ ops); a graph it cannot join is named, not fatal
+            one_graph = {"file": build_one_graph(onnx_dir, specs, etas).relative_to(tmp).as_posix(),
+                         "outputs": model_output_names(len(etas))}
+        except AdaplerError as exc:
+            one_graph = None
+            log(f"one graph (onnx/model.onnx) not built for the int8 segments: {exc}")
         shutil.copytree(source_dir / "tokenizer", tmp / "tokenizer")
         quantization = {
             "tool": "onnxruntime.quantization.quantize_static", "onnxruntime": onnxruntime.__version__,
@@ -398,7 +406,8 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
         manifest = dataclasses.replace(
             source, checkpoint={"path": str(checkpoint.path), "digest": digest}, precision="int8",
             engines=EnginesRecord(not_built={"segments": not_asked, "single": not_asked}), tools=tool_versions(),
-            parity={}, files={}, derived_from={"path": str(source_dir), "precision": source.precision},
+            parity={}, files={}, one_graph=one_graph,
+            derived_from={"path": str(source_dir), "precision": source.precision},
             quantization=quantization)
         write_manifest(tmp, manifest)  # the int8 graphs are opened through the contract, like any artifact's
 

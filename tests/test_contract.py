@@ -45,7 +45,8 @@ def test_every_chain_backend_equals_the_reference_forward(tiny_artifact, tiny_ch
     ids, mask = enc["input_ids"], enc["attention_mask"]
     reference = PyTorchBackend(ckpt.model).run(ids, mask)
     assert any(k.shape[1] < ids.shape[1] for k in reference.kept), "the tiny model must really drop tokens"
-    for backend in (load_backend(tiny_artifact, "onnxruntime"), PyTorchSegmentsBackend(ckpt.model)):
+    for backend in (load_backend(tiny_artifact, "onnxruntime"), load_backend(tiny_artifact, "onnxruntime-graph"),
+                    PyTorchSegmentsBackend(ckpt.model)):
         got = backend.run(ids, mask)
         np.testing.assert_allclose(got.logits, reference.logits, atol=1e-5)
         for k, (g, r) in enumerate(zip(got.kept, reference.kept)):
@@ -116,6 +117,8 @@ def test_manifest_round_trip_and_digests(tiny_artifact):
     assert len(manifest.specs()) == manifest.num_layers + 1
     assert {"onnx/segment_00.onnx", "onnx/single.onnx", "parity.json"} <= set(manifest.files)
     assert manifest.parity["end_to_end"]["onnxruntime"]["flips"] == 0
+    assert manifest.parity["end_to_end"]["onnxruntime-graph"]["flips"] == 0
+    assert manifest.one_graph["file"] == "onnx/model.onnx" and "onnx/model.onnx" in manifest.files
     assert "tensorrt" in manifest.engines.not_built["segments"]
 
 
@@ -162,6 +165,7 @@ def test_verify_checks_digests_and_names_backends_it_cannot_run(tiny_artifact, t
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["passed"] and result["reports"]["onnxruntime"]["flips"] == 0
+    assert result["reports"]["onnxruntime-graph"]["flips"] == 0
     assert main(["verify", "--artifact", str(tiny_artifact), "--backend", "tensorrt", "--samples", "8",
                  "--data-dir", str(sst2_dir())]) == 2
     assert "tensorrt" in capsys.readouterr().err
@@ -179,7 +183,8 @@ def test_named_tensorrt_backend_never_falls_back(tiny_artifact):
 def test_auto_says_what_it_chose_and_why(tiny_artifact):
     said = []
     backend = load_backend(tiny_artifact, "auto", log=said.append)
-    assert backend.name == "onnxruntime" and said and "onnxruntime" in said[0] and "(" in said[0]
+    assert backend.name == "onnxruntime-graph", "on a CPU the one graph is the default where the artifact has it"
+    assert said and said[0].startswith("backend: onnxruntime-graph (") and "no TensorRT engines" in said[0]
 
 
 def test_single_graph_link_nodes_carry_plugin_attributes_on_disk(tiny_artifact):

@@ -26,8 +26,20 @@ def make_accelerator(seed: int):
     return accelerator
 
 
-def adamw_with_warmup(params, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float = 0.1,
-                      extra_groups: list | None = None):
+def warmup_then_linear_decay(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over `warmup_ratio` of the steps, then linear decay to 0 (the official schedule)."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def schedule(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, total_steps: int, warmup_ratio: float = 0.06,
+                      eps: float = 1e-8, extra_groups: list | None = None):
     """AdamW (no decay on biases and LayerNorm weights) with linear warm-up and decay.
     `extra_groups`: [(named_params, lr)] trained at their own learning rate (the CPs in stage 3)."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
@@ -38,15 +50,20 @@ def adamw_with_warmup(params, lr: float, weight_decay: float, total_steps: int, 
                        "weight_decay": weight_decay, "lr": group_lr})
         groups.append({"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0,
                        "lr": group_lr})
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-    warmup = max(1, int(total_steps * warmup_ratio))
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, eps=eps)
+    return optimizer, warmup_then_linear_decay(optimizer, total_steps, warmup_ratio)
 
-    def schedule(step):  # linear warm-up, then linear decay to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+def save_model_state(model, path: Path) -> None:
+    """The model's weights, written atomically (a crash never leaves half a file under `path`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+
+
+def load_model_state(model, path: Path) -> None:
+    model.load_state_dict(torch.load(path, weights_only=True))
 
 
 def read_marker(path: Path) -> dict | None:

@@ -1,9 +1,33 @@
 """Tokenised, batched training data (the task files themselves are read by `adapler_export.data`)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from adapler_export.data import Split
+
+# Length grouping sorts the examples of this many batches at a time by length: batches of similar lengths
+# (little padding) while the data order stays random at the scale of an epoch (as in HF's length grouping).
+MEGABATCH_BATCHES = 50
+
+
+def length_grouped_batches(lengths, batch_size: int, seed: int, megabatch_batches: int = MEGABATCH_BATCHES) -> list:
+    """A random partition of range(len(lengths)) into batches of similar lengths.
+
+    Shuffle, cut into mega-batches of `megabatch_batches` batches, sort each mega-batch by length, cut it
+    into batches, then shuffle the order of all batches (so long and short batches alternate at random).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths)
+    order = rng.permutation(len(lengths))
+    span = batch_size * megabatch_batches
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start: start + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i: i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
 
 # ----- tokenisation and batching ------------------------------------------------------------------------
 class EncodedDataset(torch.utils.data.Dataset):
@@ -42,7 +66,12 @@ class EncodedDataset(torch.utils.data.Dataset):
             batch["saliency"] = sal
         return batch
 
-    def loader(self, batch_size: int, shuffle: bool, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)  # deterministic data order for a given seed
+    def loader(self, batch_size: int, shuffle: bool, seed: int = 0, length_grouped: bool = False):
+        """Batches in a deterministic order for a given seed; `length_grouped` (training): batches of
+        similar lengths, see :func:`length_grouped_batches`."""
+        if length_grouped:
+            batches = length_grouped_batches([len(ids) for ids in self.input_ids], batch_size, seed)
+            return torch.utils.data.DataLoader(self, batch_sampler=batches, collate_fn=self.collate)
+        generator = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(self, batch_size=batch_size, shuffle=shuffle, generator=generator,
                                            collate_fn=self.collate)

@@ -22,10 +22,10 @@ from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.storage import adapler_home
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
 
-from .common import seed_everything
-from .stage1_finetune import Stage1Config, run_stage1
+from .common import load_model_state, seed_everything
+from .stage1_finetune import Stage1Config, epoch_model_path, run_stage1
 from .stage2_saliency import run_stage2
-from .stage3_adapler import Stage3Config, run_stage3
+from .stage3_adapler import Stage3Config, check_selection_fallback, run_stage3
 
 
 @dataclass
@@ -37,7 +37,9 @@ class TrainConfig:
     max_eval_samples: int | None = None
     max_length: int = 64
     seed: int = 42
-    stage3_init: str = "finetuned"  # or "pretrained" (the official README's choice)
+    # Stage 3 starts from the pre-trained backbone (the official run: the fine-tuned model only produces
+    # the saliencies) or from the best fine-tuned epoch ("finetuned").
+    stage3_init: str = "pretrained"
     # Stages 2-3 on a fixed random subset of the training split (None: all of it). Saliency extraction
     # and CP training then cost in proportion; stage 1 still fine-tunes on everything.
     stage3_train_samples: int | None = None
@@ -48,7 +50,8 @@ class TrainConfig:
         """Work-directory keys: stages 1-2 depend on the data, backbone and stage-1 settings only, so a
         changed stage-3 setting reuses the fine-tuned model and its saliencies."""
         settings = dataclasses.asdict(self)
-        stage3 = settings.pop("stage3")
+        settings.pop("stage3")
+        stage3 = self.stage3.work_key()
         settings.pop("stage3_init")
         settings.pop("stage3_train_samples")
         key1 = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
@@ -57,7 +60,18 @@ class TrainConfig:
         return key1, key3
 
 
+STAGE3_INITS = ("pretrained", "finetuned")
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Settings that would only fail after hours of training are refused before any."""
+    if cfg.stage3_init not in STAGE3_INITS:
+        raise AdaplerError(f"unknown stage-3 start {cfg.stage3_init!r} (choose from {', '.join(STAGE3_INITS)})")
+    check_selection_fallback(cfg.stage3.selection_fallback)
+
+
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
+    check_config(cfg)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data_dir)
     data.splits["train"] = data["train"].subset(cfg.max_train_samples, cfg.seed)
@@ -87,11 +101,16 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         stage3_data = TaskData(data.task, data.labels, dict(data.splits))
         stage3_data.splits["train"] = data["train"].subset(cfg.stage3_train_samples, cfg.seed + 1)
     subset = "" if cfg.stage3_train_samples is None else f"-n{len(stage3_data['train'])}"
-    saliencies = run_stage2(model, tokenizer, stage3_data, cfg.max_length, work_dir / f"stage2-{key1}{subset}",
-                            log=log)
+    stage1_dir = work_dir / f"stage1-{key1}"
+    checkpoints = {epoch: epoch_model_path(stage1_dir, epoch) for epoch in stage1["best_epochs"]}
+    saliencies = run_stage2(model, tokenizer, stage3_data, cfg.max_length, checkpoints,
+                            work_dir / f"stage2-{key1}{subset}", log=log)
     if cfg.stage3_init == "pretrained":
+        seed_everything(cfg.seed)  # the same fresh classifier head on every run
         pretrained, _ = load_backbone(cfg.backbone, len(data.labels), id2label)
         model.backbone.load_state_dict(pretrained.state_dict())
+    else:
+        load_model_state(model, checkpoints[stage1["epoch"]])
     stage3 = run_stage3(model, tokenizer, stage3_data, saliencies, cfg.stage3, work_dir / f"stage3-{key3}",
                         stage1["dev_accuracy"], log=log)
 
@@ -105,7 +124,8 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         data={**{split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
                  for split in ("train", "dev")}, "stage3_train_examples": len(stage3_data["train"])},
         training={"config": dataclasses.asdict(cfg), "stage1": stage1, "stage3": stage3,
-                  "saliency": "gradient x input at the embedding output, best stage-1 epoch only",
+                  "saliency": "gradient x input at the embedding output, averaged over stage-1 epochs "
+                              f"{stage1['best_epochs']}",
                   "seconds": round(time.time() - started, 1)},
         metrics={"stage1_dev_accuracy": stage1["dev_accuracy"], **final.to_dict()},
     )

@@ -1,7 +1,8 @@
 """Stage 1: fine-tune the backbone classifier (no Contribution Predictors).
 
-The model of the best dev epoch is kept; it produces the saliency targets (stage 2) and is the accuracy
-AdapLeR is held to. Resumable per epoch (Accelerate state: model, optimiser, scheduler, RNG).
+The weights of the `keep_best_epochs` most accurate dev epochs are kept (`epoch_<k>/model.pt`): stage 2
+averages their saliencies (the official recipe), and the best dev accuracy is what AdapLeR is held to.
+Resumable per epoch (Accelerate state: model, optimiser, scheduler, RNG).
 """
 from __future__ import annotations
 
@@ -12,39 +13,55 @@ from pathlib import Path
 import torch
 
 from adapler_export.evaluation import evaluate_full
-
 from adapler_export.progress import progress
 
-from .common import adamw_with_warmup, make_accelerator, read_marker, write_json_atomic
+from .common import adamw_with_warmup, load_model_state, make_accelerator, read_marker, save_model_state, \
+    write_json_atomic
 from .data import EncodedDataset
 
 
 @dataclass
 class Stage1Config:
-    epochs: int = 2
+    """Defaults: the official fine-tuning run (run_classification_bert.py) unless noted."""
+    epochs: int = 5
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 2e-5
     weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    adam_eps: float = 1e-8
     max_length: int = 64
     seed: int = 42
+    keep_best_epochs: int = 3  # the saliency targets average this many best epochs (official: 3)
+    length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
+
+
+def best_epochs(history: list, count: int) -> list:
+    """The `count` most accurate epochs, best first; on a tie the later epoch ranks higher (as the official
+    `np.argsort(scores)[-3:]`, which is stable on short lists)."""
+    ranked = sorted(history, key=lambda h: (h["dev_accuracy"], h["epoch"]), reverse=True)
+    return [h["epoch"] for h in ranked[:count]]
+
+
+def epoch_model_path(stage_dir: Path, epoch: int) -> Path:
+    return stage_dir / f"epoch_{epoch}" / "model.pt"
 
 
 def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=print) -> dict:
-    """Fine-tune `model.backbone` in place; return {"dev_accuracy", "epoch", "history"}."""
+    """Fine-tune `model.backbone` in place (it ends with the best epoch's weights); return
+    {"dev_accuracy", "epoch", "best_epochs", "history"}."""
     done = read_marker(stage_dir / "done.json")
     if done is not None:
-        log(f"stage 1: already done (dev accuracy {done['dev_accuracy']:.4f}); loading {stage_dir / 'best'}")
-        model.load_state_dict(torch.load(stage_dir / "best" / "model.pt", weights_only=True))
+        log(f"stage 1: already done (dev accuracy {done['dev_accuracy']:.4f}); loading epoch {done['epoch']}")
+        load_model_state(model, epoch_model_path(stage_dir, done["epoch"]))
         return done
 
     accelerator = make_accelerator(cfg.seed)
     train = EncodedDataset(tokenizer, data["train"], cfg.max_length)
     dev = data["dev"]
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
+    steps_per_epoch = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
     optimizer, scheduler = adamw_with_warmup(model.backbone.named_parameters(), cfg.lr, cfg.weight_decay,
-                                             steps_per_epoch * cfg.epochs)
+                                             steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.adam_eps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accelerator.register_for_checkpointing(scheduler)
     history, start_epoch = [], 0
     progress_file = stage_dir / "progress.json"
     state = read_marker(progress_file)
@@ -56,7 +73,8 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
     unwrapped = accelerator.unwrap_model(model)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        loader = accelerator.prepare_data_loader(train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch))
+        loader = accelerator.prepare_data_loader(
+            train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, length_grouped=cfg.length_grouped))
         running = 0.0
         bar = progress(loader, f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
                        enabled=accelerator.is_local_main_process)
@@ -75,17 +93,21 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
         history.append({"epoch": epoch, "train_loss": running / max(1, len(loader)), "dev_accuracy": accuracy})
         log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, dev accuracy {accuracy:.4f}")
         if accelerator.is_main_process:
-            if accuracy >= max(h["dev_accuracy"] for h in history):
-                (stage_dir / "best").mkdir(parents=True, exist_ok=True)
-                torch.save(unwrapped.state_dict(), stage_dir / "best" / ".model.pt.tmp")
-                (stage_dir / "best" / ".model.pt.tmp").replace(stage_dir / "best" / "model.pt")
+            keep = best_epochs(history, cfg.keep_best_epochs)
+            if epoch in keep:
+                save_model_state(unwrapped, epoch_model_path(stage_dir, epoch))
+            for old in history:  # only the best epochs' weights stay on disk
+                if old["epoch"] not in keep:
+                    shutil.rmtree(epoch_model_path(stage_dir, old["epoch"]).parent, ignore_errors=True)
             shutil.rmtree(stage_dir / "last", ignore_errors=True)
             accelerator.save_state(str(stage_dir / "last"))
             write_json_atomic(progress_file, {"epoch": epoch, "history": history})
 
-    best = max(history, key=lambda h: h["dev_accuracy"])
-    unwrapped.load_state_dict(torch.load(stage_dir / "best" / "model.pt", weights_only=True))
-    result = {"dev_accuracy": best["dev_accuracy"], "epoch": best["epoch"], "history": history}
+    keep = best_epochs(history, cfg.keep_best_epochs)
+    best = next(h for h in history if h["epoch"] == keep[0])
+    load_model_state(unwrapped, epoch_model_path(stage_dir, best["epoch"]))
+    result = {"dev_accuracy": best["dev_accuracy"], "epoch": best["epoch"], "best_epochs": keep,
+              "history": history}
     write_json_atomic(stage_dir / "done.json", result)
     shutil.rmtree(stage_dir / "last", ignore_errors=True)
     return result

@@ -3,8 +3,8 @@
 Per example: the gradient of the gold label's logit with respect to the embedding output
 (hidden_states[0]), times that output, L2 norm over the hidden dimension; padding is 0; no further
 normalisation (the official code's default). One vector per example, reused for every layer's CP.
-The official recipe averages the saliencies of the three best stage-1 epochs; we take the best epoch's
-model alone (one third of the cost) and say so in the checkpoint's training record.
+As in the official recipe the vectors are averaged over the best stage-1 epochs' models (each epoch's
+vectors are stored as they are computed, so an interrupted stage resumes per epoch).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from adapler_export.progress import progress
 
-from .common import read_marker, write_json_atomic
+from .common import load_model_state, read_marker, write_json_atomic
 from .data import EncodedDataset
 
 
@@ -23,7 +23,9 @@ def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int
     model.eval()  # dropout off: the saliency of the model as it predicts
     dataset = EncodedDataset(tokenizer, split, max_length)
     saliencies = [None] * len(dataset)
-    for batch in progress(dataset.loader(batch_size, shuffle=False), "stage 2 saliency", enabled=show):
+    # Length-grouped batches pad little; every example's saliency is its own, whatever batch it is in.
+    batches = dataset.loader(batch_size, shuffle=False, length_grouped=True)
+    for batch in progress(batches, "stage 2 saliency", enabled=show):
         embeddings = model.embed(batch["input_ids"]).detach().requires_grad_(True)
         logits = model.forward_full(batch["input_ids"], batch["attention_mask"], embeddings=embeddings)
         gold = logits.gather(1, batch["labels"][:, None]).sum()
@@ -34,20 +36,42 @@ def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int
     return saliencies
 
 
-def run_stage2(model, tokenizer, data, max_length: int, stage_dir: Path, log=print) -> list:
+def save_saliencies(path: Path, saliencies: list) -> None:
+    """One flat array plus offsets (examples have different lengths), written atomically."""
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in saliencies])])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, values=np.concatenate(saliencies), offsets=offsets)
+    tmp.replace(path)
+
+
+def load_saliencies(path: Path) -> list:
+    stored = np.load(path, allow_pickle=False)
+    return np.split(stored["values"], stored["offsets"][1:-1])
+
+
+def run_stage2(model, tokenizer, data, max_length: int, checkpoints: dict, stage_dir: Path, log=print) -> list:
+    """Saliencies of `data["train"]` averaged over `checkpoints` ({stage-1 epoch: weights path}).
+    The model is left with the weights of the last checkpoint it loaded (the caller reloads what it needs)."""
     path = stage_dir / "saliency.npz"
     marker = read_marker(stage_dir / "done.json")
     if marker is not None and path.is_file():
-        log(f"stage 2: already done ({marker['examples']} examples)")
-        stored = np.load(path, allow_pickle=False)
-        return np.split(stored["values"], stored["offsets"][1:-1])
-    saliencies = compute_saliencies(model, tokenizer, data["train"], max_length)
-    lengths = np.array([len(s) for s in saliencies])
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".saliency.tmp.npz")
-    np.savez(tmp, values=np.concatenate(saliencies), offsets=offsets)
-    tmp.replace(path)
-    write_json_atomic(stage_dir / "done.json", {"examples": len(saliencies)})
-    log(f"stage 2: {len(saliencies)} saliency vectors")
+        log(f"stage 2: already done ({marker['examples']} examples, epochs {marker['epochs']})")
+        return load_saliencies(path)
+    per_epoch = []
+    for epoch, weights in checkpoints.items():
+        epoch_path = stage_dir / f"saliency_epoch_{epoch}.npz"
+        if epoch_path.is_file():
+            per_epoch.append(load_saliencies(epoch_path))
+            continue
+        load_model_state(model, weights)
+        per_epoch.append(compute_saliencies(model, tokenizer, data["train"], max_length))
+        save_saliencies(epoch_path, per_epoch[-1])
+        log(f"stage 2: saliencies of stage-1 epoch {epoch} ({len(per_epoch)}/{len(checkpoints)})")
+    saliencies = [np.mean(vectors, axis=0).astype(np.float32) for vectors in zip(*per_epoch)]
+    save_saliencies(path, saliencies)
+    for epoch in checkpoints:
+        (stage_dir / f"saliency_epoch_{epoch}.npz").unlink(missing_ok=True)
+    write_json_atomic(stage_dir / "done.json", {"examples": len(saliencies), "epochs": list(checkpoints)})
+    log(f"stage 2: {len(saliencies)} saliency vectors, averaged over stage-1 epochs {list(checkpoints)}")
     return saliencies

@@ -1,177 +1,294 @@
 """Stage 3: train the Contribution Predictors, eta and theta with soft removal (ADAPLER_METHOD.md).
 
-Loss = CE + gamma * sum_l (L - l) * KL(target_l || s~_l) + phi * sum_l n_l, with two optimisers:
-- backbone + CPs (AdamW, warm-up, weight decay, clip 1) learn from CE + KL;
-- eta and theta (Adam, lr 5e-4, clip 1) learn from CE + the length term (theta, which only scales the
-  target's [CLS] entry, learns from the KL term: it has no other path).
-One backward pass serves both: the length term is computed on detached CP scores, so it reaches eta
-alone, and the KL term uses CP scores computed under a detached mask, so it never trains eta.
-lambda is annealed per epoch, lambda = base * mult**epoch; at evaluation removal is hard.
-Model selection (official): the fastest epoch whose dev accuracy is within `selection_tolerance` of the
-stage-1 dev accuracy, else the most accurate epoch.
+One soft-removal forward per batch, then two gradient computations, as in the official code:
+- backbone + CPs learn from CE + gamma * sum_l (L - l) * KL(target_l || s~_l) (AdamW, warm-up, weight
+  decay, clip-norm 1); the length term never reaches them;
+- eta and theta learn from CE + phi * length, where length = mean over the batch of sum_l (soft live count
+  after layer l's removal, [CLS] and [SEP] included), differentiable through delta = eta / n, the mask
+  and every later layer (Adam, eps 1e-12, warm-up then linear decay, global clip-norm 1 over [eta, theta],
+  eta clipped to [0.01, 1]); the KL term never reaches them. theta, which scales the [CLS] entry of the
+  saliency targets, gets the official proxy gradient: d(CE + phi * length)/d(theta_PR) / theta, with
+  theta_PR the CP-side [CLS] weight, held at 1.
+lambda is annealed per epoch, lambda = base * mult**epoch, and the very first step runs at
+`lambda_first_step`. Each epoch ends with a hard-removal dev evaluation (the official lambda = 1e20).
+Model selection (official): an epoch is kept only if it is faster than every epoch kept before and its
+dev accuracy is above the best fine-tuned accuracy minus `selection_tolerance` (1 point); if no epoch
+qualifies nothing is kept (an error that says so) unless `selection_fallback` is "most-accurate".
+Re-running with another fallback reuses the trained epochs (no training repeated).
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
-from adapler_export.modeling_adapler import soft_removal_exponent, with_cls_live
-
+from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
 
-from .common import adamw_with_warmup, make_accelerator, read_marker, write_json_atomic
+from .common import adamw_with_warmup, load_model_state, make_accelerator, read_marker, save_model_state, \
+    warmup_then_linear_decay, write_json_atomic
 from .data import EncodedDataset
+
+SELECTION_FALLBACKS = ("none", "most-accurate")
+# Chooses among the trained epochs only, so it is not part of the stage's work-directory key (the
+# tolerance is: it decides which epochs' weights stay on disk).
+SELECTION_ONLY_FIELDS = ("selection_fallback",)
 
 
 @dataclass
 class Stage3Config:
-    epochs: int = 3
-    lambda_base: float = 50.0
-    lambda_mult: float = 50.0
+    """Defaults: the official SST-2 run (run_classification_w_lr.py with the README's gamma and phi)."""
+    epochs: int = 5
+    lambda_base: float = 10.0  # lambda = base * mult**epoch; official: 10:10 (5 epochs), 50:50 (3), 10:3 (10)
+    lambda_mult: float = 10.0
+    lambda_first_step: float | None = 1000.0  # the official lambda variable's initial value (None: off)
     batch_size: int = 32
-    lr: float = 3e-5
-    # The official code trains the CPs at the backbone's 3e-5 over 5 epochs of BERT-base; with a 3-epoch
-    # budget the randomly initialised CPs need a larger step to become informative (see docs/results).
-    cp_lr: float = 1e-3
-    eta_lr: float = 5e-4
+    lr: float = 3e-5  # backbone (AdamW)
+    cp_lr: float | None = None  # Contribution Predictors; None: the backbone's (official)
     weight_decay: float = 0.01
+    warmup_ratio: float = 0.06  # both optimisers
+    adam_eps: float = 1e-12  # both optimisers
+    clip_norm: float = 1.0  # global, per optimiser
+    eta_lr: float = 5e-4  # eta and theta (Adam)
     gamma: float = 0.005  # KL weight (official SST-2 README value)
     phi: float = 0.0005  # length-loss weight (official SST-2 README value)
     max_length: int = 64
     seed: int = 42
+    length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
     selection_tolerance: float = 0.01
+    selection_fallback: str = "none"  # "none" (official: nothing kept) or "most-accurate"
     max_train_samples_per_epoch: int | None = None
 
     def lam(self, epoch: int) -> float:
         return self.lambda_base * self.lambda_mult ** epoch
 
+    def step_lambda(self, epoch: int, step: int) -> float:
+        """lambda of one training step: the epoch's, except the run's very first step."""
+        if epoch == 0 and step == 0 and self.lambda_first_step is not None:
+            return self.lambda_first_step
+        return self.lam(epoch)
 
-def saliency_targets(saliency, mask, theta_l):
-    """Target distribution for one layer: saliency over the tokens still live, [CLS] scaled by theta."""
-    weights = with_cls_live(mask.detach())
-    target = saliency * weights
-    target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
-    cls = target[:, :1] * theta_l
-    target = torch.cat([cls, target[:, 1:]], dim=1)
-    return target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+    def work_key(self) -> dict:
+        """The settings that change what training produces (selection settings excluded)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SELECTION_ONLY_FIELDS}
 
 
-def adapler_loss(model, batch, lam: float, cfg: Stage3Config):
-    out = model.forward_soft(batch["input_ids"], batch["attention_mask"], lam)
+# A setting for a CPU budget (docs: "Training on a CPU budget"): the method unchanged, fewer epochs with
+# larger lambda steps (the official 3-epoch schedule), and a stronger pull on eta so that it moves within
+# the few thousand steps such a run has. Measured in the issue-11 notes.
+FAST_SETTING = {"epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "eta_lr": 5e-3, "phi": 0.005}
+
+
+def saliency_target(saliency, mask, theta_l) -> torch.Tensor:
+    """Target distribution for one layer: the saliency over the tokens still live (the soft mask entering
+    the layer, [CLS] at 1), normalised, its [CLS] entry scaled by theta and renormalised (official)."""
+    target = saliency * mask
+    return scale_cls(target / (target.sum(dim=-1, keepdim=True) + 1e-15), theta_l)
+
+
+def kl_divergence(target, predicted, eps: float = 1e-7) -> torch.Tensor:
+    """Per row, KL(target || predicted) with both clipped to [eps, 1] (Keras' kl_divergence, as official)."""
+    target, predicted = target.clamp(eps, 1.0), predicted.clamp(eps, 1.0)
+    return (target * torch.log(target / predicted)).sum(dim=-1)
+
+
+def kl_term(out, saliency, theta) -> torch.Tensor:
+    """sum_l (L - l) * mean_b(w_b * KL_b), w_b = max of the row's soft mask beyond [CLS] (no gradient):
+    rows with no live token left count 0."""
+    layers = len(out.scores)
+    total = torch.zeros(())
+    for index, (scores, mask) in enumerate(zip(out.scores, out.masks)):
+        theta_l = theta[index].detach() if index > 0 else 1.0
+        kl = kl_divergence(saliency_target(saliency, mask, theta_l), scores)
+        row_weight = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], dim=1).amax(dim=-1).detach()
+        total = total + (layers - index) * (kl * row_weight).mean()
+    return total
+
+
+def length_term(out) -> torch.Tensor:
+    """Mean over the batch of sum_l (soft live count after layer l's removal, [CLS] and [SEP] included)."""
+    return torch.stack(out.lengths).sum(dim=0).mean()
+
+
+def main_parameters(model) -> list:
+    """What the backbone + CP optimiser trains: everything but eta and theta."""
+    return [(n, p) for n, p in model.named_parameters() if n not in ("eta", "theta")]
+
+
+def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None) -> dict:
+    """One soft forward and the two gradient computations; leaves .grad on every trained parameter.
+
+    backbone + CPs <- CE + gamma * KL; eta <- CE + phi * length; theta <- the same loss's gradient with
+    respect to the CP-side [CLS] weight theta_PR (held at 1), divided by theta. `backward(loss, inputs)`
+    is Accelerate's backward (plain `loss.backward` by default).
+    """
+    backward = backward or (lambda loss, **kwargs: loss.backward(**kwargs))
+    cls_weights = torch.ones(model.num_layers, requires_grad=True)  # theta_PR
+    out = model.forward_soft(batch["input_ids"], batch["attention_mask"], lam, cls_weights=cls_weights)
     ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
-    kl_total, length_total = 0.0, 0.0
-    layers = model.num_layers
-    for index in range(layers):
-        mask = out.masks[index]
-        theta = model.theta[index] if index > 0 else torch.ones((), dtype=torch.float32)
-        target = saliency_targets(batch["saliency"], mask, theta)
-        log_target = torch.log(target.clamp_min(1e-12))
-        log_scores = torch.log(out.kl_scores[index].clamp_min(1e-12))
-        kl = (target * (log_target - log_scores)).sum(-1)
-        has_live = (with_cls_live(mask) > 0.5).sum(-1) > 1
-        if has_live.any():
-            kl_total = kl_total + (layers - index) * kl[has_live].mean()
-        # Length term: same soft removal on detached scores -> the gradient reaches eta only.
-        n = with_cls_live(mask.detach()).sum(-1, keepdim=True)
-        exponent = soft_removal_exponent(out.scores[index].detach(), model.eta[index] / n, lam)
-        length_total = length_total + (mask.detach() * torch.exp(exponent)).sum(-1).mean()
-    loss = ce + cfg.gamma * kl_total + cfg.phi * length_total
-    return loss, {"ce": ce.item(), "kl": float(kl_total.detach()) if torch.is_tensor(kl_total) else 0.0,
-                  "length": float(length_total.detach())}
+    kl = kl_term(out, batch["saliency"], model.theta)
+    length = length_term(out)
+    main = [p for _, p in main_parameters(model)]
+    backward(ce + cfg.gamma * kl, inputs=main, retain_graph=True)
+    backward(ce + cfg.phi * length, inputs=[model.eta, cls_weights])
+    proxy = cls_weights.grad if cls_weights.grad is not None else torch.zeros_like(cls_weights)
+    model.theta.grad = proxy / (model.theta.detach() + 1e-7)
+    return {"ce": ce.item(), "kl": kl.item(), "length": length.item()}
 
 
-def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir: Path, stage1_accuracy: float,
+def check_selection_fallback(fallback: str) -> None:
+    if fallback not in SELECTION_FALLBACKS:
+        raise AdaplerError(f"unknown selection fallback {fallback!r} (choose from {', '.join(SELECTION_FALLBACKS)})")
+
+
+def select_epoch(history: list, finetuned_accuracy: float, tolerance: float, fallback: str = "none"):
+    """The official rule over epoch records in training order: an epoch is kept when its FLOPs speedup
+    beats every epoch kept before and its dev accuracy exceeds finetuned_accuracy - tolerance; the last
+    one kept wins. Returns (record, how) or (None, why) when nothing qualifies and `fallback` is "none"."""
+    check_selection_fallback(fallback)
+    kept, best_speedup = None, 0.0
+    for record in history:
+        if record["flops_speedup"] > best_speedup and record["dev_accuracy"] > finetuned_accuracy - tolerance:
+            kept, best_speedup = record, record["flops_speedup"]
+    if kept is not None:
+        return kept, f"official rule: fastest epoch within {tolerance:g} of the fine-tuned accuracy"
+    if fallback == "most-accurate" and history:
+        record = max(history, key=lambda h: (h["dev_accuracy"], h["flops_speedup"]))
+        return record, f"fallback most-accurate: no epoch within {tolerance:g} of the fine-tuned accuracy"
+    epochs = "; ".join(f"epoch {h['epoch'] + 1}: accuracy {h['dev_accuracy']:.4f}, {h['flops_speedup']:.2f}x"
+                       for h in history)
+    return None, (f"no stage-3 epoch reached a dev accuracy above {finetuned_accuracy - tolerance:.4f} (the "
+                  f"fine-tuned {finetuned_accuracy:.4f} minus {tolerance:g}) ({epochs}), so the official rule "
+                  "keeps nothing. Re-run the same command with the selection fallback 'most-accurate' to keep "
+                  "the most accurate epoch (the trained epochs are reused), or train longer / with a smaller "
+                  "phi")
+
+
+def epoch_model_path(stage_dir: Path, epoch: int) -> Path:
+    return stage_dir / f"epoch_{epoch}" / "model.pt"
+
+
+def prune_epoch_models(stage_dir: Path, history: list, finetuned_accuracy: float, tolerance: float) -> None:
+    """Keep on disk only the epochs a selection could still pick: the official rule's and the most accurate."""
+    wanted = {select_epoch(history, finetuned_accuracy, tolerance, "most-accurate")[0]["epoch"]}
+    official, _ = select_epoch(history, finetuned_accuracy, tolerance)
+    if official is not None:
+        wanted.add(official["epoch"])
+    for record in history:
+        if record["epoch"] not in wanted:
+            shutil.rmtree(epoch_model_path(stage_dir, record["epoch"]).parent, ignore_errors=True)
+
+
+def make_optimizers(model, cfg: Stage3Config, total_steps: int):
+    """(backbone + CP AdamW, its schedule, eta/theta Adam, its schedule), the official settings."""
+    backbone = [(n, p) for n, p in main_parameters(model) if not n.startswith("cps.")]
+    cps = [(n, p) for n, p in main_parameters(model) if n.startswith("cps.")]
+    optimizer, scheduler = adamw_with_warmup(backbone, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio,
+                                             cfg.adam_eps, extra_groups=[(cps, cfg.cp_lr or cfg.lr)])
+    threshold_optimizer = torch.optim.Adam([model.eta, model.theta], lr=cfg.eta_lr, eps=cfg.adam_eps)
+    threshold_scheduler = warmup_then_linear_decay(threshold_optimizer, total_steps, cfg.warmup_ratio)
+    return optimizer, scheduler, threshold_optimizer, threshold_scheduler
+
+
+def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir: Path, finetuned_accuracy: float,
                log=print) -> dict:
+    """Train in place; the model ends with the selected epoch's weights. `finetuned_accuracy`: the best
+    stage-1 dev accuracy (the selection rule's reference)."""
     done = read_marker(stage_dir / "done.json")
-    if done is not None:
-        log(f"stage 3: already done (selected epoch {done['selected_epoch']})")
-        model.load_state_dict(torch.load(stage_dir / "selected" / "model.pt", weights_only=True))
+    if done is not None and done["selection_fallback"] == cfg.selection_fallback:
+        log(f"stage 3: already done (selected epoch {done['selected_epoch'] + 1})")
+        load_model_state(model, stage_dir / "selected" / "model.pt")
         return done
 
     accelerator = make_accelerator(cfg.seed)
     train = EncodedDataset(tokenizer, data["train"], cfg.max_length, saliency=saliencies)
     dev = data["dev"]
-    per_epoch = len(train) if cfg.max_train_samples_per_epoch is None else min(len(train),
-                                                                                cfg.max_train_samples_per_epoch)
-    steps_per_epoch = (per_epoch + cfg.batch_size - 1) // cfg.batch_size
-    main_params = [(n, p) for n, p in model.named_parameters() if n not in ("eta", "theta")]
-    backbone_params = [(n, p) for n, p in main_params if not n.startswith("cps.")]
-    cp_params = [(n, p) for n, p in main_params if n.startswith("cps.")]
-    optimizer, scheduler = adamw_with_warmup(backbone_params, cfg.lr, cfg.weight_decay, steps_per_epoch * cfg.epochs,
-                                             extra_groups=[(cp_params, cfg.cp_lr)])
-    threshold_optimizer = torch.optim.Adam([model.eta, model.theta], lr=cfg.eta_lr)
-    model, optimizer, threshold_optimizer, scheduler = accelerator.prepare(
-        model, optimizer, threshold_optimizer, scheduler)
-    accelerator.register_for_checkpointing(scheduler)
+    batches = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
+    steps_per_epoch = batches if cfg.max_train_samples_per_epoch is None else \
+        min(batches, -(-cfg.max_train_samples_per_epoch // cfg.batch_size))
+    optimizers = make_optimizers(model, cfg, steps_per_epoch * cfg.epochs)
+    model, *optimizers = accelerator.prepare(model, *optimizers)
+    optimizer, scheduler, threshold_optimizer, threshold_scheduler = optimizers
     unwrapped = accelerator.unwrap_model(model)
+    main = [p for _, p in main_parameters(unwrapped)]
 
     history, start_epoch = [], 0
     state = read_marker(stage_dir / "progress.json")
     if state is not None:
-        accelerator.load_state(str(stage_dir / "last"))
         history, start_epoch = state["history"], state["epoch"] + 1
-        log(f"stage 3: resuming after epoch {state['epoch']}")
+        if start_epoch < cfg.epochs:  # when every epoch is trained only the selection is left to do
+            accelerator.load_state(str(stage_dir / "last"))
+        log(f"stage 3: resuming after epoch {start_epoch}")
 
     for epoch in range(start_epoch, cfg.epochs):
-        lam = cfg.lam(epoch)
         model.train()
-        loader = train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch)
-        loader = accelerator.prepare_data_loader(loader)
-        totals = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "length": 0.0}
-        bar = progress(loader, f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={lam:g})",
+        loader = accelerator.prepare_data_loader(train.loader(
+            cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, length_grouped=cfg.length_grouped))
+        totals = {"ce": 0.0, "kl": 0.0, "length": 0.0}
+        bar = progress(loader, f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={cfg.lam(epoch):g})",
                        total=steps_per_epoch, enabled=accelerator.is_local_main_process)
-        steps = 0
+        started, steps = time.time(), 0
         for batch in bar:
             if steps >= steps_per_epoch:
                 break
-            loss, parts = adapler_loss(unwrapped, batch, lam, cfg)
             optimizer.zero_grad()
             threshold_optimizer.zero_grad()
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_([p for _, p in main_params], 1.0)
-            accelerator.clip_grad_norm_([unwrapped.eta, unwrapped.theta], 1.0)
+            parts = compute_gradients(unwrapped, batch, cfg.step_lambda(epoch, steps), cfg, accelerator.backward)
+            accelerator.clip_grad_norm_(main, cfg.clip_norm)
+            accelerator.clip_grad_norm_([unwrapped.eta, unwrapped.theta], cfg.clip_norm)
             optimizer.step()
             threshold_optimizer.step()
             scheduler.step()
+            threshold_scheduler.step()
             unwrapped.clamp_parameters_()
             steps += 1
-            totals["loss"] += loss.item()
             for key, value in parts.items():
                 totals[key] += value
             if steps % 20 == 0:
-                bar.set_postfix(loss=f"{totals['loss'] / steps:.4f}", ce=f"{totals['ce'] / steps:.4f}",
+                bar.set_postfix(ce=f"{totals['ce'] / steps:.4f}", length=f"{totals['length'] / steps:.1f}",
                                 eta=f"{unwrapped.eta.mean().item():.3f}")
+        seconds = time.time() - started
         result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length)
-        record = {"epoch": epoch, "lambda": lam, **{k: v / max(1, steps) for k, v in totals.items()},
+        record = {"epoch": epoch, "lambda": cfg.lam(epoch), "steps": steps, "train_seconds": round(seconds, 1),
+                  **{k: v / max(1, steps) for k, v in totals.items()},
                   "dev_accuracy": result.accuracy, "flops_speedup": result.flops_speedup,
-                  "kept_per_layer": result.kept_per_layer, "eta": unwrapped.eta.tolist()}
+                  "kept_per_layer": result.kept_per_layer, "eta": unwrapped.eta.tolist(),
+                  "theta": unwrapped.theta.tolist()}
         history.append(record)
-        log(f"stage 3 epoch {epoch + 1}: lambda {lam:g}, dev accuracy {result.accuracy:.4f}, "
-            f"FLOPs speedup {result.flops_speedup:.2f}x, kept/layer "
+        log(f"stage 3 epoch {epoch + 1}: lambda {record['lambda']:g}, {seconds:.0f} s, dev accuracy "
+            f"{result.accuracy:.4f}, FLOPs speedup {result.flops_speedup:.2f}x, kept/layer "
             f"{', '.join(f'{k:.1f}' for k in result.kept_per_layer)}, eta {[round(e, 3) for e in record['eta']]}")
         if accelerator.is_main_process:
-            epoch_dir = stage_dir / f"epoch_{epoch}"
-            epoch_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(unwrapped.state_dict(), epoch_dir / ".model.pt.tmp")
-            (epoch_dir / ".model.pt.tmp").replace(epoch_dir / "model.pt")
+            save_model_state(unwrapped, epoch_model_path(stage_dir, epoch))
+            prune_epoch_models(stage_dir, history, finetuned_accuracy, cfg.selection_tolerance)
             shutil.rmtree(stage_dir / "last", ignore_errors=True)
             accelerator.save_state(str(stage_dir / "last"))
             write_json_atomic(stage_dir / "progress.json", {"epoch": epoch, "history": history})
 
-    eligible = [h for h in history if h["dev_accuracy"] >= stage1_accuracy - cfg.selection_tolerance]
-    selected = max(eligible, key=lambda h: h["flops_speedup"]) if eligible else \
-        max(history, key=lambda h: h["dev_accuracy"])
-    chosen = stage_dir / f"epoch_{selected['epoch']}" / "model.pt"
-    (stage_dir / "selected").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(chosen, stage_dir / "selected" / "model.pt")
-    unwrapped.load_state_dict(torch.load(chosen, weights_only=True))
-    result = {"selected_epoch": selected["epoch"], "lambda_final": selected["lambda"],
-              "selection": "fastest within tolerance" if eligible else "most accurate (none within tolerance)",
-              "history": history}
+    selected, how = select_epoch(history, finetuned_accuracy, cfg.selection_tolerance, cfg.selection_fallback)
+    if selected is None:
+        raise AdaplerError(f"stage 3: {how}")
+    log(f"stage 3: selected epoch {selected['epoch'] + 1} ({how})")
+    save_model_state_from(stage_dir, selected["epoch"])
+    load_model_state(unwrapped, stage_dir / "selected" / "model.pt")
+    result = {"selected_epoch": selected["epoch"], "lambda_final": selected["lambda"], "selection": how,
+              "selection_fallback": cfg.selection_fallback,
+              "finetuned_accuracy": finetuned_accuracy, "history": history}
     write_json_atomic(stage_dir / "done.json", result)
     shutil.rmtree(stage_dir / "last", ignore_errors=True)
     return result
+
+
+def save_model_state_from(stage_dir: Path, epoch: int) -> None:
+    """Copy an epoch's weights to `selected/model.pt` (atomically)."""
+    target = stage_dir / "selected" / "model.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(".model.pt.tmp")
+    shutil.copyfile(epoch_model_path(stage_dir, epoch), tmp)
+    tmp.replace(target)

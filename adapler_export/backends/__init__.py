@@ -10,6 +10,7 @@ from `SegmentChainBackend`, which supplies the one chain (`chain.run_chain`) and
 The registry maps a backend kind to the function that opens an artifact with it:
 
     onnxruntime       segment graphs in ONNX Runtime, linked on the host (CPU; CUDA EP where installed)
+    onnxruntime-graph the whole model as one standard ONNX graph (onnx/model.onnx) in one session
     tensorrt          segment engines linked by the CUDA kernel (GPU + TensorRT)
     tensorrt-single   one engine with TokenCompact plugin layers (GPU + full TensorRT + plugin library)
 
@@ -102,6 +103,7 @@ class SegmentChainBackend(Backend):
 # Imported lazily: ONNX Runtime users never import TensorRT or torch.
 BACKENDS = {
     "onnxruntime": "adapler_export.backends.onnxruntime:open_artifact",
+    "onnxruntime-graph": "adapler_export.backends.onnxruntime_graph:open_artifact",
     "tensorrt": "adapler_export.backends.tensorrt:open_segments",
     "tensorrt-single": "adapler_export.backends.tensorrt:open_single",
 }
@@ -130,13 +132,19 @@ def cuda_device_available() -> bool:
 
 def choose_backend(manifest) -> tuple:
     """(kind, reason) for `auto`: TensorRT segment engines where the artifact has them and a CUDA GPU is
-    here; ONNX Runtime otherwise."""
-    if not manifest.engines.segments:
-        why = manifest.engines.not_built.get("segments")
-        return "onnxruntime", "the artifact has no TensorRT engines" + (f": {why}" if why else "")
-    if not cuda_device_available():
-        return "onnxruntime", "the artifact has TensorRT engines but this machine has no CUDA GPU"
-    return "tensorrt", "TensorRT segment engines and a CUDA GPU are present"
+    here; else ONNX Runtime, on the one graph where the artifact has it (one session, no Python between
+    layers: faster than the chain at batch 1, as fast at larger batches; docs/results/*one-graph*), else on
+    the segment chain."""
+    if manifest.engines.segments and cuda_device_available():
+        return "tensorrt", "TensorRT segment engines and a CUDA GPU are present"
+    if manifest.engines.segments:
+        why = "the artifact has TensorRT engines but this machine has no CUDA GPU"
+    else:
+        built = manifest.engines.not_built.get("segments")
+        why = "the artifact has no TensorRT engines" + (f": {built}" if built else "")
+    if manifest.one_graph:
+        return "onnxruntime-graph", f"{why}; the one-graph model runs in a single ONNX Runtime session"
+    return "onnxruntime", why
 
 
 def load_backend(artifact_dir, kind: str = "auto", log: Callable[[str], None] | None = None,
