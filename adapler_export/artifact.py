@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,16 @@ def write_manifest(artifact_dir, manifest: Manifest) -> Path:
     data = manifest.to_dict()
     text = json.dumps(data, indent=2, allow_nan=False) + "\n"
     return write_text_atomic(artifact_dir / MANIFEST, text)
+
+
+def record_parity(artifact_dir, manifest: Manifest, parity: dict, started: float) -> None:
+    """The last step of writing an artifact: parity.json, and the manifest with the parity results, the
+    build time and the digests of everything (parity.json included)."""
+    artifact_dir = Path(artifact_dir)
+    write_text_atomic(artifact_dir / "parity.json", json.dumps(parity, indent=2) + "\n")
+    manifest.parity = parity
+    manifest.build_seconds = round(time.time() - started, 1)
+    write_manifest(artifact_dir, manifest)
 
 
 def verify_files(artifact_dir, manifest: Manifest) -> None:

@@ -13,27 +13,20 @@ row (order preserved, [B, S'] with S' = the longest row, -1 padding), the same l
 """
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 from .backends import Backend, BackendOutput
 from .errors import AdaplerError
 from .link import live_positions
-from .tolerances import Tolerances
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, encoder_layer
-from .segments import OPSET, PRECISIONS, example_token_ids, precision_model
+from .segments import PRECISIONS, SegmentSpec, example_token_ids, export_module, precision_model
+from .storage import atomic_file
 
 FULL_FILE = "full.onnx"
-INPUTS = ("input_ids", "attention_mask")
-OUTPUTS = ("logits",)
-DYNAMIC_AXES = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                "logits": {0: "batch"}}
 
 
 class FullModel(nn.Module):
@@ -63,60 +56,26 @@ def _example_feeds(vocab: int, batch: int = 2, seq: int = 9, seed: int = 0) -> d
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def validate_full_onnx(path: Path, num_labels: int) -> None:
-    """onnx.checker, strict shape inference and the I/O contract of full.onnx."""
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    io = {v.name: v for v in list(inferred.graph.input) + list(inferred.graph.output)}
-    want = {"input_ids": (np.int32, 2), "attention_mask": (np.int32, 2), "logits": (np.float32, 2)}
-    for name, (dtype, rank) in want.items():
-        if name not in io:
-            raise AdaplerError(f"{path.name}: missing graph input/output {name!r}")
-        elem = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(io[name].type.tensor_type.elem_type))
-        dims = io[name].type.tensor_type.shape.dim
-        if elem != np.dtype(dtype) or len(dims) != rank:
-            raise AdaplerError(f"{path.name}: {name} is {elem} rank {len(dims)}, expected {np.dtype(dtype)} "
-                               f"rank {rank}")
-    dims = io["logits"].type.tensor_type.shape.dim
-    if dims[1].HasField("dim_value") and dims[1].dim_value != num_labels:
-        raise AdaplerError(f"{path.name}: logits have {dims[1].dim_value} labels, expected {num_labels}")
+def full_model_spec(num_labels: int) -> SegmentSpec:
+    """full.onnx's I/O contract, in the segments' terms (`segments.export_module` validates against it)."""
+    ids = ("int32", ["batch", "seq"])
+    return SegmentSpec(0, {"input_ids": ids, "attention_mask": ids}, {"logits": ("float32", ["batch", num_labels])},
+                       "the full model: embeddings, every layer, classifier; no removal")
 
 
 def export_full_onnx(model: AdapLeRForSequenceClassification, out_path, precision: str = "fp32",
                      validate_inputs: dict | None = None, tolerance: float | None = None) -> Path:
-    """Export `forward_full` as one ONNX graph and validate it (checker, shape inference, and ONNX
-    Runtime against PyTorch on `validate_inputs` or a random padded batch). Written atomically."""
-    import onnxruntime as ort
-
+    """Export `forward_full` as one ONNX graph, validated like every segment (`segments.export_module`) on
+    `validate_inputs` or a random padded batch. Written atomically."""
     if precision not in PRECISIONS:
         raise AdaplerError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = FullModel(precision_model(model, precision)).eval()
     feeds = validate_inputs or _example_feeds(model.config.vocab_size)
-    feeds = {k: np.ascontiguousarray(feeds[k], dtype=np.int32) for k in INPUTS}
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    args = tuple(torch.from_numpy(feeds[k]) for k in INPUTS)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(tmp), input_names=list(INPUTS), output_names=list(OUTPUTS),
-                          dynamic_axes=DYNAMIC_AXES, opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    try:
-        validate_full_onnx(tmp, model.config.num_labels)
-        module.eval()  # torch.onnx.export leaves the wrapper in train mode
-        with torch.no_grad():
-            want = module(*args).float().numpy()
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        got = session.run(None, feeds)[0]
-        tol = tolerance if tolerance is not None else Tolerances.for_precision(precision).export_relative
-        err = float(np.abs(want - got).max())
-        if not np.isfinite(err) or err > tol * max(1.0, float(np.abs(want).max())):
-            raise AdaplerError(f"{out_path.name}: ONNX Runtime logits differ from forward_full by {err:.3g}")
-        tmp.replace(out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    feeds = {k: np.ascontiguousarray(feeds[k], dtype=np.int32) for k in ("input_ids", "attention_mask")}
+    with atomic_file(out_path) as tmp:
+        export_module(module, feeds, full_model_spec(model.config.num_labels), tmp, precision, tolerance)
     return out_path
 
 

@@ -9,14 +9,13 @@ leaves no artifact, and an existing folder is replaced only if it is an earlier 
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .artifact import EnginesRecord, Manifest, write_manifest
+from .artifact import EnginesRecord, Manifest, record_parity, write_manifest
 from .checkpoint import checkpoint_digest, load_checkpoint
 from .data import parity_texts
 from .errors import AdaplerError, BackendUnavailable, ParityError
@@ -138,10 +137,7 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
             log(reports[kind].table())
         parity = {"end_to_end": {k: r.to_dict() for k, r in reports.items()}, "not_run": not_run,
                   "polygraphy_segments": segment_check}
-        (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-        manifest.parity = parity
-        manifest.build_seconds = round(time.time() - started, 1)
-        write_manifest(tmp, manifest)
+        record_parity(tmp, manifest, parity, started)
         failed = {k: r for k, r in reports.items() if not r.passed}
         if failed:
             raise ParityError("parity failed (" + "; ".join(f"{k}: {', '.join(r.failures)}" for k, r in failed.items())

@@ -46,7 +46,6 @@ torch is not imported here except to make the random token ids of the check afte
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,6 +54,7 @@ import numpy as np
 from .chain import SCORES, hidden_output
 from .errors import AdaplerError
 from .link import check_eta, token_compact_numpy
+from .storage import atomic_file
 from .specs import ETA_METADATA, LOGITS, MODEL_INPUTS, OPSET, kept_output, model_output_names
 from .tolerances import Tolerances
 
@@ -374,14 +374,9 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
         raise AdaplerError(f"one graph: {model.ByteSize() / 2**30:.1f} GiB is over ONNX's 2 GiB single-file limit; "
                            f"use the segments (each is its own file)")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(out_path) as tmp:
         onnx.save(model, str(tmp))
         del model
         validate_one_graph(tmp, specs)
         check_against_chain(tmp, onnx_dir, specs, etas, feeds, precision)
-        tmp.replace(out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path

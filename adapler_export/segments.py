@@ -10,7 +10,6 @@ flip decisions), and every attention softmax in fp32; LayerNormalization compute
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import AdaplerError
+from .storage import atomic_file
 from .specs import OPSET, PRECISIONS, SegmentSpec, segment_specs  # noqa: F401  (re-exported)
 from .tolerances import Tolerances
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution, encoder_layer
@@ -159,41 +159,45 @@ def validate_onnx(path: Path, spec: SegmentSpec) -> onnx.ModelProto:
     return inferred
 
 
-def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, precision: str = "fp32",
-                    progress=None) -> list:
-    """Export every segment to `out_dir/segment_XX.onnx`; returns the specs. Validates each export
-    (checker, shape inference, ONNX Runtime output vs PyTorch on random inputs)."""
+def export_module(module: nn.Module, feeds: dict, spec: SegmentSpec, path: Path, precision: str,
+                  tolerance: float | None = None) -> None:
+    """Export `module` to `path` with `spec`'s names and dynamic axes, then validate it: checker, strict
+    shape inference, the I/O contract, and ONNX Runtime against PyTorch on `feeds` (max error relative to
+    the largest reference value; default tolerance: `Tolerances.for_precision(precision).export_relative`)."""
     import onnxruntime as ort
 
+    _torch_export(module, feeds, spec, path)
+    validate_onnx(path, spec)
+    module.eval()  # torch.onnx.export restores the wrapper's (default) train mode recursively
+    with torch.no_grad():
+        expected = module(*(torch.from_numpy(v) for v in feeds.values()))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    try:
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    except Exception as exc:  # ONNX Runtime raises its own exception types (e.g. NOT_IMPLEMENTED)
+        hint = " (this ONNX Runtime build lacks an fp16 kernel: build fp32, or use --backend tensorrt)" \
+            if precision == "fp16" else ""
+        raise AdaplerError(f"{path.name}: ONNX Runtime cannot run the {precision} graph: "
+                           f"{str(exc).splitlines()[0]}{hint}") from exc
+    tol = tolerance if tolerance is not None else Tolerances.for_precision(precision).export_relative
+    for name, want, have in zip(spec.outputs, expected, got):
+        want = want.float().numpy()
+        err = float(np.abs(want - have.astype(np.float32)).max())
+        if not np.isfinite(err) or err > tol * max(1.0, float(np.abs(want).max())):
+            raise AdaplerError(f"{path.name}: ONNX Runtime output {name} differs from PyTorch by {err:.3g}")
+
+
+def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, precision: str = "fp32",
+                    progress=None) -> list:
+    """Export every segment to `out_dir/segment_XX.onnx`, each validated by `export_module` on random
+    inputs; returns the specs."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    exported = precision_model(model, precision)
     config = model.config
     specs = segment_specs(model.num_layers, config.hidden_size, config.num_labels, precision)
-    modules = segment_modules(exported)
-    pairs = list(zip(specs, modules))
+    pairs = list(zip(specs, segment_modules(precision_model(model, precision))))
     for spec, module in (progress(pairs, f"export {precision}") if progress else pairs):
-        path = out_dir / spec.file_name
-        feeds = example_inputs(spec, vocab=config.vocab_size)
-        _torch_export(module, feeds, spec, path)
-        validate_onnx(path, spec)
-        module.eval()  # torch.onnx.export restores the wrapper's (default) train mode recursively
-        with torch.no_grad():
-            expected = module(*(torch.from_numpy(v) for v in feeds.values()))
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            got = session.run(None, feeds)
-        except Exception as exc:  # ONNX Runtime raises its own exception types (e.g. NOT_IMPLEMENTED)
-            hint = " (this ONNX Runtime build lacks an fp16 kernel: build fp32, or use --backend tensorrt)" \
-                if precision == "fp16" else ""
-            raise AdaplerError(f"{spec.file_name}: ONNX Runtime cannot run the {precision} graph: "
-                               f"{str(exc).splitlines()[0]}{hint}") from exc
-        tol = Tolerances.for_precision(precision).export_relative
-        for name, want, have in zip(spec.outputs, expected, got):
-            want = want.float().numpy()
-            err = float(np.abs(want - have.astype(np.float32)).max())
-            if not np.isfinite(err) or err > tol * max(1.0, float(np.abs(want).max())):
-                raise AdaplerError(f"{spec.file_name}: ONNX Runtime output {name} differs from PyTorch by {err:.3g}")
+        export_module(module, example_inputs(spec, vocab=config.vocab_size), spec, out_dir / spec.file_name,
+                      precision)
     return specs
 
 
@@ -271,6 +275,5 @@ def build_single_graph(segment_dir: Path, specs: list, etas: list, out_path: Pat
     model = helper.make_model(graph, opset_imports=opsets, producer_name="adapler-export")
     model.ir_version = onnx.load(str(segment_dir / specs[0].file_name)).ir_version
     onnx.checker.check_model(model)  # custom-domain nodes are checked structurally
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
+    with atomic_file(out_path) as tmp:
+        onnx.save(model, str(tmp))

@@ -12,6 +12,7 @@ Rules every command follows (one place, here):
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -63,16 +64,24 @@ def current_umask() -> int:
     return mask
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Yield a hidden temporary path beside `path`; it replaces `path` only if the block succeeds (write and
+    validate there), and is removed on every way out."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         tmp.replace(path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _related(a: Path, b: Path) -> bool:

@@ -13,10 +13,7 @@ the adaptive ONNX Runtime pipeline at batch 1, a JSON file and a PNG plot. See b
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py; also puts the repository on sys.path)
-from common import Table  # noqa: E402
+from common import Table, log  # noqa: E402
+
+RESULT_SUFFIX = "-bench"  # <output-dir>/<name>-bench.json and .png
 
 DEFINITIONS = {
     "wallclock_speedup": "median over repeats of (full-model time / adaptive time) for one pass over the "
@@ -48,39 +47,20 @@ DEFINITIONS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="sst2", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
-    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder with dev.tsv "
-                                                     "(default: $ADAPLER_DATA_DIR/sst2, else ../shared/data/sst2)")
-    p.add_argument("--name", default=None, help="result name: <output-dir>/<name>-bench.json (default: ckpt name)")
-    p.add_argument("--output-dir", default=None, help="default docs/results (quick mode: a temp folder)")
-    p.add_argument("--work-dir", default=None, help="export cache (default $ADAPLER_HOME/bench)")
+    p = common.bench_parser(__doc__, RESULT_SUFFIX, long_examples=64, repeats=5, warmup=8)
     p.add_argument("--backends", default="onnxruntime,pytorch")
-    p.add_argument("--workloads", default="sst2,long")
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--sst2-examples", type=int, default=None, help="first N dev sentences (default all 872)")
-    p.add_argument("--long-examples", type=int, default=64)
     p.add_argument("--long-max-length", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=8, help="warm-up batches (plus the largest batch)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: CPUs available)")
     p.add_argument("--sort", action="store_true", help="batch examples sorted by length (less padding)")
-    p.add_argument("--memory", dest="memory", action="store_true", default=None)
-    p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--profile", dest="profile", action="store_true", default=None)
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--profile-examples", type=int, default=256)
-    p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: 16 SST-2 sentences, 4 long texts, 1 repeat, 1 warm-up, no memory probes")
-    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
     args = p.parse_args(argv)
+    common.apply_quick(args, sst2_examples=16, long_examples=4, repeats=1)
     if args.quick:
-        args.sst2_examples = args.sst2_examples or 16
-        args.long_examples = min(args.long_examples, 4)
-        args.repeats, args.warmup = 1, 1
         args.profile_examples = min(args.profile_examples, 8)
-    args.memory = (not args.quick) if args.memory is None else args.memory
     args.profile = True if args.profile is None else args.profile
     return args
 
@@ -192,7 +172,6 @@ def call_floor(adaptive, full, calls: int = 60) -> dict:
     from onnx import TensorProto, helper
 
     from adapler_export.backends.onnxruntime import session_options
-    from adapler_export.baseline import INPUTS
 
     ids = np.array([[101]], np.int32)
     one = np.ones((1, 1), np.int32)
@@ -222,10 +201,11 @@ def call_floor(adaptive, full, calls: int = 60) -> dict:
     identity = ort.InferenceSession(model.SerializeToString(), session_options(full.session.get_session_options()
                                                                                .intra_op_num_threads),
                                     providers=["CPUExecutionProvider"])
+    full_feeds = dict(zip(common.full_graph_inputs(full.session), (ids, one)))
     per_session = [min_time(lambda k=k, feeds=feeds: adaptive.run_segment(k, feeds))
                    for k, feeds in enumerate(unit_feeds)]
     return {"per_segment_ms": per_session, "segments_sum_ms": float(sum(per_session)),
-            "full_ms": min_time(lambda: full.session.run(None, dict(zip(INPUTS, (ids, one))))),
+            "full_ms": min_time(lambda: full.session.run(None, full_feeds)),
             "adaptive_run_ms": min_time(lambda: adaptive.run(ids, one)),
             "empty_call_ms": min_time(lambda: identity.run(None, {"x": one})),
             "note": f"each graph at B=1, S=1, minimum of {calls} calls: the cost that does not shrink with the "
@@ -319,53 +299,38 @@ def run_probe(spec: dict) -> dict:
 
     from adapler_export.checkpoint import load_checkpoint
 
-    data = np.load(spec["batch_file"])
-    ids, mask = data["input_ids"], data["attention_mask"]
+    ids, mask = common.probe_batch(spec)
     ckpt = load_checkpoint(spec["ckpt"])
     exports = {"segments": [Path(p) for p in spec["segments"]], "full": Path(spec["full"])}
     adaptive, full = make_runners(spec["backend"], ckpt, exports, spec["threads"])
     runner = adaptive if spec["model"] == "adaptive" else full
     del adaptive, full
-    import gc
 
-    gc.collect()
-    base = common.rss_mb()
-    common.reset_peak_rss()
-    tracemalloc.start()
-    if spec["backend"] == "pytorch":
-        import torch
-
-        with torch.inference_mode():
+    def run_twice():
+        tracemalloc.start()
+        with _inference_mode(spec["backend"]):
             runner.run(ids, mask)
             runner.run(ids, mask)
-    else:
-        runner.run(ids, mask)
-        runner.run(ids, mask)
-    heap_peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return {"rss_after_load_mb": base, "peak_rss_delta_mb": common.peak_rss_mb() - base,
-            "python_heap_peak_mb": heap_peak, "shape": list(ids.shape)}
+        heap_peak_mb.append(tracemalloc.get_traced_memory()[1] / 2**20)
+        tracemalloc.stop()
+
+    heap_peak_mb = []
+    probe = common.peak_rss_while(run_twice)
+    return {**probe, "python_heap_peak_mb": heap_peak_mb[0], "shape": list(ids.shape)}
 
 
 def memory_probes(configs: list, ckpt_path: str, exports: dict, threads: int, work_dir: Path, log) -> dict:
     """configs: [(backend, workload name, batch, (ids, mask))]. Returns {(backend, workload, batch, model): probe}."""
     results = {}
-    probe_dir = Path(tempfile.mkdtemp(prefix="probe-", dir=work_dir))
     for backend, workload, batch, (ids, mask) in configs:
-        batch_file = probe_dir / f"{workload}-{batch}.npz"
-        np.savez(batch_file, input_ids=ids, attention_mask=mask)
         for model in ("adaptive", "full"):
             spec = {"backend": backend, "model": model, "ckpt": ckpt_path, "threads": threads,
-                    "segments": [str(p) for p in exports["segments"]], "full": str(exports["full"]),
-                    "batch_file": str(batch_file)}
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", json.dumps(spec)],
-                                  capture_output=True, text=True, timeout=600)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")]
-            if proc.returncode != 0 or not line:
-                log(f"memory probe {backend}/{model}/{workload}/B={batch} failed: {proc.stderr.strip()[-300:]}")
-                results[(backend, workload, batch, model)] = None
-                continue
-            results[(backend, workload, batch, model)] = json.loads(line[-1][len("PROBE "):])
+                    "segments": [str(p) for p in exports["segments"]], "full": str(exports["full"])}
+            probe, error = common.probe_in_fresh_process(Path(__file__).resolve(), spec, ids, mask, work_dir,
+                                                         timeout=600)
+            if error is not None:
+                log(f"memory probe {backend}/{model}/{workload}/B={batch} failed: {error}")
+            results[(backend, workload, batch, model)] = probe
     return results
 
 
@@ -389,31 +354,16 @@ def compare_outputs(a_outputs: list, b_outputs: list, kept: bool = True) -> dict
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.probe:
-        print("PROBE " + json.dumps(run_probe(json.loads(args.probe))), flush=True)
-        return 0
-    log = lambda m: print(m, flush=True)  # noqa: E731
-    import torch  # noqa: F401  (before onnxruntime: same import order as the library)
-
-    from adapler_export.checkpoint import load_checkpoint
-    from adapler_export.storage import adapler_home
-
-    ckpt = load_checkpoint(args.ckpt)
+        return common.answer_probe(run_probe, args.probe)
+    run = common.start_run(args, RESULT_SUFFIX)
+    ckpt, load_start = run.ckpt, run.load_start
     model, tokenizer = ckpt.model, ckpt.tokenizer
-    name = args.name or ckpt.path.name + ("-quick" if args.quick else "")
-    out_dir = Path(args.output_dir) if args.output_dir else \
-        (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else common.RESULTS_DIR)
-    work_dir = Path(args.work_dir) if args.work_dir else adapler_home() / "bench"
-    work_dir.mkdir(parents=True, exist_ok=True)
     threads = args.threads or len(os.sched_getaffinity(0))
     backends = [b for b in args.backends.split(",") if b]
-    batch_sizes = [int(b) for b in args.batches.split(",") if b]
-    load_start = common.load_average()
-    started = time.time()
+    batch_sizes = args.batches
 
-    exports = export_models_logged(ckpt, work_dir, log)
-    workloads = common.workloads_from_names(args.workloads, tokenizer, args.data_dir, ckpt.config.max_length,
-                                            model.config.max_position_embeddings, args.sst2_examples,
-                                            args.long_examples, args.long_max_length)
+    exports = export_models_logged(ckpt, run.work_dir, log)
+    workloads = common.workloads_from_args(args, ckpt, args.long_max_length)
     for w in workloads:
         s = w.summary()
         log(f"workload {s['name']}: {s['examples']} examples, length {s['min_length']}-{s['max_length_seen']} "
@@ -421,7 +371,7 @@ def main(argv=None) -> int:
     log(f"load average at start: {load_start} on {os.cpu_count()} CPUs; threads {threads}")
 
     rows, outputs, profiles = [], {}, {}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = common.pad_id(tokenizer)
     for backend in backends:
         adaptive, full = make_runners(backend, ckpt, exports, threads)
         for workload in workloads:
@@ -492,7 +442,7 @@ def main(argv=None) -> int:
                     batches = common.make_batches(workload, batch, pad_id, sort=args.sort)
                     ids, mask, _ = max(batches, key=lambda b: b[0].size)
                     configs.append((backend, workload.name, batch, (ids, mask)))
-        probes = memory_probes(configs, str(ckpt.path), exports, threads, work_dir, log)
+        probes = memory_probes(configs, str(ckpt.path), exports, threads, run.work_dir, log)
         for row in rows:
             for model_kind in ("adaptive", "full"):
                 probe = probes.get((row["backend"], row["workload"], row["batch"], model_kind))
@@ -508,18 +458,13 @@ def main(argv=None) -> int:
 
     load_end = common.load_average()
     result = {
-        "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["python", "benchmarks/bench_cpu.py", *(sys.argv[1:] if argv is None else argv)]),
-        "quick": args.quick,
+        **common.result_header(run.name, "bench_cpu.py", argv, args.quick),
         "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "backbone": ckpt.config.backbone,
                        "task": ckpt.config.task, "num_layers": model.num_layers,
                        "hidden_size": model.config.hidden_size, "max_length": ckpt.config.max_length,
                        "eta": [float(e) for e in model.eta.detach()],
                        "dev_metrics": {k: ckpt.config.metrics.get(k) for k in ("accuracy", "flops_speedup")}},
-        "machine": common.machine_info(),
-        "load_average_start": load_start, "load_average_end": load_end,
-        "seconds": round(time.time() - started, 1),
+        **common.run_circumstances(run, load_end),
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": threads,
                      "sorted_by_length": args.sort, "ort_session_options": session_settings(threads),
                      "torch_threads": _torch_threads(), "batches": batch_sizes, "backends": backends},
@@ -527,17 +472,11 @@ def main(argv=None) -> int:
         "definitions": DEFINITIONS,
         "rows": rows,
         "profile_onnxruntime_batch1": profiles,
-        "notes": _notes(load_start, load_end, args),
+        "notes": common.run_notes(load_start, load_end, args.quick),
     }
-    json_path = out_dir / f"{name}-bench.json"
-    common.write_json(json_path, result)
     print_summary(result, log)
-    if not args.no_plot:
-        png = common.plot_rows(rows, out_dir / f"{name}-bench.png",
-                               f"{name}: adaptive vs full static model, {common.cpu_model()}, threads={threads}")
-        if png:
-            log(f"plot: {png}")
-    log(f"results: {json_path}")
+    common.save_result(result, run.json_path, run.png_path, None if args.no_plot else rows,
+                       f"{run.name}: adaptive vs full static model, {common.cpu_model()}, threads={threads}")
     return 0
 
 
@@ -572,17 +511,6 @@ def _torch_threads():
     import torch
 
     return torch.get_num_threads()
-
-
-def _notes(load_start, load_end, args) -> list:
-    notes = []
-    cpus = os.cpu_count() or 1
-    if args.quick:
-        notes.append("QUICK MODE: few examples, 1 repeat: a smoke test, not a measurement")
-    busy = max(load_start[:1] + load_end[:1] or [0])
-    if busy > 0.5 * cpus:
-        notes.append(f"machine was busy (1-min load average {busy} on {cpus} CPUs): timings are contaminated")
-    return notes
 
 
 def print_summary(result: dict, log) -> None:

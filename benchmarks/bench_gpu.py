@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,37 +24,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import Table  # noqa: E402
+from common import Table, log  # noqa: E402
 
 NO_GPU_EXIT = 2
+RESULT_SUFFIX = "-bench-gpu"  # <output-dir>/<name>-bench-gpu.json and .png
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="sst2")
-    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder (default: the task's)")
-    p.add_argument("--name", default=None)
-    p.add_argument("--output-dir", default=None)
+    p = common.bench_parser(__doc__, RESULT_SUFFIX, long_examples=256, repeats=10, warmup=16, export_cache=False,
+                            memory_probes=False)
     p.add_argument("--precisions", default="fp32,fp16")
-    p.add_argument("--workloads", default="sst2,long")
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--sst2-examples", type=int, default=None)
-    p.add_argument("--long-examples", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=16)
     p.add_argument("--link", default="auto", choices=["auto", "cuda", "torch"],
                    help="auto: the CUDA kernel where its library loads, else the PyTorch reference link")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--sort", action="store_true")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke mode: 32 SST-2 sentences, 8 long texts, 2 repeats, "
+                                                        "2 warm-up batches")
     # Exercises this script's code on the CPU (perf_counter instead of CUDA events, no GPU memory): for
     # tests on machines without a GPU. Its numbers are not GPU numbers.
     p.add_argument("--cpu-smoke", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.quick:
-        args.sst2_examples = args.sst2_examples or 32
-        args.long_examples = min(args.long_examples, 8)
-        args.repeats, args.warmup = 2, 2
+    common.apply_quick(args, sst2_examples=32, long_examples=8, repeats=2)
     return args
 
 
@@ -108,28 +97,20 @@ def device_models(model, precision: str, device, link) -> tuple:
     return adaptive.run_tensors, full.logits
 
 
-def time_events(run_a, run_f, batches, repeats, warmup):
-    """CUDA-event times (seconds) per repeat and batch, interleaved like common.time_interleaved."""
+def cuda_event_timer():
+    """`timer(run, ids, mask) -> seconds` for common.time_round_robin: CUDA events around the call,
+    synchronised after it."""
     import torch
 
-    largest = max(range(len(batches)), key=lambda i: batches[i][0].numel())
-    for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
-        run_a(*batches[i][:2])
-        run_f(*batches[i][:2])
-    torch.cuda.synchronize()
-    a = np.zeros((repeats, len(batches)))
-    f = np.zeros((repeats, len(batches)))
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for r in range(repeats):
-        for i, (ids, mask, _) in enumerate(batches):
-            order = ((run_a, a), (run_f, f)) if (r + i) % 2 == 0 else ((run_f, f), (run_a, a))
-            for run, store in order:
-                start.record()
-                run(ids, mask)
-                end.record()
-                end.synchronize()
-                store[r, i] = start.elapsed_time(end) / 1e3
-    return common.PairTiming(a, f)
+
+    def timed(run, ids, mask):
+        start.record()
+        run(ids, mask)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    return timed
 
 
 def peak_memory_mb(run, ids, mask) -> float:
@@ -172,28 +153,23 @@ def main(argv=None) -> int:
 
     from adapler_export.checkpoint import load_checkpoint
 
-    log = lambda m: print(m, flush=True)  # noqa: E731
     device = torch.device("cpu" if args.cpu_smoke else args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     ckpt = load_checkpoint(args.ckpt)
     model, tokenizer = ckpt.model.eval(), ckpt.tokenizer
     reference = ckpt.model  # stays on the CPU: fp32 reference for the parity columns
-    name = args.name or ckpt.path.name + ("-quick" if args.quick else "")
-    out_dir = Path(args.output_dir) if args.output_dir else \
-        (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else common.RESULTS_DIR)
+    name, json_path, png_path = common.output_paths(args, ckpt.path, RESULT_SUFFIX)
     link, link_info = resolve_link(args.link)
     log(f"link: {link_info}")
-    workloads = common.workloads_from_names(args.workloads, tokenizer, args.data_dir, ckpt.config.max_length,
-                                            model.config.max_position_embeddings, args.sst2_examples,
-                                            args.long_examples)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    workloads = common.workloads_from_args(args, ckpt)
+    pad_id = common.pad_id(tokenizer)
     started, load_start = time.time(), common.load_average()
     rows = []
     for precision in [p for p in args.precisions.split(",") if p]:
         adaptive, run_full = device_models(model, precision, device, link)
         for workload in workloads:
-            for batch in [int(b) for b in args.batches.split(",") if b]:
+            for batch in args.batches:
                 host = common.make_batches(workload, batch, pad_id, sort=args.sort)
                 batches = [(torch.from_numpy(i).to(device), torch.from_numpy(m).to(device), idx) for i, m, idx in host]
                 with torch.inference_mode():
@@ -201,7 +177,8 @@ def main(argv=None) -> int:
                     outs_f = [run_full(i, m) for i, m, _ in batches]
                     big = max(batches, key=lambda b: b[0].numel())
                     if device.type == "cuda":
-                        timing = time_events(adaptive, run_full, batches, args.repeats, args.warmup)
+                        timing = common.time_interleaved(adaptive, run_full, batches, args.repeats, args.warmup,
+                                                         sync=torch.cuda.synchronize, timer=cuda_event_timer())
                         mem_a, mem_f = peak_memory_mb(adaptive, *big[:2]), peak_memory_mb(run_full, *big[:2])
                     else:  # --cpu-smoke
                         timing = common.time_interleaved(adaptive, run_full, batches, args.repeats, args.warmup)
@@ -245,9 +222,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
 
     result = {
-        "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["python", "benchmarks/bench_gpu.py", *(sys.argv[1:] if argv is None else argv)]),
-        "quick": args.quick,
+        **common.result_header(name, "bench_gpu.py", argv, args.quick),
         "checkpoint": {"path": str(ckpt.path), "backbone": ckpt.config.backbone, "num_layers": model.num_layers,
                        "max_length": ckpt.config.max_length, "eta": [float(e) for e in model.eta.detach().cpu()]},
         "machine": {**common.machine_info(), "gpu": gpu_info(device) if device.type == "cuda" else None},
@@ -267,8 +242,6 @@ def main(argv=None) -> int:
         "notes": (["QUICK MODE: a smoke test, not a measurement"] if args.quick else []) +
                  (["CPU SMOKE RUN: the script's code path on the CPU, not GPU numbers"] if args.cpu_smoke else []),
     }
-    path = out_dir / f"{name}-bench-gpu.json"
-    common.write_json(path, result)
     table = Table(["precision", "workload", "B", "adaptive ms/ex", "full ms/ex", "wall-clock x", "FLOPs x",
                    "padded FLOPs x", "mem a/f MB"])
     for r in rows:
@@ -277,9 +250,8 @@ def main(argv=None) -> int:
                   "-" if r["adaptive_peak_gpu_mb"] is None else
                   f"{r['adaptive_peak_gpu_mb']:.0f}/{r['full_peak_gpu_mb']:.0f}")
     log(table.render())
-    png = common.plot_rows(rows, out_dir / f"{name}-bench-gpu.png", f"{name}: adaptive vs full on {rows[0]['device']}"
-                           if rows else name)
-    log(f"results: {path}" + (f", plot: {png}" if png else ""))
+    common.save_result(result, json_path, png_path, rows,
+                       f"{name}: adaptive vs full on {rows[0]['device']}" if rows else name)
     return 0
 
 

@@ -17,13 +17,9 @@ one graph's kept positions must equal the chain's on every batch. Plus the peak 
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py; also puts the repository on sys.path)
-from bench_cpu import _notes  # noqa: E402  (quick-mode and busy-machine notes, as in every CPU result)
-from common import Table  # noqa: E402
+from common import Table, log  # noqa: E402
 
+RESULT_SUFFIX = "-one-graph"  # <output-dir>/<name>-one-graph.json and .png
 MODELS = ("one-graph", "chain", "full")
 MEMORY_SHAPE = (8, 512)
 DEFINITIONS = {
@@ -51,31 +47,12 @@ DEFINITIONS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", default="sst2", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
-    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder (default: the task's)")
-    p.add_argument("--name", default=None, help="result name: <output-dir>/<name>-one-graph.json (default: ckpt name)")
-    p.add_argument("--output-dir", default=None, help="default docs/results (quick mode: a temp folder)")
-    p.add_argument("--work-dir", default=None, help="export cache (default $ADAPLER_HOME/bench)")
-    p.add_argument("--workloads", default="sst2,long")
-    p.add_argument("--batches", default="1,8,32")
-    p.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
-    p.add_argument("--sst2-examples", type=int, default=None, help="first N dev sentences (default all 872)")
-    p.add_argument("--long-examples", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=8, help="warm-up batches (plus the largest batch)")
-    p.add_argument("--memory", dest="memory", action="store_true", default=None)
-    p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument("--no-plot", action="store_true")
+    p = common.bench_parser(__doc__, RESULT_SUFFIX, long_examples=32, repeats=5, warmup=8)
+    p.add_argument("--threads", type=common.int_list, default="1,2", help="comma-separated intra-op thread counts")
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: 16 SST-2 sentences, 4 long texts, 1 repeat, 1 warm-up batch, no memory probe")
-    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # internal: one memory probe
     args = p.parse_args(argv)
-    if args.quick:
-        args.sst2_examples = args.sst2_examples or 16
-        args.long_examples = min(args.long_examples, 4)
-        args.repeats, args.warmup = 1, 1
-    args.memory = (not args.quick) if args.memory is None else args.memory
+    common.apply_quick(args, sst2_examples=16, long_examples=4, repeats=1)
     return args
 
 
@@ -97,33 +74,6 @@ def open_model(kind: str, paths: dict, etas: list, num_layers: int, hidden: int,
     raise ValueError(kind)
 
 
-def time_round_robin(runners: dict, batches: list, repeats: int, warmup: int) -> dict:
-    """{name: [repeats, batches] seconds}: every batch run by every runner, the first runner rotating batch by
-    batch and repeat by repeat (drift hits all alike); warm-up on the first `warmup` batches and the largest
-    (arenas reach their peak size); GC paused while timing."""
-    names = list(runners)
-    largest = max(range(len(batches)), key=lambda i: batches[i][0].size)
-    for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
-        for name in names:
-            runners[name](batches[i][0], batches[i][1])
-    times = {name: np.zeros((repeats, len(batches))) for name in names}
-    enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(repeats):
-            for i, (ids, mask, _) in enumerate(batches):
-                shift = (r * len(batches) + i) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    start = time.perf_counter()
-                    runners[name](ids, mask)
-                    times[name][r, i] = time.perf_counter() - start
-    finally:
-        if enabled:
-            gc.enable()
-    return times
-
-
 def check_same_decisions(graph_outputs: list, chain_outputs: list, where: str) -> float:
     """The one graph must keep exactly the chain's tokens; returns the max |Δlogit| between them."""
     diff = 0.0
@@ -138,8 +88,8 @@ def check_same_decisions(graph_outputs: list, chain_outputs: list, where: str) -
 def measure(models: dict, batches: list, examples: int, args, config) -> dict:
     """One row: the three models on the same batches."""
     outputs = {name: [model.run(ids, mask) for ids, mask, _ in batches] for name, model in models.items()}
-    times = time_round_robin({name: model.run for name, model in models.items()}, batches, args.repeats,
-                             args.warmup)
+    times = common.time_round_robin({name: model.run for name, model in models.items()}, batches, args.repeats,
+                                    args.warmup)
     graph_vs_full = common.PairTiming(times["one-graph"], times["full"]).summary(examples)
     chain_vs_full = common.PairTiming(times["chain"], times["full"]).summary(examples)
     graph_vs_chain = common.PairTiming(times["one-graph"], times["chain"]).summary(examples)
@@ -169,34 +119,21 @@ def measure(models: dict, batches: list, examples: int, args, config) -> dict:
 # ----------------------------------------------------------------------------------------------- memory
 def run_probe(spec: dict) -> dict:
     """One fresh-process memory probe (run in a subprocess with --probe)."""
-    data = np.load(spec["batch_file"])
-    ids, mask = data["input_ids"], data["attention_mask"]
+    ids, mask = common.probe_batch(spec)
     model = open_model(spec["model"], spec["paths"], spec["etas"], spec["num_layers"], spec["hidden"],
                        spec["num_labels"], spec["threads"])
-    gc.collect()
-    base = common.rss_mb()
-    common.reset_peak_rss()
-    model.run(ids, mask)
-    model.run(ids, mask)
-    return {"rss_after_load_mb": round(base, 1), "peak_rss_delta_mb": round(common.peak_rss_mb() - base, 1),
-            "shape": list(ids.shape)}
+    probe = common.peak_rss_while(lambda: (model.run(ids, mask), model.run(ids, mask)))
+    return {**{key: round(value, 1) for key, value in probe.items()}, "shape": list(ids.shape)}
 
 
 def memory_probes(ids, mask, common_spec: dict, work_dir: Path, log) -> dict:
-    probe_dir = Path(tempfile.mkdtemp(prefix="one-graph-probe-", dir=work_dir))
-    batch_file = probe_dir / "batch.npz"
-    np.savez(batch_file, input_ids=ids, attention_mask=mask)
     results = {}
     for model in MODELS:
-        spec = {**common_spec, "model": model, "batch_file": str(batch_file)}
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=900)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE ")]
-        if proc.returncode != 0 or not line:
-            log(f"memory probe {model} failed: {proc.stderr.strip()[-300:]}")
-            results[model] = None
+        results[model], error = common.probe_in_fresh_process(Path(__file__).resolve(), {**common_spec, "model": model},
+                                                              ids, mask, work_dir, timeout=900)
+        if error is not None:
+            log(f"memory probe {model} failed: {error}")
             continue
-        results[model] = json.loads(line[-1][len("PROBE "):])
         log(f"memory {model:>9} on {list(ids.shape)}: peak RSS +{results[model]['peak_rss_delta_mb']:.0f} MB over "
             f"{results[model]['rss_after_load_mb']:.0f} MB after loading")
     return results
@@ -229,24 +166,11 @@ def plot_row_views(rows: list) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.probe:
-        print("PROBE " + json.dumps(run_probe(json.loads(args.probe))), flush=True)
-        return 0
-    log = lambda m: print(m, flush=True)  # noqa: E731
-    import torch  # noqa: F401  (before onnxruntime: the library's import order)
-
-    from adapler_export.checkpoint import load_checkpoint
-    from adapler_export.storage import adapler_home
-
-    ckpt = load_checkpoint(args.ckpt)
+        return common.answer_probe(run_probe, args.probe)
+    run = common.start_run(args, RESULT_SUFFIX)
+    ckpt, load_start, work_dir = run.ckpt, run.load_start, run.work_dir
     model, tokenizer = ckpt.model, ckpt.tokenizer
-    name = args.name or ckpt.path.name + ("-quick" if args.quick else "")
-    out_dir = Path(args.output_dir) if args.output_dir else \
-        (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else common.RESULTS_DIR)
-    work_dir = Path(args.work_dir) if args.work_dir else adapler_home() / "bench"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    thread_counts = [int(t) for t in args.threads.split(",") if t]
-    batch_sizes = [int(b) for b in args.batches.split(",") if b]
-    load_start, started = common.load_average(), time.time()
+    thread_counts, batch_sizes = args.threads, args.batches
 
     exports = common.export_models(ckpt, work_dir, log)
     paths = {"segments": [str(p) for p in exports["segments"]], "full": str(exports["full"]),
@@ -254,10 +178,8 @@ def main(argv=None) -> int:
     etas = [float(e) for e in model.eta.detach()]
     shape = {"num_layers": model.num_layers, "hidden": model.config.hidden_size,
              "num_labels": model.config.num_labels}
-    workloads = common.workloads_from_names(args.workloads, tokenizer, args.data_dir, ckpt.config.max_length,
-                                            model.config.max_position_embeddings, args.sst2_examples,
-                                            args.long_examples)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    workloads = common.workloads_from_args(args, ckpt)
+    pad_id = common.pad_id(tokenizer)
     log(f"load average at start: {load_start} on {os.cpu_count()} CPUs")
 
     rows = []
@@ -289,16 +211,11 @@ def main(argv=None) -> int:
 
     load_end = common.load_average()
     result = {
-        "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["python", "benchmarks/bench_one_graph.py", *(sys.argv[1:] if argv is None else argv)]),
-        "quick": args.quick,
+        **common.result_header(run.name, "bench_one_graph.py", argv, args.quick),
         "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "backbone": ckpt.config.backbone,
                        "task": ckpt.config.task, "num_layers": model.num_layers, "eta": etas,
                        "hidden_size": model.config.hidden_size, "max_length": ckpt.config.max_length},
-        "machine": common.machine_info(),
-        "load_average_start": load_start, "load_average_end": load_end,
-        "seconds": round(time.time() - started, 1),
+        **common.run_circumstances(run, load_end),
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": thread_counts,
                      "batches": batch_sizes, "session_options": "backends.onnxruntime.session_options(threads) for "
                                                                 "every session of the three models"},
@@ -307,18 +224,12 @@ def main(argv=None) -> int:
         "rows": rows,
         "memory": {"shape": list(MEMORY_SHAPE), "threads": max(thread_counts), "models": memory} if memory else None,
         "summary": summarize(rows, memory),
-        "notes": _notes(load_start, load_end, args),
+        "notes": common.run_notes(load_start, load_end, args.quick),
     }
-    json_path = out_dir / f"{name}-one-graph.json"
-    common.write_json(json_path, result)
     print_summary(result, log)
-    if not args.no_plot:
-        png = common.plot_rows(plot_row_views(rows), out_dir / f"{name}-one-graph.png",
-                               f"{name}: one graph and chained segments vs the full static model (ONNX Runtime, "
-                               f"{common.cpu_model()})")
-        if png:
-            log(f"plot: {png}")
-    log(f"results: {json_path}")
+    common.save_result(result, run.json_path, run.png_path, None if args.no_plot else plot_row_views(rows),
+                       f"{run.name}: one graph and chained segments vs the full static model (ONNX Runtime, "
+                       f"{common.cpu_model()})")
     return 0
 
 

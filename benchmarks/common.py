@@ -1,16 +1,21 @@
-"""Helpers shared by the benchmark scripts (bench_cpu.py, bench_gpu.py, ort_variants.py).
+"""Helpers shared by the benchmark scripts (bench_cpu.py, bench_gpu.py, bench_one_graph.py, ort_variants.py).
 
-Workloads, batching, the export cache, interleaved timing, FLOPs, memory probes, machine description,
-JSON output and the plot. Nothing here times anything on its own; the scripts decide what to measure.
+Workloads, batching, the export cache, round-robin timing, FLOPs, memory probes, machine description, the
+command-line options the scripts share, result paths, JSON output and the plot. The scripts decide what to
+measure.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +86,13 @@ def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, m
                     f"consecutive SST-2 dev sentences joined to {min_len}-{max_len} wordpieces (uniform, seed {seed})")
 
 
+def workloads_from_args(args, ckpt, long_max_length: int = LONG_MAX) -> list:
+    """`workloads_from_names` for the options of `add_workload_args` and a checkpoint."""
+    return workloads_from_names(args.workloads, ckpt.tokenizer, args.data_dir, ckpt.config.max_length,
+                                ckpt.model.config.max_position_embeddings, args.sst2_examples, args.long_examples,
+                                long_max_length)
+
+
 def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length: int, max_positions: int,
                          sst2_examples: int | None = None, long_examples: int = 32,
                          long_max_length: int = LONG_MAX) -> list:
@@ -132,6 +144,11 @@ def onnxruntime_chain(model, segment_paths: list, threads: int | None):
 
     return OnnxRuntimeBackend(segment_paths, fp32_specs(model), [float(e) for e in model.eta.detach()],
                               device="cpu", threads=threads)
+
+
+def full_graph_inputs(session) -> list:
+    """The input names of a full.onnx session, read off the graph: (input_ids, attention_mask) in export order."""
+    return [i.name for i in session.get_inputs()]
 
 
 def export_models(ckpt, work_dir: Path, log=print) -> dict:
@@ -196,38 +213,55 @@ class PairTiming:
         }
 
 
-def time_interleaved(run_a, run_f, batches: list, repeats: int, warmup: int, sync=None) -> PairTiming:
-    """Warm up, then time every batch `repeats` times, alternating which model goes first batch by batch
-    and repeat by repeat, so drift (thermal, other load) hits both alike. `sync()` is called before each
-    clock read (e.g. CUDA synchronisation); the GC is paused while timing."""
-    clock = time.perf_counter
+def perf_counter_timer(sync=None):
+    """`timer(run, ids, mask) -> seconds` on the host clock; `sync()` (e.g. CUDA synchronisation) is called
+    before each clock read."""
     sync = sync or (lambda: None)
+
+    def timed(run, ids, mask):
+        sync()
+        start = time.perf_counter()
+        run(ids, mask)
+        sync()
+        return time.perf_counter() - start
+    return timed
+
+
+def time_round_robin(runners: dict, batches: list, repeats: int, warmup: int, sync=None, timer=None) -> dict:
+    """{name: [repeats, batches] seconds}: warm up, then time every batch by every runner `repeats` times,
+    the runner that goes first rotating batch by batch and repeat by repeat, so drift (thermal, other load)
+    hits all alike. `timer(run, ids, mask) -> seconds` (default: `perf_counter_timer(sync)`); `sync()` also
+    ends the warm-up. The GC is paused while timing."""
+    names = list(runners)
+    sync = sync or (lambda: None)
+    timer = timer or perf_counter_timer(sync)
     # Warm-up: the first `warmup` batches plus the largest one (arenas grow to their peak size now).
-    largest = max(range(len(batches)), key=lambda i: int(np.prod(batches[i][0].shape)))
+    largest = max(range(len(batches)), key=lambda i: math.prod(batches[i][0].shape))
     for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
         ids, mask, _ = batches[i]
-        run_a(ids, mask)
-        run_f(ids, mask)
+        for name in names:
+            runners[name](ids, mask)
     sync()
-    a = np.zeros((repeats, len(batches)))
-    f = np.zeros((repeats, len(batches)))
+    times = {name: np.zeros((repeats, len(batches))) for name in names}
     enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
         for r in range(repeats):
             for i, (ids, mask, _) in enumerate(batches):
-                order = ((run_a, a), (run_f, f)) if (r + i) % 2 == 0 else ((run_f, f), (run_a, a))
-                for run, store in order:
-                    sync()
-                    start = clock()
-                    run(ids, mask)
-                    sync()
-                    store[r, i] = clock() - start
+                first = (r + i) % len(names)
+                for name in names[first:] + names[:first]:
+                    times[name][r, i] = timer(runners[name], ids, mask)
     finally:
         if enabled:
             gc.enable()
-    return PairTiming(a, f)
+    return times
+
+
+def time_interleaved(run_a, run_f, batches: list, repeats: int, warmup: int, sync=None, timer=None) -> PairTiming:
+    """`time_round_robin` of the adaptive (a) and the full (f) model: they alternate which goes first."""
+    times = time_round_robin({"a": run_a, "f": run_f}, batches, repeats, warmup, sync, timer)
+    return PairTiming(times["a"], times["f"])
 
 
 # ----------------------------------------------------------------------------------------------- FLOPs
@@ -365,8 +399,6 @@ def tool_versions() -> dict:
 
 
 def git_revision() -> str | None:
-    import subprocess
-
     try:
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True, timeout=5).stdout.strip()
@@ -397,6 +429,183 @@ def load_average() -> list:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:  # pragma: no cover
         return []
+
+
+# ----------------------------------------------------------------------------------------------- command line
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def int_list(text: str) -> list:
+    """argparse type of "1,8,32"."""
+    return [int(v) for v in text.split(",") if v]
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, result_suffix: str, work_dir: bool = True) -> None:
+    """--ckpt, --data-dir, --name, --output-dir (see `output_paths`) and --work-dir (the export cache)."""
+    p.add_argument("--ckpt", default="sst2", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
+    p.add_argument("--data-dir", default=None, help="GLUE-style SST-2 folder with dev.tsv "
+                                                     "(default: $ADAPLER_DATA_DIR/sst2, else ../shared/data/sst2)")
+    p.add_argument("--name", default=None,
+                   help=f"result name: <output-dir>/<name>{result_suffix}.json (default: ckpt name)")
+    p.add_argument("--output-dir", default=None, help="default docs/results (quick mode: a temp folder)")
+    if work_dir:
+        p.add_argument("--work-dir", default=None, help="export cache (default $ADAPLER_HOME/bench)")
+
+
+def add_workload_args(p: argparse.ArgumentParser, long_examples: int, repeats: int, warmup: int) -> None:
+    """--workloads, --batches (a list), --sst2-examples, --long-examples, --repeats, --warmup."""
+    p.add_argument("--workloads", default="sst2,long")
+    p.add_argument("--batches", type=int_list, default="1,8,32")
+    p.add_argument("--sst2-examples", type=int, default=None, help="first N dev sentences (default all 872)")
+    p.add_argument("--long-examples", type=int, default=long_examples)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--warmup", type=int, default=warmup, help="warm-up batches (plus the largest batch)")
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    """--memory/--no-memory (fresh-process probes), --no-plot and the internal --probe (one probe)."""
+    p.add_argument("--memory", dest="memory", action="store_true", default=None, help="default: on unless --quick")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+
+
+def bench_parser(doc: str, result_suffix: str, long_examples: int, repeats: int, warmup: int,
+                 export_cache: bool = True, memory_probes: bool = True) -> argparse.ArgumentParser:
+    """A bench script's parser with the option groups above (the script adds its own options)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(p, result_suffix, work_dir=export_cache)
+    add_workload_args(p, long_examples, repeats, warmup)
+    if memory_probes:
+        add_memory_args(p)
+    return p
+
+
+def apply_quick(args, sst2_examples: int, long_examples: int, repeats: int) -> None:
+    """--quick, a smoke run: `sst2_examples` sentences (unless given), at most `long_examples` long texts,
+    `repeats` repeats and as many warm-up batches; memory probes only where asked for."""
+    if args.quick:
+        args.sst2_examples = args.sst2_examples or sst2_examples
+        args.long_examples = min(args.long_examples, long_examples)
+        args.repeats = args.warmup = repeats
+    if hasattr(args, "memory"):
+        args.memory = (not args.quick) if args.memory is None else args.memory
+
+
+def output_paths(args, ckpt_path: Path, suffix: str) -> tuple:
+    """(result name, JSON path, PNG path): <output-dir>/<name><suffix>.json and .png. The name defaults to
+    the checkpoint's (+ "-quick"), the folder to docs/results (quick mode: $TMPDIR/adapler-bench)."""
+    name = args.name or ckpt_path.name + ("-quick" if args.quick else "")
+    out_dir = Path(args.output_dir) if args.output_dir else \
+        (Path(tempfile.gettempdir()) / "adapler-bench" if args.quick else RESULTS_DIR)
+    return name, out_dir / f"{name}{suffix}.json", out_dir / f"{name}{suffix}.png"
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@dataclass
+class BenchRun:
+    """A CPU bench command line: its checkpoint, where its results go, its export cache, and the clock and
+    the load when it started."""
+    ckpt: object
+    name: str
+    json_path: Path
+    png_path: Path
+    work_dir: Path
+    started: float = field(default_factory=time.time)
+    load_start: list = field(default_factory=lambda: load_average())
+
+
+def start_run(args, suffix: str) -> BenchRun:
+    """Load the checkpoint of `add_checkpoint_args`' options, create the export cache."""
+    import torch  # noqa: F401  (before onnxruntime: the library's import order)
+
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.storage import adapler_home
+
+    ckpt = load_checkpoint(args.ckpt)
+    work_dir = Path(args.work_dir) if args.work_dir else adapler_home() / "bench"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return BenchRun(ckpt, *output_paths(args, ckpt.path, suffix), work_dir)
+
+
+def result_header(name: str, script: str, argv, quick: bool) -> dict:
+    """The first keys of every result file."""
+    return {"name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)]),
+            "quick": quick}
+
+
+def run_circumstances(run: BenchRun, load_end: list) -> dict:
+    """The machine, the load before and after, and how long the run took."""
+    return {"machine": machine_info(), "load_average_start": run.load_start, "load_average_end": load_end,
+            "seconds": round(time.time() - run.started, 1)}
+
+
+def run_notes(load_start: list, load_end: list, quick: bool) -> list:
+    """Quick-mode and busy-machine warnings, as in every CPU result."""
+    notes = []
+    cpus = os.cpu_count() or 1
+    if quick:
+        notes.append("QUICK MODE: few examples, 1 repeat: a smoke test, not a measurement")
+    busy = max(load_start[:1] + load_end[:1] or [0])
+    if busy > 0.5 * cpus:
+        notes.append(f"machine was busy (1-min load average {busy} on {cpus} CPUs): timings are contaminated")
+    return notes
+
+
+def save_result(result: dict, json_path: Path, png_path: Path, plot: list | None, title: str) -> None:
+    """Write the JSON and, given rows for `plot_rows`, the plot; say where they are."""
+    write_json(json_path, result)
+    if plot is not None:
+        png = plot_rows(plot, png_path, title)
+        if png:
+            log(f"plot: {png}")
+    log(f"results: {json_path}")
+
+
+# ----------------------------------------------------------------------------------------------- memory probes
+PROBE = "PROBE "  # the line a probe process answers with
+
+
+def probe_in_fresh_process(script: Path, spec: dict, ids, mask, work_dir: Path, timeout: int) -> tuple:
+    """Run `script --probe SPEC` in a fresh Python process (a peak memory of its own) on the batch
+    (ids, mask), passed in a file named by spec["batch_file"]: (its answer, None), or (None, the end of its
+    error output)."""
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=work_dir) as tmp:
+        batch_file = Path(tmp) / "batch.npz"
+        np.savez(batch_file, input_ids=ids, attention_mask=mask)
+        spec = {**spec, "batch_file": str(batch_file)}
+        proc = subprocess.run([sys.executable, str(script), "--probe", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=timeout)
+    answers = [ln for ln in proc.stdout.splitlines() if ln.startswith(PROBE)]
+    if proc.returncode != 0 or not answers:
+        return None, proc.stderr.strip()[-300:]
+    return json.loads(answers[-1][len(PROBE):]), None
+
+
+def answer_probe(measure, spec: str) -> int:
+    """In the probe process: print `measure(spec)` for `probe_in_fresh_process` to read."""
+    print(PROBE + json.dumps(measure(json.loads(spec))), flush=True)
+    return 0
+
+
+def probe_batch(spec: dict) -> tuple:
+    """In the probe process: the (input_ids, attention_mask) batch of the spec."""
+    data = np.load(spec["batch_file"])
+    return data["input_ids"], data["attention_mask"]
+
+
+def peak_rss_while(run) -> dict:
+    """Peak resident memory (VmHWM) while `run()` runs, over the RSS just before it (after a GC)."""
+    gc.collect()
+    base = rss_mb()
+    reset_peak_rss()
+    run()
+    return {"rss_after_load_mb": base, "peak_rss_delta_mb": peak_rss_mb() - base}
 
 
 # ----------------------------------------------------------------------------------------------- output

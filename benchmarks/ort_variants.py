@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +67,10 @@ def chain_variant(backend, link=None, raw: bool = False):
 
 
 def make_full(session, raw=False):
-    from adapler_export.baseline import INPUTS
-
     call = session._sess.run if raw else session.run
-    names = [o.name for o in session.get_outputs()]
-    return lambda ids, mask: (call(names, dict(zip(INPUTS, (ids, mask))))[0], None)
+    outputs = [o.name for o in session.get_outputs()]
+    inputs = common.full_graph_inputs(session)
+    return lambda ids, mask: (call(outputs, dict(zip(inputs, (ids, mask))))[0], None)
 
 
 def main(argv=None) -> int:
@@ -108,7 +105,7 @@ def main(argv=None) -> int:
         workload = common.sst2_workload(ckpt.tokenizer, dev, ckpt.config.max_length, args.examples or 400)
     else:
         workload = common.long_workload(ckpt.tokenizer, dev.texts, args.examples or 32)
-    batches = common.make_batches(workload, args.batch, ckpt.tokenizer.pad_token_id or 0)
+    batches = common.make_batches(workload, args.batch, common.pad_id(ckpt.tokenizer))
 
     chain = common.onnxruntime_chain(ckpt.model, exports["segments"], threads)
     if args.global_pool:  # the subject of --global-pool: the same chain over sessions sharing one thread pool
@@ -136,21 +133,7 @@ def main(argv=None) -> int:
             assert np.abs(logits - want_logits).max() <= (0 if name in ("fast-link", "fast-link+raw") else 1e-4), name
 
     names = list(variants)
-    times = {n: np.zeros((args.repeats, len(batches))) for n in names}
-    for i in range(min(len(batches), 8)):
-        for n in names:
-            variants[n](batches[i][0], batches[i][1])
-    gc.collect()
-    gc.disable()
-    for r in range(args.repeats):
-        for i, (ids, mask, _) in enumerate(batches):
-            shift = (r * len(batches) + i) % len(names)
-            for n in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                variants[n](ids, mask)
-                times[n][r, i] = time.perf_counter() - start
-    gc.enable()
-
+    times = common.time_round_robin(variants, batches, args.repeats, warmup=8)
     totals = {n: t.sum(axis=1) for n, t in times.items()}
     table = Table(["variant", "ms/example", "vs reference", "speedup over full (same threads)"])
     result = {"workload": workload.summary(), "batch": args.batch, "threads": threads,

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 import tempfile
@@ -339,7 +338,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
     files (their recorded digests), the checkpoint's digest and the output place are checked first."""
     import onnxruntime
 
-    from adapler_export.artifact import EnginesRecord, open_artifact, write_manifest
+    from adapler_export.artifact import EnginesRecord, open_artifact, record_parity, write_manifest
     from adapler_export.backends import load_backend
     from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
     from adapler_export.backends.pytorch import PyTorchBackend
@@ -460,10 +459,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             if manifest.engines.segments:
                 parity["not_run"]["tensorrt"] = ("quantize runs the engines nowhere; on a machine with a CUDA GPU: "
                                                  f"adapler-export verify --artifact {out} --backend tensorrt")
-        (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
-        manifest.parity = parity
-        manifest.build_seconds = round(time.time() - started, 1)
-        write_manifest(tmp, manifest)
+        record_parity(tmp, manifest, parity, started)
     return QuantizeResult(out, report, manifest)
 
 

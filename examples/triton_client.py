@@ -15,6 +15,12 @@ As with `adapler-export predict --file`, every line of the file is a text, blank
 line N): a blank or whitespace-only line comes back flagged ``empty_input`` (its label is the model's
 prior, not a reading) and is marked ``(empty input)`` here; a text cut to the model's length is marked
 ``(truncated)``.
+
+An ensemble (tokenizer -> whole-model graph; e.g. the one standard-ONNX graph on a stock Triton server,
+``tritonserver --model-repository=/tmp/adapler-repo --model-control-mode=explicit
+--load-model=adapler_onnx_ensemble``) answers with the graph's logits and kept positions::
+
+    python examples/triton_client.py --url HOST:PORT --model adapler_onnx_ensemble "a gorgeous movie."
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 from adapler_export.data import read_texts
 from adapler_export.errors import AdaplerError
 from adapler_export.serving.client import AdaplerClient
+from adapler_export.serving.contract import TEXT_MODEL
 
 
 def describe(text: str, result: dict) -> list:
@@ -39,12 +46,24 @@ def describe(text: str, result: dict) -> list:
     return lines
 
 
+def describe_graph(text: str, result: dict) -> list:
+    """The lines for one ensemble result: the graph's logits (no label names there) and kept positions."""
+    logits = result["logits"]
+    best = max(range(len(logits)), key=logits.__getitem__)
+    flag = "  (empty input)" if result["empty_input"] else ""
+    lines = [f"class {best}  logits [{' '.join(f'{x:.3f}' for x in logits)}]  {text!r}{flag}"]
+    for layer, kept in enumerate(result["kept_positions"]):
+        lines.append(f"    layer {layer}: {len(kept):3d} kept  positions {kept}")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--url", default="127.0.0.1:8000", help="host:port of the server (HTTP or gRPC port)")
     p.add_argument("--protocol", choices=["http", "grpc"], default="http")
-    p.add_argument("--model", default="adapler_text")
+    p.add_argument("--model", default=TEXT_MODEL,
+                   help=f"{TEXT_MODEL} (default), or an ensemble: adapler_onnx_ensemble, adapler_ensemble")
     p.add_argument("--file", help="one text per line (blank lines are texts too, flagged empty_input)")
     p.add_argument("--json", action="store_true", help="print the full results as JSON lines")
     args = p.parse_args(argv)
@@ -58,7 +77,8 @@ def main(argv=None) -> int:
         if not client.is_ready():
             print(f"server at {args.url} ({args.protocol}) or model {args.model} is not ready", file=sys.stderr)
             return 1
-        results = client.classify(texts)
+        graph = args.model != TEXT_MODEL
+        results = client.run_graph(texts) if graph else client.classify(texts)
     for number, (text, result) in enumerate(zip(texts, results), start=1):
         if result["empty_input"]:
             print(f"warning: text {number} is empty: its label is the model's prior, not a prediction",
@@ -66,7 +86,7 @@ def main(argv=None) -> int:
         if args.json:
             print(json.dumps({"text": text, **result}, ensure_ascii=False))
         else:
-            print("\n".join(describe(text, result)))
+            print("\n".join((describe_graph if graph else describe)(text, result)))
     return 0
 
 

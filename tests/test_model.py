@@ -1,8 +1,6 @@
 """The AdapLeR reference model: keep rule, soft vs hard removal, batching, checkpoints, FLOPs."""
 import numpy as np
-import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, load_checkpoint, save_checkpoint
 from adapler_export.flops import flops_speedup, layer_flops

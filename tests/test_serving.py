@@ -2,13 +2,17 @@
 
 Every artifact here is real: a tiny randomly initialised AdapLeR BERT built by `build_artifact`
 (tests/serving_fixtures.py; seconds), and the CI artifact (`built_artifact`, tests/conftest.py).
-(a) no server: repository configs, artifact checks, the classifier's documented edge cases, a
+(a) no server: repository configs (the one-graph model for Triton's stock onnxruntime backend checked
+    against the graph file itself), artifact checks, the classifier's documented edge cases, a
     property-based test over arbitrary Unicode.
 (b) real servers (the `tritonserver` binary of the nvidia-pytriton wheel) on 127.0.0.1 ports of their
     own, stopped by PID: served predictions are the library's, bad requests get an error or the
     documented result while the server stays healthy, one failing request does not fail the others,
     arbitrary text and bytes never break the server, `serve` leaves nothing behind on Ctrl-C, SIGTERM or
     a failed start, and the CI artifact over HTTP and gRPC matches the local backend under bounded load.
+    The wheel ships only the Python backend: the one-graph ensemble runs on it with a stand-in for the
+    stock onnxruntime backend (serving_fixtures.OnnxRuntimeStandIn: the server takes adapler_onnx's config
+    as written); with the stock backend it needs a Triton container (ADAPLER_TRITON_ONNX_URL, skipped here).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from conftest import SST2_DIR  # noqa: E402
 from adapler_export.artifact import ManifestError, read_manifest  # noqa: E402
 from adapler_export.data import read_texts  # noqa: E402
 from adapler_export.errors import AdaplerError  # noqa: E402
+from adapler_export.tolerances import Tolerances  # noqa: E402
 from adapler_export.serving import contract as C  # noqa: E402
 from adapler_export.serving import repository as R  # noqa: E402
 from adapler_export.serving.cli_commands import add_serve_parser, add_triton_parser  # noqa: E402
@@ -95,7 +100,10 @@ def tiny_artifact_single(tiny_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tiny_artifact_single):
-    return TextClassifier(tiny_artifact_single, backend_kind="onnxruntime")
+    """The library classifier as the Triton model opens it: `auto`, which takes the one graph here."""
+    classifier = TextClassifier(tiny_artifact_single)
+    assert classifier.backend_name == "onnxruntime-graph"
+    return classifier
 
 
 def _damage(artifact: pathlib.Path, how: str) -> str:
@@ -115,8 +123,9 @@ def _damage(artifact: pathlib.Path, how: str) -> str:
 # (a) no server
 # =========================================================================================================
 def test_text_model_config(tiny_artifact, tmp_path):
-    info = R.write_model_repository(tiny_artifact, tmp_path / "repo", max_batch=8, max_queue_delay_us=500)
-    assert info.models == [C.TEXT_MODEL] and not info.with_tensorrt_plan
+    info = R.write_model_repository(tiny_artifact, tmp_path / "repo", max_batch=8, max_queue_delay_us=500,
+                                    with_onnx_graph=False)
+    assert info.models == [C.TEXT_MODEL] and not info.with_tensorrt_plan and not info.with_onnx_graph
     cfg = R.parse_config(tmp_path / "repo" / C.TEXT_MODEL / "config.pbtxt")
     pb2, _ = R._pb2()
     assert cfg.name == C.TEXT_MODEL and cfg.backend == "python" and cfg.max_batch_size == 8
@@ -177,11 +186,83 @@ def test_triton_checks_the_artifact_first(tiny_artifact, tmp_path, how):
         args.func(args)
 
 
-def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
+def _config_dict(cfg) -> dict:
+    """A ModelConfig as the JSON that Triton hands a Python model (``args["model_config"]``)."""
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(cfg, preserving_proto_field_name=True)
+
+
+def _stand_in_check(model_dir: pathlib.Path, config: dict) -> None:
+    """The stock onnxruntime backend's load-time check of a config against its graph (the stand-in's)."""
+    F.OnnxRuntimeStandIn().initialize({"model_config": json.dumps(config), "model_repository": str(model_dir),
+                                       "model_version": "1"})
+
+
+@pytest.mark.parametrize("mode", ["copy", "hardlink", "reference"])
+def test_onnx_graph_model_config(tiny_artifact, tmp_path, mode):
+    """Written by default where the artifact has onnx/model.onnx: adapler_onnx for Triton's stock onnxruntime
+    backend (dynamic dims, batching, the graph file by artifact_mode) and the tokenizer ensemble in front;
+    the config's I/O is the graph's own, as the stock backend checks it at load time."""
     repo = tmp_path / "repo"
-    info = R.write_model_repository(tiny_artifact_single, repo, max_batch=4)  # auto: the artifact has one
-    assert info.with_tensorrt_plan
-    assert info.models == [C.TEXT_MODEL, C.PLAN_MODEL, C.TOKENIZER_MODEL, C.ENSEMBLE_MODEL]
+    info = R.write_model_repository(tiny_artifact, repo, max_batch=8, artifact_mode=mode)
+    assert info.with_onnx_graph and not info.with_tensorrt_plan
+    assert info.models == [C.TEXT_MODEL, C.ONNX_MODEL, C.TOKENIZER_MODEL, C.ONNX_ENSEMBLE_MODEL]
+    configs = R.validate_repository(repo)
+    pb2, _ = R._pb2()
+    onnx = configs[C.ONNX_MODEL]
+    assert (onnx.backend, onnx.platform, onnx.max_batch_size, onnx.default_model_filename) == \
+        ("onnxruntime", "", 8, "model.onnx")
+    assert onnx.HasField("dynamic_batching")
+    assert [(g.count, g.kind) for g in onnx.instance_group] == [(1, pb2.ModelInstanceGroup.KIND_AUTO)]
+    assert {t.name: (t.data_type, list(t.dims)) for t in onnx.input} == {
+        "input_ids": (pb2.TYPE_INT32, [-1]), "attention_mask": (pb2.TYPE_INT32, [-1])}
+    assert {t.name: (t.data_type, list(t.dims)) for t in onnx.output} == {
+        "logits": (pb2.TYPE_FP32, [2]), "kept_positions_0": (pb2.TYPE_INT32, [-1]),
+        "kept_positions_1": (pb2.TYPE_INT32, [-1])}
+    graph, source = repo / C.ONNX_MODEL / "1" / "model.onnx", tiny_artifact / "onnx" / "model.onnx"
+    assert graph.read_bytes() == source.read_bytes()
+    if mode == "reference":
+        assert graph.is_symlink() and graph.resolve() == source.resolve()
+    else:
+        assert not graph.is_symlink() and (graph.stat().st_ino == source.stat().st_ino) == (mode == "hardlink")
+    config = _config_dict(onnx)
+    _stand_in_check(repo / C.ONNX_MODEL, config)  # the config's tensors are the graph's
+    for tensor, dims, message in (("logits", ["3"], "dims"), ("kept_positions_0", ["-1", "-1"], "dims")):
+        broken = json.loads(json.dumps(config))
+        next(t for t in broken["output"] if t["name"] == tensor)["dims"] = dims
+        with pytest.raises(ValueError, match=message):
+            _stand_in_check(repo / C.ONNX_MODEL, broken)
+    ens = configs[C.ONNX_ENSEMBLE_MODEL]
+    assert ens.platform == "ensemble" and ens.max_batch_size == 8
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [C.TOKENIZER_MODEL, C.ONNX_MODEL]
+    assert {t.name for t in ens.output} == {t.name for t in onnx.output} | {C.EMPTY_INPUT}
+    assert configs[C.TOKENIZER_MODEL].parameters["max_length"].string_value == str(F.TINY_MAX_LENGTH)
+    command = (f"tritonserver --model-repository={repo.resolve()} --model-control-mode=explicit "
+               f"--load-model={C.ONNX_ENSEMBLE_MODEL}")
+    assert info.onnx_ensemble_command == command and command in (repo / "README.md").read_text()
+    # this wheel has no onnxruntime backend: only the Python models load here
+    assert R.loadable_models(repo) == [C.TEXT_MODEL, C.TOKENIZER_MODEL]
+    assert R.loadable_models(repo, {"python", "onnxruntime"})[-1] == C.ONNX_ENSEMBLE_MODEL
+
+
+def test_with_onnx_graph_needs_the_graph(tiny_artifact, tmp_path):
+    """An artifact built before the one graph: no one-graph models by default, a one-line error when asked."""
+    old = F.without_one_graph(tiny_artifact, tmp_path / "old-artifact")
+    assert R.write_model_repository(old, tmp_path / "repo").models == [C.TEXT_MODEL]
+    with pytest.raises(R.RepositoryError, match="--with-onnx-graph: artifact .* has no one-graph model .*rebuild") \
+            as error:
+        R.write_model_repository(old, tmp_path / "repo2", with_onnx_graph=True)
+    assert "\n" not in str(error.value) and not (tmp_path / "repo2").exists()
+
+
+def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
+    """With the single engine too: adapler_plan and its ensemble beside the one-graph ones, one tokenizer."""
+    repo = tmp_path / "repo"
+    info = R.write_model_repository(tiny_artifact_single, repo, max_batch=4)  # auto: the artifact has both
+    assert info.with_tensorrt_plan and info.with_onnx_graph
+    assert info.models == [C.TEXT_MODEL, C.PLAN_MODEL, C.ONNX_MODEL, C.TOKENIZER_MODEL, C.ENSEMBLE_MODEL,
+                           C.ONNX_ENSEMBLE_MODEL]
     configs = R.validate_repository(repo)
     plan = configs[C.PLAN_MODEL]
     assert plan.platform == "tensorrt_plan" and plan.max_batch_size == 4
@@ -204,7 +285,8 @@ def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
     assert cmd in (repo / "README.md").read_text() and info.tritonserver_command == cmd
     # this wheel has no TensorRT backend: only the Python models load here
     assert R.loadable_models(repo) == [C.TEXT_MODEL, C.TOKENIZER_MODEL]
-    assert R.loadable_models(repo, {"python", "tensorrt"})[-1] == C.ENSEMBLE_MODEL
+    assert R.loadable_models(repo, {"python", "tensorrt"}) == [C.PLAN_MODEL, C.TEXT_MODEL, C.TOKENIZER_MODEL,
+                                                                C.ENSEMBLE_MODEL]
 
 
 def test_with_tensorrt_plan_needs_the_engine(tiny_artifact, tmp_path):
@@ -256,8 +338,26 @@ def test_validation_rejects_broken_configs(tiny_artifact_single, tmp_path):
         R.validate_repository(repo)
     cfg_path.write_text(good)
     ens = repo / C.ENSEMBLE_MODEL / "config.pbtxt"
-    ens.write_text(ens.read_text().replace('key: "logits"', 'key: "no_such_output"'))
+    good_plan_ens = ens.read_text()
+    ens.write_text(good_plan_ens.replace('key: "logits"', 'key: "no_such_output"'))
     with pytest.raises(R.RepositoryError, match="no_such_output"):
+        R.validate_repository(repo)
+    ens.write_text(good_plan_ens)
+    # the ensemble's tensors must have the types and dims of the models that produce or take them
+    onnx_ens = repo / C.ONNX_ENSEMBLE_MODEL / "config.pbtxt"
+    good_ens = onnx_ens.read_text()
+    logits = 'name: "logits"\n  data_type: TYPE_FP32\n  dims: 2\n'
+    assert good_ens.count(logits) == 1
+    for broken, message in ((logits.replace("TYPE_FP32", "TYPE_FP16"), "'logits' is TYPE_FP32 in adapler_onnx but "
+                                                                       "TYPE_FP16 in adapler_onnx_ensemble"),
+                            (logits.replace("dims: 2", "dims: 3"), r"'logits' has dims \[2\] in adapler_onnx but "
+                                                                   r"\[3\] in adapler_onnx_ensemble")):
+        onnx_ens.write_text(good_ens.replace(logits, broken))
+        with pytest.raises(R.RepositoryError, match=message):
+            R.validate_repository(repo)
+    onnx_ens.write_text(good_ens)
+    (repo / C.ONNX_MODEL / "1" / "model.onnx").unlink()
+    with pytest.raises(R.RepositoryError, match="adapler_onnx/1/model.onnx missing"):
         R.validate_repository(repo)
 
 
@@ -389,7 +489,7 @@ def test_classifier_over_arbitrary_text(tiny_classifier):
 def test_find_triton_errors(monkeypatch, tmp_path):
     pytest.importorskip("pytriton", reason="the tritonserver binary comes with `pip install nvidia-pytriton`")
     dist = find_triton()
-    assert dist.binary.is_file() and dist.stub.is_file()
+    assert dist.binary.is_file() and dist.stub.is_file() and "python" in dist.backends
     with pytest.raises(TritonServerError, match="stub for Python 2.7"):
         find_triton("2.7")
     monkeypatch.setenv("TRITONSERVER_ROOT", str(tmp_path))
@@ -410,8 +510,14 @@ def test_cli_parsers(tiny_artifact, tmp_path, capsys):
     args = parser.parse_args(["triton", "--artifact", str(tiny_artifact), "--repo", str(tmp_path / "repo"),
                               "--max-batch", "4"])
     assert args.func(args) == 0
-    assert "model repository written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model repository written" in out and f"--load-model={C.ONNX_ENSEMBLE_MODEL}" in out
     assert R.parse_config(tmp_path / "repo" / C.TEXT_MODEL / "config.pbtxt").max_batch_size == 4
+    for flags, want in (([], None), (["--with-onnx-graph"], True), (["--no-onnx-graph"], False)):
+        args = parser.parse_args(["triton", "--artifact", "a", "--repo", "r", *flags])
+        assert args.with_onnx_graph is want
+    with pytest.raises(SystemExit):
+        parser.parse_args(["triton", "--artifact", "a", "--repo", "r", "--with-onnx-graph", "--no-onnx-graph"])
     args = parser.parse_args(["serve", "--repo", "x", "--load", "--concurrency", "2", "--protocol", "both"])
     assert args.load and args.concurrency == 2 and args.protocol == "both"
     with pytest.raises(SystemExit):
@@ -428,9 +534,13 @@ def _need_triton() -> None:
         pytest.skip(f"no local tritonserver: {e}")
 
 
-def _start(repo, tmp_path_factory, env=None) -> TritonServer:
+def _start(repo, tmp_path_factory, env=None, stand_in: bool = False) -> TritonServer:
+    """A server on `repo`; `stand_in`: with the stand-in for the stock onnxruntime backend, so that the
+    one-graph models load too."""
     _need_triton()
-    server = TritonServer(repo, workdir=tmp_path_factory.mktemp("triton-work"), env=env)
+    python_backends = F.onnxruntime_stand_in(tmp_path_factory.mktemp("stand-in")) if stand_in else None
+    server = TritonServer(repo, workdir=tmp_path_factory.mktemp("triton-work"), env=env,
+                          python_backends=python_backends)
     server.start(timeout=300)
     assert server.is_ready() and server.http_url.startswith("127.0.0.1:")
     print(f"\ntritonserver pid {server.pid} ready in {server.startup_seconds:.1f}s "
@@ -469,6 +579,42 @@ def _assert_same(server_results, ref_preds):
         want = ref.as_dict()
         np.testing.assert_allclose(got.pop("probabilities"), want.pop("probabilities"), rtol=0, atol=1e-6)
         assert got == want
+
+
+def _ensemble_answers(url: str, ensemble: str, texts: list, concurrency: int = 8) -> list:
+    """The ensemble's answer per text (`AdaplerClient.run_graph`): one text per request, from `concurrency`
+    clients at once, so that the dynamic batchers join requests of equal padded length."""
+    from adapler_export.serving.client import AdaplerClient
+
+    def run(indices):
+        with AdaplerClient(url, model_name=ensemble, max_batch=1) as client:
+            return [(i, client.run_graph([texts[i]])[0]) for i in indices]
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        parts = list(pool.map(run, [range(k, len(texts), concurrency) for k in range(concurrency)]))
+    answers = dict(pair for part in parts for pair in part)
+    return [answers[i] for i in range(len(texts))]
+
+
+def _compare_with_library(answers: list, predictions: list) -> dict:
+    """Ensemble answers vs the library's predictions: how many labels, kept positions and empty flags agree,
+    and the largest |logit difference|."""
+    pairs = list(zip(answers, predictions, strict=True))
+    return {"texts": len(pairs),
+            "labels": sum(int(np.argmax(a["logits"])) == p.label_id for a, p in pairs),
+            "kept": sum(a["kept_positions"] == p.kept_positions for a, p in pairs),
+            "empty": sum(a["empty_input"] == p.empty_input for a, p in pairs),
+            "max_abs_logit": max(float(np.max(np.abs(np.subtract(a["logits"], p.logits)))) for a, p in pairs)}
+
+
+def _assert_ensemble_is_the_library(url: str, ensemble: str, predictions: list, texts: list,
+                                    logit_atol: float = 1e-4) -> None:
+    """fp32: every label, kept position and empty flag the library's, logits within `logit_atol`."""
+    stats = _compare_with_library(_ensemble_answers(url, ensemble, texts), predictions)
+    print(f"\n{ensemble} vs the library's TextClassifier: {stats}")
+    n = len(texts)
+    assert (stats["labels"], stats["kept"], stats["empty"]) == (n, n, n), stats
+    assert stats["max_abs_logit"] <= logit_atol, stats
 
 
 def _assert_stubs_import_no_torch(server: TritonServer) -> None:
@@ -553,12 +699,13 @@ def _bad_requests(server, max_length):
 # ---- the tiny artifact --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_server(tiny_artifact_single, tmp_path_factory):
-    """adapler_text (backend: the real one, failing on the marker token) + adapler_tokenizer; the single
-    engine's adapler_plan needs TensorRT, not here."""
+    """adapler_text (backend: the real one, failing on the marker token) + adapler_tokenizer, and the
+    one-graph adapler_onnx + adapler_onnx_ensemble on the stand-in backend; the single engine's adapler_plan
+    needs TensorRT, not here."""
     repo = tmp_path_factory.mktemp("tiny-repo") / "repo"
     R.write_model_repository(tiny_artifact_single, repo, max_batch=MAX_BATCH, backend_factory=MARKER_FACTORY)
-    server = _start(repo, tmp_path_factory, env=F.python_path_env())
-    assert server._models_to_load() == [C.TEXT_MODEL, C.TOKENIZER_MODEL]
+    server = _start(repo, tmp_path_factory, env=F.python_path_env(), stand_in=True)
+    assert server._models_to_load() == [C.ONNX_MODEL, C.TEXT_MODEL, C.TOKENIZER_MODEL, C.ONNX_ENSEMBLE_MODEL]
     yield server
     _stop(server)
 
@@ -625,6 +772,18 @@ def test_tiny_server_tokenizer_model(tiny_server, tiny_classifier, protocol):
         client.close()
 
 
+def test_tiny_server_onnx_ensemble_is_the_library(tiny_server, tiny_classifier):
+    """adapler_onnx_ensemble (adapler_tokenizer -> the one graph in adapler_onnx, on the stand-in for the
+    stock backend: the server loads the configs as written) answers as the library classifier does, with
+    concurrent requests joined by the dynamic batcher (each request gets its rows of the joined batch)."""
+    texts = read_texts(SST2_DEV, limit=48) + ["", "   ", "good " * 100, "Héllo 😀 שלום"]
+    predictions = [tiny_classifier.classify([t])[0] for t in texts]
+    _assert_ensemble_is_the_library(tiny_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts)
+    joined = re.findall(r"onnxruntime stand-in: ran (\d+) requests as one batch", tiny_server.log_tail(10 ** 7))
+    print(f"requests per joined batch of adapler_onnx: {joined}")
+    assert joined, "no two requests joined: the batched path was not exercised"
+
+
 def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
     """examples/triton_client.py --file: line N is result N, blank lines flagged like `predict --file`."""
     sys.path.insert(0, str(REPO_ROOT / "examples"))
@@ -645,9 +804,11 @@ def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
 
 
 def test_tiny_server_model_setup(tiny_server):
-    """The model says in the server log which backend `auto` chose and why, and its stubs hold no torch."""
+    """The model says in the server log which backend `auto` chose and why (the one graph in one ONNX Runtime
+    session), and its stubs hold no torch."""
     log = tiny_server.log_tail(500000)
-    assert re.search(r"adapler_text: backend: onnxruntime \(.+\)", log)  # the choice and its reason
+    assert re.search(r"adapler_text: backend: onnxruntime-graph \(.+one-graph model.+\)", log)  # choice, reason
+    assert re.search(r"adapler_text: artifact .+, backend onnxruntime-graph, max_length", log)
     _assert_stubs_import_no_torch(tiny_server)
 
 
@@ -835,8 +996,8 @@ def real_artifact(request):
 def real_server(real_artifact, tmp_path_factory):
     repo = tmp_path_factory.mktemp("real-repo") / "repo"
     info = R.write_model_repository(real_artifact, repo, max_batch=MAX_BATCH)
-    assert C.TEXT_MODEL in info.models
-    server = _start(repo, tmp_path_factory)
+    assert {C.TEXT_MODEL, C.ONNX_ENSEMBLE_MODEL} <= set(info.models)
+    server = _start(repo, tmp_path_factory, stand_in=True)
     yield server
     _stop(server)
 
@@ -895,33 +1056,50 @@ def test_real_server_bounded_load(real_server):
     assert real_server.is_ready()
 
 
+def test_real_server_onnx_ensemble_is_the_library(real_server, real_reference):
+    """The CI artifact's adapler_onnx_ensemble (on the stand-in backend) on SST-2 dev sentences: the labels,
+    kept positions and empty flags of the library's TextClassifier, logits within 1e-4."""
+    texts, _, predictions = real_reference
+    _assert_ensemble_is_the_library(real_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts)
+
+
+def _wheel_backends() -> str:
+    try:
+        return ", ".join(find_triton().backends)
+    except TritonServerError as exc:
+        return f"none ({exc})"
+
+
+@pytest.mark.skipif(not os.environ.get("ADAPLER_TRITON_ONNX_URL"),
+                    reason="needs Triton's stock onnxruntime backend, which the nvidia-pytriton wheel does not ship "
+                           f"(its tritonserver has the backends: {_wheel_backends()}). In a Triton container "
+                           "(`pip install transformers` there, for the tokenizer model) run `tritonserver "
+                           "--model-repository=REPO --model-control-mode=explicit "
+                           f"--load-model={C.ONNX_ENSEMBLE_MODEL}` on a repository written by `adapler-export "
+                           "triton --artifact ARTIFACT --repo REPO` (ARTIFACT: the built_artifact fixture's), "
+                           "then set ADAPLER_TRITON_ONNX_URL=host:http_port")
+def test_onnx_ensemble_on_stock_onnxruntime_backend(real_artifact):
+    """adapler_onnx_ensemble on Triton's stock onnxruntime backend: the library's answers on SST-2 dev."""
+    texts = read_texts(SST2_DEV, limit=200)
+    clf = TextClassifier(real_artifact)
+    _assert_ensemble_is_the_library(os.environ["ADAPLER_TRITON_ONNX_URL"], C.ONNX_ENSEMBLE_MODEL,
+                                    clf.classify(texts), texts)
+
+
 @pytest.mark.skipif(not os.environ.get("ADAPLER_TRITON_PLAN_URL"),
                     reason="needs a Triton server with the TensorRT backend and a GPU serving the repository "
                            "written with --with-tensorrt-plan; set ADAPLER_TRITON_PLAN_URL=host:http_port "
                            "(see the repository README)")
 def test_tensorrt_ensemble_matches_local(real_artifact):
     """adapler_ensemble (tokenizer -> single engine with TokenCompact plugin layers) vs the local backend."""
-    import tritonclient.http as httpclient
-
     manifest = read_manifest(real_artifact)
-    _, *kept_outputs = manifest.single_graph["outputs"]
     texts = read_texts(SST2_DEV, limit=200)
     clf = TextClassifier(real_artifact)
-    client = httpclient.InferenceServerClient(os.environ["ADAPLER_TRITON_PLAN_URL"])
-    agree = kept_same = 0
-    try:
-        for text in texts:
-            inp = httpclient.InferInput("TEXT", [1, 1], "BYTES")
-            inp.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
-            res = client.infer(C.ENSEMBLE_MODEL, [inp])
-            ref = clf.classify([text])[0]
-            agree += int(np.argmax(res.as_numpy(manifest.single_graph["outputs"][0])[0])) == ref.label_id
-            kept = [[int(p) for p in res.as_numpy(name)[0] if p >= 0] for name in kept_outputs]
-            kept_same += kept == ref.kept_positions
-    finally:
-        client.close()
-    print(f"\nadapler_ensemble ({manifest.precision}): labels {agree}/{len(texts)}, kept {kept_same}/{len(texts)}")
-    if manifest.precision == "fp32":
-        assert agree == kept_same == len(texts)
+    if manifest.precision == "fp32":  # another runtime: the fp32 end-to-end tolerance of every backend
+        _assert_ensemble_is_the_library(os.environ["ADAPLER_TRITON_PLAN_URL"], C.ENSEMBLE_MODEL,
+                                        clf.classify(texts), texts, Tolerances.for_precision("fp32").max_abs_logit)
     else:  # fp16 may flip near-threshold decisions (../shared/DESIGN.md §4)
-        assert agree / len(texts) >= 0.98
+        stats = _compare_with_library(_ensemble_answers(os.environ["ADAPLER_TRITON_PLAN_URL"], C.ENSEMBLE_MODEL,
+                                                        texts), clf.classify(texts))
+        print(f"\nadapler_ensemble ({manifest.precision}): {stats}")
+        assert stats["labels"] / len(texts) >= 0.98

@@ -40,14 +40,17 @@ def cmd_triton(args) -> int:
     info = write_model_repository(
         args.artifact, args.out, max_batch=args.max_batch, max_queue_delay_us=args.queue_delay_us,
         instances=args.instances, backend_kind=args.backend,
-        with_tensorrt_plan=True if args.with_tensorrt_plan else None, artifact_mode=args.artifact_mode,
-        overwrite=args.force,
+        with_tensorrt_plan=True if args.with_tensorrt_plan else None, with_onnx_graph=args.with_onnx_graph,
+        artifact_mode=args.artifact_mode, overwrite=args.force,
     )
     print(f"model repository written to {info.path} (artifact {info.artifact} checked)")
     print(f"models: {', '.join(info.models)}")
     print(f"see {info.path / 'README.md'}; in a Triton container"
           f"{' with TensorRT and a GPU' if info.with_tensorrt_plan else ''}:\n  {info.tritonserver_command}")
-    print(f"here (nvidia-pytriton's tritonserver): adapler-export serve --repo {info.path}")
+    if info.onnx_ensemble_command:
+        print(f"the one-graph ensemble alone on a stock Triton server (onnxruntime backend; transformers in its "
+              f"Python):\n  {info.onnx_ensemble_command}")
+    print(f"here (nvidia-pytriton's tritonserver, Python models only): adapler-export serve --repo {info.path}")
     if args.check:
         from .client import AdaplerClient
         from .server import TritonServer
@@ -77,6 +80,13 @@ def add_triton_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--with-tensorrt-plan", action="store_true",
                    help="also write adapler_plan/adapler_tokenizer/adapler_ensemble (needs the single engine; "
                         "default: written when the artifact has one)")
+    onnx = p.add_mutually_exclusive_group()
+    onnx.add_argument("--with-onnx-graph", dest="with_onnx_graph", action="store_const", const=True, default=None,
+                      help="require adapler_onnx/adapler_tokenizer/adapler_onnx_ensemble: the one standard-ONNX "
+                           "graph for Triton's stock onnxruntime backend (default: written when the artifact has "
+                           "onnx/model.onnx, as every artifact built since it exists does)")
+    onnx.add_argument("--no-onnx-graph", dest="with_onnx_graph", action="store_const", const=False,
+                      help="leave the one-graph models out")
     p.add_argument("--artifact-mode", choices=["copy", "hardlink", "reference"], default="copy",
                    help="copy the artifact into the repository (default), hardlink it, or reference its path")
     p.add_argument("--force", action="store_true", help="replace an existing repository")
@@ -148,8 +158,9 @@ def _serve(args, cleanup: contextlib.ExitStack) -> int:
         repository_artifacts(repo)  # configs and artifact digests: fail here, not in the server log
     else:
         repo = pathlib.Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="adapler-serve-"))) / "repo"
+        # Only what this server runs: the pytriton wheel ships no onnxruntime backend for the one-graph model.
         write_model_repository(args.artifact, repo, max_batch=args.max_batch, artifact_mode="reference",
-                               backend_kind=args.backend)
+                               backend_kind=args.backend, with_onnx_graph=False)
         _log(f"repository written to {repo} (temporary; artifact referenced by path)")
     server = TritonServer(repo, models=args.models, http_port=args.http_port, grpc_port=args.grpc_port,
                           log_file=args.log_file)

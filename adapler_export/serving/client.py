@@ -1,4 +1,4 @@
-"""Client helpers for the ``adapler_text`` model, over HTTP or gRPC (``tritonclient``).
+"""Client helpers for the ``adapler_text`` model and the ensembles, over HTTP or gRPC (``tritonclient``).
 
 >>> with AdaplerClient("127.0.0.1:8000") as c:
 ...     c.classify(["a gorgeous, witty, seductive movie.", ""])
@@ -7,6 +7,8 @@
  {'label': ..., 'empty_input': True, 'tokens': ['[CLS]', '[SEP]'], ...}]
 
 Each result has the keys and meaning of ``runtime.Prediction.as_dict()`` (what `predict --json` prints).
+The ensembles (``adapler_onnx_ensemble``, ``adapler_ensemble``: tokenizer -> whole-model graph) answer with
+the graph's outputs, which ``run_graph`` returns per text: ``{"logits", "kept_positions", "empty_input"}``.
 Server-side errors surface as ``tritonclient.utils.InferenceServerException``. Light on purpose:
 tritonclient and numpy only.
 """
@@ -18,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..specs import LOGITS, kept_output
 from .contract import EMPTY_INPUT, RATIONALE, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS, TRUNCATED
 
 
@@ -47,6 +50,7 @@ class AdaplerClient:
             self._client = mod.InferenceServerClient(self.url)
         self._mod = mod
         self._max_batch = max_batch
+        self._graph_outputs: list | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -77,16 +81,36 @@ class AdaplerClient:
     def _kwargs(self) -> dict:
         return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
-    def infer_raw(self, texts_or_array) -> dict:
-        """One request with exactly the given ``TEXT`` array (no chunking): returns every output."""
+    def infer_raw(self, texts_or_array, outputs: Sequence[str] = tuple(TEXT_OUTPUTS)) -> dict:
+        """One request with exactly the given ``TEXT`` array (no chunking): returns ``outputs``."""
         arr = texts_or_array
         if not isinstance(arr, np.ndarray):
             arr = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in arr], dtype=np.object_)
         inp = self._mod.InferInput(TEXT_INPUT, list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
-        outs = [self._mod.InferRequestedOutput(n) for n in TEXT_OUTPUTS]
+        outs = [self._mod.InferRequestedOutput(n) for n in outputs]
         res = self._client.infer(self.model_name, [inp], outputs=outs, **self._kwargs())
-        return {n: res.as_numpy(n) for n in TEXT_OUTPUTS}
+        return {n: res.as_numpy(n) for n in outputs}
+
+    def _chunks(self, texts: Sequence[str]):
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("pass a sequence of texts, not one string")
+        n = self.max_batch
+        return (texts[start:start + n] for start in range(0, len(texts), n))
+
+    def graph_outputs(self) -> list:
+        """The model's ``logits`` and ``kept_positions_<k>`` outputs, in link order (from its metadata)."""
+        if self._graph_outputs is None:
+            if self.protocol == "http":
+                meta = self._client.get_model_metadata(self.model_name)
+            else:
+                meta = self._client.get_model_metadata(self.model_name, as_json=True)
+            names = {o["name"] for o in meta["outputs"]}
+            kept = []
+            while kept_output(len(kept)) in names:
+                kept.append(kept_output(len(kept)))
+            self._graph_outputs = [LOGITS] + kept
+        return self._graph_outputs
 
     # -- API -------------------------------------------------------------------------------------------
     def classify(self, texts: Sequence[str]) -> list:
@@ -95,9 +119,8 @@ class AdaplerClient:
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify() takes a sequence of texts; use classify_one() for one")
         results: list = []
-        n = self.max_batch
-        for start in range(0, len(texts), n):
-            out = self.infer_raw(texts[start:start + n])
+        for chunk in self._chunks(texts):
+            out = self.infer_raw(chunk)
             for i in range(out["LABEL"].shape[0]):
                 results.append({
                     "label": out["LABEL"][i, 0].decode("utf-8"),
@@ -111,3 +134,19 @@ class AdaplerClient:
 
     def classify_one(self, text: str) -> dict:
         return self.classify([text])[0]
+
+    def run_graph(self, texts: Sequence[str]) -> list:
+        """Run an ensemble (``model_name``: tokenizer -> whole-model graph) on ``texts`` (chunked to its max
+        batch): per text ``{"logits": [C floats], "kept_positions": [[positions link k kept] per link],
+        "empty_input": bool}``, the -1 padding of the kept positions removed."""
+        logits_name, *kept_names = names = self.graph_outputs()
+        results: list = []
+        for chunk in self._chunks(texts):
+            out = self.infer_raw(chunk, names + [EMPTY_INPUT])
+            for i in range(out[logits_name].shape[0]):
+                results.append({
+                    "logits": [float(x) for x in out[logits_name][i]],
+                    "kept_positions": [[int(p) for p in out[name][i] if p >= 0] for name in kept_names],
+                    "empty_input": bool(out[EMPTY_INPUT][i, 0]),
+                })
+        return results

@@ -15,9 +15,11 @@ which runs where ``adapler_export`` need not be installed.
 """
 
 TEXT_MODEL = "adapler_text"
-PLAN_MODEL = "adapler_plan"
-TOKENIZER_MODEL = "adapler_tokenizer"
-ENSEMBLE_MODEL = "adapler_ensemble"
+PLAN_MODEL = "adapler_plan"  # the single TensorRT engine (tensorrt_plan; TokenCompact plugin layers)
+ONNX_MODEL = "adapler_onnx"  # the one standard-ONNX graph, onnx/model.onnx (Triton's stock onnxruntime backend)
+TOKENIZER_MODEL = "adapler_tokenizer"  # TEXT -> input_ids, attention_mask: the front of both ensembles
+ENSEMBLE_MODEL = "adapler_ensemble"  # adapler_tokenizer -> adapler_plan
+ONNX_ENSEMBLE_MODEL = "adapler_onnx_ensemble"  # adapler_tokenizer -> adapler_onnx
 
 TEXT_INPUT = "TEXT"
 TRUNCATED = "TRUNCATED"
@@ -32,7 +34,7 @@ TEXT_OUTPUTS = {
     EMPTY_INPUT: ("TYPE_BOOL", [1]),
     RATIONALE: ("TYPE_STRING", [1]),
 }
-# adapler_tokenizer: TEXT -> the single engine's inputs (Hugging Face's names, which the segment contract
+# adapler_tokenizer: TEXT -> the whole-model graphs' inputs (Hugging Face's names, which the segment contract
 # uses for segment 0) and the EMPTY_INPUT flag, which the ensemble passes through.
 TOKENIZER_OUTPUTS = {
     "input_ids": ("TYPE_INT32", [-1]),

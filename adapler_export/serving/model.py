@@ -8,8 +8,9 @@ import path imports torch (``tokenization.py`` says why the tokenizer is read wi
 Config parameters (``config.pbtxt``, all strings):
   ``artifact_dir``    the build artifact; relative paths are relative to this version folder
                       (``artifact`` = the copy written beside this file).
-  ``backend_kind``    passed to ``adapler_export.backends.load_backend`` (``auto``: ONNX Runtime on CPU,
-                      TensorRT segments where a GPU and engines exist; the choice and its reason are logged).
+  ``backend_kind``    passed to ``adapler_export.backends.load_backend`` (``auto``: TensorRT segments where a
+                      GPU and engines exist, else the one graph ``onnx/model.onnx`` in one ONNX Runtime
+                      session, ``onnxruntime-graph``; the choice and its reason are logged).
   ``python_path``     ``os.pathsep``-separated folders put in front of ``sys.path`` (the folder holding
                       ``adapler_export`` when it is not installed: the stub ignores ``PYTHONPATH``); the
                       folders of ``$ADAPLER_PYTHONPATH`` are added too.

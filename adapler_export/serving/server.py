@@ -89,6 +89,8 @@ class TritonDistribution:
     python_backend: pathlib.Path  # root/backends/python
     stub: pathlib.Path  # root/python_backend_stubs/<py>/triton_python_backend_stub
     caches: pathlib.Path | None  # root/caches
+    backends: tuple = ()  # the backends it ships: root/backends/<name>/libtriton_<name>.so (nvidia-pytriton
+    #                       0.7: python only; no onnxruntime, tensorrt, ...)
 
 
 def find_triton(python_version: str | None = None) -> TritonDistribution:
@@ -138,12 +140,15 @@ def find_triton(python_version: str | None = None) -> TritonDistribution:
             "run with one of those Python versions"
         )
     caches = root / "caches"
-    return TritonDistribution(root, binary, libs, python_backend, stub, caches if caches.is_dir() else None)
+    shipped = tuple(sorted(p.name for p in (root / "backends").iterdir() if (p / f"libtriton_{p.name}.so").is_file()))
+    return TritonDistribution(root, binary, libs, python_backend, stub, caches if caches.is_dir() else None, shipped)
 
 
-def prepare_backend_dir(dist: TritonDistribution, dest: str | os.PathLike) -> pathlib.Path:
-    """Write ``dest/python/`` = the Python backend + this Python's stub. Returns ``dest`` (the folder to
-    pass as ``--backend-directory``). Idempotent."""
+def prepare_backend_dir(dist: TritonDistribution, dest: str | os.PathLike,
+                        python_backends: Mapping[str, str | os.PathLike] | None = None) -> pathlib.Path:
+    """Write ``dest/python/`` = the Python backend + this Python's stub, and ``dest/<name>/model.py`` for each
+    Python-based backend of ``python_backends`` ({backend name: its model.py}). Returns ``dest`` (the folder
+    to pass as ``--backend-directory``). Idempotent."""
     dest = pathlib.Path(dest)
     py_dir = dest / "python"
     py_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,11 @@ def prepare_backend_dir(dist: TritonDistribution, dest: str | os.PathLike) -> pa
         shutil.copy2(dist.python_backend / name, py_dir / name)
     shutil.copy2(dist.stub, py_dir / _STUB_NAME)
     os.chmod(py_dir / _STUB_NAME, 0o755)
+    for name, model_py in (python_backends or {}).items():
+        if name in dist.backends or name == "python":
+            raise TritonServerError(f"Python-based backend {name!r}: the server ships a backend of that name")
+        (dest / name).mkdir(exist_ok=True)
+        shutil.copy2(model_py, dest / name / "model.py")
     return dest
 
 
@@ -211,8 +221,13 @@ class TritonServer:
     ...     print(srv.http_url, srv.grpc_url)
 
     ``models``: names to load (``--model-control-mode=explicit``); ``None`` loads every model in the
-    repository whose backend is available here (``python`` and ensembles over those; not
-    ``tensorrt_plan``, which this wheel does not ship).
+    repository whose backend is available here (``python``, the ``python_backends``, and ensembles over
+    those; not ``tensorrt_plan`` nor ``onnxruntime``, which this wheel does not ship).
+
+    ``python_backends``: {backend name: a ``model.py``}: Triton's Python-based backends. The server looks for
+    ``libtriton_<name>.so`` of a model's ``backend`` and, where there is none, for
+    ``<backends>/<name>/model.py``, which it runs through the Python backend with the model's config as
+    written. The tests use this to stand in for the stock ``onnxruntime`` backend.
     """
 
     def __init__(
@@ -232,6 +247,7 @@ class TritonServer:
         extra_args: Iterable[str] = (),
         env: Mapping[str, str] | None = None,
         python_version: str | None = None,
+        python_backends: Mapping[str, str | os.PathLike] | None = None,
     ):
         self.model_repository = pathlib.Path(model_repository).resolve()
         if not self.model_repository.is_dir():
@@ -248,6 +264,7 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self._base_env = env
         self._python_version = python_version
+        self._python_backends = dict(python_backends or {})
         self.proc: subprocess.Popen | None = None
         self.http_port = self.grpc_port = self.metrics_port = None
         self.startup_seconds: float | None = None
@@ -282,7 +299,7 @@ class TritonServer:
             return self.models
         from .repository import loadable_models  # local import: repository imports protobuf
 
-        return loadable_models(self.model_repository, available_backends={"python"})
+        return loadable_models(self.model_repository, available_backends={"python", *self._python_backends})
 
     def command(self) -> list[str]:
         dist = self._dist
@@ -327,7 +344,7 @@ class TritonServer:
             if self.workdir is None:
                 self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="adapler-triton-"))
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._backend_dir = prepare_backend_dir(self._dist, self.workdir / "backends")
+            self._backend_dir = prepare_backend_dir(self._dist, self.workdir / "backends", self._python_backends)
             for attempt in range(3):
                 ports = free_ports(3)
                 self.http_port = self._requested_ports[0] or ports[0]
