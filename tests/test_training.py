@@ -11,11 +11,11 @@ from adapler_export.data import Split, TaskData
 from adapler_export.errors import AdaplerError
 from adapler_export.modeling_adapler import soft_mask_update, soft_removal_exponent, with_cls_live
 from tiny_models import LABELS, make_tiny_tokenizer, tiny_model
-from training.data import EncodedDataset, length_grouped_batches
+from training.data import length_grouped_batches
 from training.stage1_finetune import Stage1Config, best_epochs, run_stage1
+from training.pipeline import TrainConfig, apply_setting
 from training.stage2_saliency import compute_saliencies, run_stage2
-from training.stage3_adapler import FAST_SETTING, Stage3Config, compute_gradients, length_term, \
-    main_parameters, run_stage3, select_epoch
+from training.stage3_adapler import Stage3Config, compute_gradients, length_term, run_stage3, select_epoch
 
 LAMBDA = 10.0
 
@@ -142,8 +142,12 @@ def test_official_lambda_schedule():
     assert [cfg.step_lambda(0, 0), cfg.step_lambda(0, 1), cfg.step_lambda(1, 0), cfg.step_lambda(4, 9)] == \
         [1000.0, 10.0, 100.0, 1e5]
     assert Stage3Config(lambda_first_step=None).step_lambda(0, 0) == 10.0
-    fast = Stage3Config(**FAST_SETTING)
-    assert [fast.lam(epoch) for epoch in range(fast.epochs)] == [50.0, 2500.0, 125000.0]
+    fast = apply_setting(TrainConfig(), "fast")
+    assert [fast.stage3.lam(epoch) for epoch in range(fast.stage3.epochs)] == [50.0, 2500.0, 125000.0]
+    assert fast.stage3_init == "finetuned" and fast.stage3.gamma == cfg.gamma, "the rest stays official"
+    assert TrainConfig().stage3_init == "pretrained"
+    with pytest.raises(AdaplerError, match="unknown training setting 'quick'"):
+        apply_setting(TrainConfig(), "quick")
 
 
 def test_official_optimiser_defaults():

@@ -66,6 +66,11 @@ def load_model_state(model, path: Path) -> None:
     model.load_state_dict(torch.load(path, weights_only=True))
 
 
+def epoch_model_path(stage_dir: Path, epoch: int) -> Path:
+    """Where a stage keeps one epoch's weights (0-based epoch)."""
+    return stage_dir / f"epoch_{epoch}" / "model.pt"
+
+
 def read_marker(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 

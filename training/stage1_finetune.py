@@ -15,8 +15,8 @@ import torch
 from adapler_export.evaluation import evaluate_full
 from adapler_export.progress import progress
 
-from .common import adamw_with_warmup, load_model_state, make_accelerator, read_marker, save_model_state, \
-    write_json_atomic
+from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
+                     save_model_state, write_json_atomic)
 from .data import EncodedDataset
 
 
@@ -40,10 +40,6 @@ def best_epochs(history: list, count: int) -> list:
     `np.argsort(scores)[-3:]`, which is stable on short lists)."""
     ranked = sorted(history, key=lambda h: (h["dev_accuracy"], h["epoch"]), reverse=True)
     return [h["epoch"] for h in ranked[:count]]
-
-
-def epoch_model_path(stage_dir: Path, epoch: int) -> Path:
-    return stage_dir / f"epoch_{epoch}" / "model.pt"
 
 
 def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=print) -> dict:

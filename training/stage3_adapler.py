@@ -31,8 +31,8 @@ from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
 
-from .common import adamw_with_warmup, load_model_state, make_accelerator, read_marker, save_model_state, \
-    warmup_then_linear_decay, write_json_atomic
+from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
+                     save_model_state, warmup_then_linear_decay, write_json_atomic)
 from .data import EncodedDataset
 
 SELECTION_FALLBACKS = ("none", "most-accurate")
@@ -77,12 +77,6 @@ class Stage3Config:
     def work_key(self) -> dict:
         """The settings that change what training produces (selection settings excluded)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in SELECTION_ONLY_FIELDS}
-
-
-# A setting for a CPU budget (docs: "Training on a CPU budget"): the method unchanged, fewer epochs with
-# larger lambda steps (the official 3-epoch schedule), and a stronger pull on eta so that it moves within
-# the few thousand steps such a run has. Measured in the issue-11 notes.
-FAST_SETTING = {"epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "eta_lr": 5e-3, "phi": 0.005}
 
 
 def saliency_target(saliency, mask, theta_l) -> torch.Tensor:
@@ -165,13 +159,8 @@ def select_epoch(history: list, finetuned_accuracy: float, tolerance: float, fal
                        for h in history)
     return None, (f"no stage-3 epoch reached a dev accuracy above {finetuned_accuracy - tolerance:.4f} (the "
                   f"fine-tuned {finetuned_accuracy:.4f} minus {tolerance:g}) ({epochs}), so the official rule "
-                  "keeps nothing. Re-run the same command with the selection fallback 'most-accurate' to keep "
-                  "the most accurate epoch (the trained epochs are reused), or train longer / with a smaller "
-                  "phi")
-
-
-def epoch_model_path(stage_dir: Path, epoch: int) -> Path:
-    return stage_dir / f"epoch_{epoch}" / "model.pt"
+                  "keeps nothing. Re-run the same command with --selection-fallback most-accurate to keep the "
+                  "most accurate epoch (the trained epochs are reused), or train longer / with a smaller phi")
 
 
 def prune_epoch_models(stage_dir: Path, history: list, finetuned_accuracy: float, tolerance: float) -> None:
@@ -275,7 +264,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     if selected is None:
         raise AdaplerError(f"stage 3: {how}")
     log(f"stage 3: selected epoch {selected['epoch'] + 1} ({how})")
-    save_model_state_from(stage_dir, selected["epoch"])
+    copy_to_selected(stage_dir, selected["epoch"])
     load_model_state(unwrapped, stage_dir / "selected" / "model.pt")
     result = {"selected_epoch": selected["epoch"], "lambda_final": selected["lambda"], "selection": how,
               "selection_fallback": cfg.selection_fallback,
@@ -285,7 +274,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     return result
 
 
-def save_model_state_from(stage_dir: Path, epoch: int) -> None:
+def copy_to_selected(stage_dir: Path, epoch: int) -> None:
     """Copy an epoch's weights to `selected/model.pt` (atomically)."""
     target = stage_dir / "selected" / "model.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
