@@ -43,6 +43,7 @@ def cmd_train(args) -> int:
     cfg.stage3.lambda_base, cfg.stage3.lambda_mult = args.lambda_schedule
     cfg.stage3.gamma, cfg.stage3.phi, cfg.stage3.cp_lr = args.gamma, args.phi, args.cp_lr
     cfg.stage3.max_train_samples_per_epoch = args.stage3_samples_per_epoch
+    cfg.stage3.selection_fallback = args.selection_fallback
     path = train(cfg, output, log=_log, force=args.force)
     print(f"checkpoint written to {path}")
     return 0
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage3-samples-per-epoch", type=int, help="cap on stage-3 examples per epoch")
     p.add_argument("--stage3-train-samples", type=int,
                    help="run stages 2-3 on a fixed random subset of this many training examples")
+    p.add_argument("--selection-fallback", choices=["none", "most-accurate"], default="none",
+                   help="when no stage-3 epoch is within 1 point of the fine-tuned accuracy: keep nothing (the "
+                        "official rule, an error) or keep the most accurate epoch")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
     p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
