@@ -18,11 +18,11 @@ from . import __version__
 from .artifact import EnginesRecord, Manifest, record_parity, write_manifest
 from .checkpoint import checkpoint_digest, load_checkpoint
 from .data import parity_texts
-from .errors import AdaplerError, BackendUnavailable, ParityError
+from .errors import AdaplerError, ParityError
 from .evaluation import encode
 from .onnx_graph import build_one_graph
-from .parity import (ParityReport, Tolerances, artifact_backend_kinds, capture_segment_io, compare_backends,
-                     polygraphy_segment_check)
+from .parity import (ParityReport, Tolerances, artifact_backend_kinds, capture_segment_io,
+                     compare_artifact_backends, polygraphy_segment_check)
 from .segments import LINK_DOMAIN, LINK_OP, build_single_graph, export_segments
 from .specs import OPSET, model_output_names
 from .storage import atomic_directory, check_output_dir, resolve_output_dir
@@ -119,22 +119,15 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
             engines=engines, tools=tool_versions())
         write_manifest(tmp, manifest)  # the backends open the folder through the contract
 
-        from .backends import load_backend
         from .backends.pytorch import PyTorchBackend
 
-        reference, reports, not_run = PyTorchBackend(model), {}, {}
-        for kind in artifact_backend_kinds(manifest):
-            try:
-                candidate = load_backend(tmp, kind=kind, log=log, check_files=False)
-            except BackendUnavailable as exc:
-                not_run[kind] = str(exc)
-                log(f"parity of {kind}: not run here ({exc})")
-                continue
-            with candidate:
-                reports[kind] = compare_backends(reference, candidate, ckpt.tokenizer, texts, config.max_length,
-                                                 options.precision, batch_size=options.batch_size,
-                                                 tolerances=options.tolerances, progress=progress)
-            log(reports[kind].table())
+        reports, not_run = compare_artifact_backends(
+            tmp, manifest, artifact_backend_kinds(manifest), PyTorchBackend(model), ckpt.tokenizer, texts,
+            batch_size=options.batch_size, tolerances=options.tolerances, progress=progress, log=log)
+        for kind, reason in not_run.items():
+            log(f"parity of {kind}: not run here ({reason})")
+        for report in reports.values():
+            log(report.table())
         parity = {"end_to_end": {k: r.to_dict() for k, r in reports.items()}, "not_run": not_run,
                   "polygraphy_segments": segment_check}
         record_parity(tmp, manifest, parity, started)

@@ -257,7 +257,6 @@ def verify_artifact(artifact_dir, backends=None, ckpt=None, data_dir=None, sampl
     checkpoint it was built from, for each backend kind in `backends` (default: every kind the artifact
     has). A kind this machine cannot run (`BackendUnavailable`) is reported as not run, with the reason."""
     from .artifact import open_artifact
-    from .backends import load_backend
     from .backends.pytorch import PyTorchBackend
     from .checkpoint import checkpoint_digest, load_checkpoint
     from .data import parity_texts
@@ -270,16 +269,29 @@ def verify_artifact(artifact_dir, backends=None, ckpt=None, data_dir=None, sampl
                           f"({manifest.checkpoint['digest']}); pass --ckpt with that checkpoint")
     kinds = list(backends) if backends else artifact_backend_kinds(manifest)
     texts = parity_texts(manifest.task, data_dir, samples)
-    reference = PyTorchBackend(checkpoint.model)
     result = VerifyResult(str(path))
+    result.reports, result.not_run = compare_artifact_backends(
+        path, manifest, kinds, PyTorchBackend(checkpoint.model), checkpoint.tokenizer, texts,
+        batch_size=batch_size, progress=progress, log=log)
+    return result
+
+
+def compare_artifact_backends(artifact_dir, manifest, kinds, reference: Backend, tokenizer, texts,
+                              batch_size: int = 32, tolerances: Tolerances | None = None, progress=None,
+                              log=None) -> tuple:
+    """`compare_backends` for each backend kind of an artifact (build and verify both use this): returns
+    ({kind: ParityReport}, {kind: why it cannot run here}). `log` receives the backends' own choices."""
+    from .backends import load_backend
+
+    reports, not_run = {}, {}
     for kind in kinds:
         try:
-            candidate = load_backend(path, kind=kind, log=log, check_files=False)
+            candidate = load_backend(artifact_dir, kind=kind, log=log, check_files=False)
         except BackendUnavailable as exc:
-            result.not_run[kind] = str(exc)
+            not_run[kind] = str(exc)
             continue
         with candidate:
-            result.reports[kind] = compare_backends(reference, candidate, checkpoint.tokenizer, texts,
-                                                    manifest.max_length, manifest.precision,
-                                                    batch_size=batch_size, progress=progress)
-    return result
+            reports[kind] = compare_backends(reference, candidate, tokenizer, texts, manifest.max_length,
+                                             manifest.precision, batch_size=batch_size, tolerances=tolerances,
+                                             progress=progress)
+    return reports, not_run
