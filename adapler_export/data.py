@@ -18,11 +18,22 @@ import numpy as np
 from .errors import AdaplerError
 from .storage import sha256_file
 
-# Tasks we know: label names and the column that holds the text.
+# Tasks we know: label names, the column that holds the text, the training max length (wordpieces,
+# [CLS]/[SEP] included), and where the hub keeps the same data.
 TASKS = {
-    "sst2": {"labels": ["negative", "positive"], "text_column": "sentence", "hf": ("glue", "sst2"),
-             "splits": {"train": "train", "dev": "validation"}},
+    "sst2": {"labels": ["negative", "positive"], "text_column": "sentence", "max_length": 64,
+             "hf": ("glue", "sst2"), "splits": {"train": "train", "dev": "validation"}},
+    # Long documents: reviews average 305 wordpieces, 14 % exceed 512 (BERT's position limit).
+    # The hub's split has all 25,000 test reviews; ../shared/data/imdb/dev.tsv is a fixed 2,000 of them.
+    "imdb": {"labels": ["negative", "positive"], "text_column": "sentence", "hf_text_column": "text",
+             "max_length": 512, "hf": ("stanfordnlp/imdb",), "splits": {"train": "train", "dev": "test"}},
 }
+DEFAULT_MAX_LENGTH = 64
+
+
+def task_max_length(task: str) -> int:
+    """The training max length a task is known to need (64 for unknown tasks, as for SST-2)."""
+    return TASKS.get(task, {}).get("max_length", DEFAULT_MAX_LENGTH)
 SPLIT_FILES = {"train": "train", "dev": "dev"}
 
 
@@ -65,11 +76,19 @@ def default_data_dir(task: str) -> Path | None:
 
 
 def _read_table(path: Path, text_column: str, label_names: list) -> Split:
+    try:
+        return _read_table_rows(path, text_column, label_names)
+    except UnicodeDecodeError as exc:
+        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_table_rows(path: Path, text_column: str, label_names: list) -> Split:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     # GLUE TSVs contain unbalanced quotes: read with quoting disabled; CSV files use normal quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: files saved by Windows tools (and GLUE's MRPC) start with a byte-order mark.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
         if header is None:
@@ -136,7 +155,7 @@ def load_hf_datasets(task: str, splits=tuple(SPLIT_FILES)) -> TaskData:  # pragm
     for split in splits:
         hf_split = spec["splits"][split]
         part = raw[hf_split]
-        data.splits[split] = Split(list(part[spec["text_column"]]), np.asarray(part["label"], dtype=np.int64),
+        data.splits[split] = Split(list(part[spec.get("hf_text_column", spec["text_column"])]), np.asarray(part["label"], dtype=np.int64),
                                    f"hf:{'/'.join(spec['hf'])}:{hf_split}")
     return data
 

@@ -111,6 +111,24 @@ def check_output_dir(final: Path, kind: str, force: bool = False, inputs=()) -> 
         raise AdaplerError(f"{kind} {final} already exists; pass --force to replace it")
 
 
+def check_output_file(path, force: bool = False, inputs=(), option: str = "--output") -> Path:
+    """The resolved `path` of a single-file output, or one line saying why it may not be written there.
+
+    Checked before any work: the folder must exist (nothing is created on a typo), an existing file is
+    replaced only with `force` (a folder never is), and the output may not be, or lie inside, an input."""
+    final = Path(path).expanduser().resolve()
+    if not final.parent.is_dir():
+        raise AdaplerError(f"{option} {path}: folder {final.parent} does not exist")
+    if final.is_dir():
+        raise AdaplerError(f"{option} {final} is a folder; name a file")
+    for source in inputs:
+        if source is not None and _related(final, Path(source).expanduser().resolve()):
+            raise AdaplerError(f"{option} {final} overlaps the input {source}; choose another place")
+    if final.exists() and not force:
+        raise AdaplerError(f"{option} {final} already exists; pass --force to replace it")
+    return final
+
+
 class atomic_directory:  # noqa: N801 - used as a context manager, reads like a function
     """Yield a temporary folder beside `final`; rename it into place only on success.
 

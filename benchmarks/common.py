@@ -58,13 +58,14 @@ def sst2_dev(data_dir: str | None = None):
     return load_dev("sst2", data_dir)
 
 
-def sst2_workload(tokenizer, dev, max_length: int, limit: int | None = None) -> Workload:
-    """The first `limit` sentences of the dev split `dev` (`sst2_dev`), unpadded, with their labels."""
+def sst2_workload(tokenizer, dev, max_length: int, limit: int | None = None, task: str = "sst2") -> Workload:
+    """The first `limit` examples of the dev split `dev` (`sst2_dev`, or another task's), unpadded, with
+    their labels."""
     texts, labels = dev.texts[:limit], dev.labels[:limit]
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
     examples = [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
-    return Workload("sst2-dev", examples, labels, max_length,
-                    f"SST-2 dev sentences ({dev.source}), tokenized with max_length {max_length}, dataset order")
+    return Workload(f"{task}-dev", examples, labels, max_length,
+                    f"{task} dev examples ({dev.source}), tokenized with max_length {max_length}, dataset order")
 
 
 def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
@@ -98,16 +99,21 @@ def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length
                          long_max_length: int = LONG_MAX) -> list:
     """The comma-separated workloads of a bench command line ("sst2", "long") from the SST-2 dev split in
     `data_dir`; long texts are capped at the model's position embeddings."""
-    dev = sst2_dev(data_dir)
     workloads = []
     for name in [n for n in names.split(",") if n]:
         if name == "sst2":
-            workloads.append(sst2_workload(tokenizer, dev, max_length, sst2_examples))
+            workloads.append(sst2_workload(tokenizer, sst2_dev(data_dir), max_length, sst2_examples))
         elif name == "long":
             max_len = min(long_max_length, max_positions)
-            workloads.append(long_workload(tokenizer, dev.texts, long_examples, min(LONG_MIN, max_len), max_len))
+            workloads.append(long_workload(tokenizer, sst2_dev(data_dir).texts, long_examples, min(LONG_MIN, max_len),
+                                           max_len))
+        elif name == "imdb":  # real long documents: the first `long_examples` IMDB dev reviews
+            from adapler_export.data import load_dev
+
+            workloads.append(sst2_workload(tokenizer, load_dev("imdb"), min(max_length, max_positions),
+                                           long_examples, task="imdb"))
         else:
-            raise SystemExit(f"unknown workload {name!r} (sst2, long)")
+            raise SystemExit(f"unknown workload {name!r} (sst2, long, imdb)")
     return workloads
 
 

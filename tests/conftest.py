@@ -18,11 +18,12 @@ SST2_DIR = REPO.parent / "shared" / "data" / "sst2"
 
 # CI-sized training: enough for the CPs to learn to drop tokens, small enough for minutes on 2 cores.
 # The README's first command trains exactly this as `sst2-small`; the tests reuse that checkpoint.
-CI_TRAIN_ARGS = ["--max-train-samples", "4000", "--epochs-stage1", "2", "--epochs-stage3", "3",
-                 "--lambda-schedule", "50:50", "--max-eval-samples", "300"]
+CI_TRAIN_ARGS = ["--setting", "fast", "--max-train-samples", "4000", "--epochs-stage1", "2", "--lr-stage1", "5e-5",
+                 "--selection-fallback", "most-accurate", "--max-eval-samples", "300"]
 README_CHECKPOINT = "sst2-small"
-CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epochs": 2, "stage3.epochs": 3,
-               "stage3.lambda_base": 50.0, "stage3.lambda_mult": 50.0}
+CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epochs": 2, "stage1.lr": 5e-5,
+               "stage3_init": "finetuned", "stage3.epochs": 3, "stage3.lambda_base": 50.0,
+               "stage3.lambda_mult": 50.0, "stage3.phi": 0.002, "stage3.eta_lr": 5e-3, "stage3.cp_lr": 1e-3}
 
 
 def save_tiny_checkpoint(path: Path, seed: int = 0, eta: float = 0.6, layers: int = 3) -> Path:

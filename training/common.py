@@ -23,6 +23,10 @@ def make_accelerator(seed: int):
 
     accelerator = Accelerator()
     set_seed(seed)
+    if accelerator.device.type == "cuda":
+        # TF32 matrix products, as TensorFlow (the official code) uses by default on Ampere and later GPUs.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return accelerator
 
 
@@ -63,7 +67,8 @@ def save_model_state(model, path: Path) -> None:
 
 
 def load_model_state(model, path: Path) -> None:
-    model.load_state_dict(torch.load(path, weights_only=True))
+    # map_location: a work directory written on a GPU machine resumes on a CPU one (and back)
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
 
 
 def epoch_model_path(stage_dir: Path, epoch: int) -> Path:

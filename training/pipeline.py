@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-from adapler_export.data import TaskData, load_task
+from adapler_export.data import TaskData, load_task, task_max_length
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.storage import adapler_home
@@ -33,7 +33,7 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
-    max_length: int = 64
+    max_length: int | None = None  # None: the task's (64 for SST-2, 512 for IMDB)
     seed: int = 42
     # Stage 3 starts from the pre-trained backbone (the official run: the fine-tuned model only produces
     # the saliencies) or from the best fine-tuned epoch ("finetuned").
@@ -87,14 +87,63 @@ def apply_setting(cfg: TrainConfig, name: str) -> TrainConfig:
     return cfg
 
 
+# Options that set one config field each (the CLI's dest -> the field's dotted path); `batch_size`,
+# `lambda_schedule` and `length_grouped` set a field of both trained stages.
+OPTION_FIELDS = {
+    "max_length": "max_length", "seed": "seed", "stage3_init": "stage3_init",
+    "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
+    "stage3_train_samples": "stage3_train_samples",
+    "epochs_stage1": "stage1.epochs", "lr_stage1": "stage1.lr", "saliency_epochs": "stage1.keep_best_epochs",
+    "epochs_stage3": "stage3.epochs", "lr_stage3": "stage3.lr", "cp_lr": "stage3.cp_lr",
+    "eta_lr": "stage3.eta_lr", "gamma": "stage3.gamma", "phi": "stage3.phi",
+    "lambda_first_step": "stage3.lambda_first_step", "selection_tolerance": "stage3.selection_tolerance",
+    "selection_fallback": "stage3.selection_fallback",
+    "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch",
+}
+BOTH_STAGES = {"batch_size": ("batch_size",), "length_grouped": ("length_grouped",),
+               "lambda_schedule": ("lambda_base", "lambda_mult")}
+
+
+def apply_options(cfg: TrainConfig, options: dict) -> TrainConfig:
+    """`cfg` with explicit option values applied (after a named setting, so they win over it).
+    `options` maps OPTION_FIELDS / BOTH_STAGES names to values; a None value leaves the field alone."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        if value == "off":  # an option switched off explicitly (--lambda-first-step off)
+            value = None
+        if name in BOTH_STAGES:
+            fields = BOTH_STAGES[name]
+            values = value if len(fields) > 1 else (value,)
+            for stage in ((cfg.stage1, cfg.stage3) if name != "lambda_schedule" else (cfg.stage3,)):
+                for field_name, field_value in zip(fields, values):
+                    setattr(stage, field_name, field_value)
+            continue
+        if name not in OPTION_FIELDS:
+            raise AdaplerError(f"unknown training option {name!r}")
+        *parents, leaf = OPTION_FIELDS[name].split(".")
+        target = cfg
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, value)
+    return cfg
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Settings that would only fail after hours of training are refused before any."""
     if cfg.stage3_init not in STAGE3_INITS:
         raise AdaplerError(f"unknown stage-3 start {cfg.stage3_init!r} (choose from {', '.join(STAGE3_INITS)})")
     check_selection_fallback(cfg.stage3.selection_fallback)
+    for name, value in (("max length", cfg.max_length), ("batch size", cfg.stage1.batch_size),
+                        ("stage-1 epochs", cfg.stage1.epochs), ("stage-3 epochs", cfg.stage3.epochs),
+                        ("saliency epochs", cfg.stage1.keep_best_epochs)):
+        if value is not None and value < 1:
+            raise AdaplerError(f"{name} must be at least 1 (got {value})")
 
 
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
+    if cfg.max_length is None:
+        cfg.max_length = task_max_length(cfg.task)
     check_config(cfg)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data_dir)

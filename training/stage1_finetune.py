@@ -82,11 +82,11 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
             accelerator.clip_grad_norm_(unwrapped.backbone.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            running += loss.item()
+            running += loss.detach()  # a tensor: no per-step wait for the GPU
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running / (step + 1):.4f}")
         accuracy = evaluate_full(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length)
-        history.append({"epoch": epoch, "train_loss": running / max(1, len(loader)), "dev_accuracy": accuracy})
+        history.append({"epoch": epoch, "train_loss": float(running) / max(1, len(loader)), "dev_accuracy": accuracy})
         log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, dev accuracy {accuracy:.4f}")
         if accelerator.is_main_process:
             keep = best_epochs(history, cfg.keep_best_epochs)

@@ -21,16 +21,18 @@ from .data import EncodedDataset
 
 def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int = 64, show=True) -> list:
     model.eval()  # dropout off: the saliency of the model as it predicts
+    device = next(model.parameters()).device
     dataset = EncodedDataset(tokenizer, split, max_length)
     saliencies = [None] * len(dataset)
     # Length-grouped batches pad little; every example's saliency is its own, whatever batch it is in.
     batches = dataset.loader(batch_size, shuffle=False, length_grouped=True)
     for batch in progress(batches, "stage 2 saliency", enabled=show):
+        batch = {key: value.to(device) for key, value in batch.items()}
         embeddings = model.embed(batch["input_ids"]).detach().requires_grad_(True)
         logits = model.forward_full(batch["input_ids"], batch["attention_mask"], embeddings=embeddings)
         gold = logits.gather(1, batch["labels"][:, None]).sum()
         (grad,) = torch.autograd.grad(gold, embeddings)
-        sal = ((grad * embeddings).norm(dim=-1) * batch["attention_mask"]).detach().numpy()
+        sal = ((grad * embeddings).norm(dim=-1) * batch["attention_mask"]).detach().cpu().numpy()
         for row, index in enumerate(batch["index"].tolist()):
             saliencies[index] = sal[row, : int(batch["attention_mask"][row].sum())].astype(np.float32)
     return saliencies

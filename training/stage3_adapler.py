@@ -96,7 +96,7 @@ def kl_term(out, saliency, theta) -> torch.Tensor:
     """sum_l (L - l) * mean_b(w_b * KL_b), w_b = max of the row's soft mask beyond [CLS] (no gradient):
     rows with no live token left count 0."""
     layers = len(out.scores)
-    total = torch.zeros(())
+    total = torch.zeros((), device=saliency.device)
     for index, (scores, mask) in enumerate(zip(out.scores, out.masks)):
         theta_l = theta[index].detach() if index > 0 else 1.0
         kl = kl_divergence(saliency_target(saliency, mask, theta_l), scores)
@@ -123,7 +123,7 @@ def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None
     is Accelerate's backward (plain `loss.backward` by default).
     """
     backward = backward or (lambda loss, **kwargs: loss.backward(**kwargs))
-    cls_weights = torch.ones(model.num_layers, requires_grad=True)  # theta_PR
+    cls_weights = torch.ones(model.num_layers, device=model.eta.device, requires_grad=True)  # theta_PR
     out = model.forward_soft(batch["input_ids"], batch["attention_mask"], lam, cls_weights=cls_weights)
     ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
     kl = kl_term(out, batch["saliency"], model.theta)
@@ -133,7 +133,9 @@ def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None
     backward(ce + cfg.phi * length, inputs=[model.eta, cls_weights])
     proxy = cls_weights.grad if cls_weights.grad is not None else torch.zeros_like(cls_weights)
     model.theta.grad = proxy / (model.theta.detach() + 1e-7)
-    return {"ce": ce.item(), "kl": kl.item(), "length": length.item()}
+    # Detached tensors, not floats: .item() would wait for the GPU after every step (the caller reads them
+    # only every few steps).
+    return {"ce": ce.detach(), "kl": kl.detach(), "length": length.detach()}
 
 
 def check_selection_fallback(fallback: str) -> None:
@@ -219,7 +221,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
         model.train()
         loader = accelerator.prepare_data_loader(train.loader(
             cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, length_grouped=cfg.length_grouped))
-        totals = {"ce": 0.0, "kl": 0.0, "length": 0.0}
+        totals = {"ce": 0.0, "kl": 0.0, "length": 0.0}  # tensors after the first step (no per-step sync)
         bar = progress(loader, f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={cfg.lam(epoch):g})",
                        total=steps_per_epoch, enabled=accelerator.is_local_main_process)
         started, steps = time.time(), 0
@@ -245,7 +247,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
         seconds = time.time() - started
         result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length)
         record = {"epoch": epoch, "lambda": cfg.lam(epoch), "steps": steps, "train_seconds": round(seconds, 1),
-                  **{k: v / max(1, steps) for k, v in totals.items()},
+                  **{k: float(v) / max(1, steps) for k, v in totals.items()},
                   "dev_accuracy": result.accuracy, "flops_speedup": result.flops_speedup,
                   "kept_per_layer": result.kept_per_layer, "eta": unwrapped.eta.tolist(),
                   "theta": unwrapped.theta.tolist()}
