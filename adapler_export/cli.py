@@ -184,6 +184,8 @@ def cmd_cache(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS  # the registry: every runtime form is a --backend choice
+
     parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="re-run parity of an artifact against its checkpoint")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--backend", default="all", choices=["all", "onnxruntime", "tensorrt", "tensorrt-single"],
+    p.add_argument("--backend", default="all", choices=["all", *BACKENDS],
                    help="which form to check (default: every form the artifact has; those this machine cannot "
                         "run are named, with the reason)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
@@ -266,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="classify texts with an artifact (label, probabilities, kept tokens)")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     p.add_argument("--file", help="one text per line")
     p.add_argument("--json", action="store_true", help="one JSON object per text")
     p.add_argument("texts", nargs="*")
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="show how deep each token went (the rationale) as HTML, PNG or text")
     p.add_argument("--artifact", required=True)
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "tensorrt-single"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     p.add_argument("--file", help="one text per line")
     p.add_argument("--html", help="write one self-contained HTML page here")
     p.add_argument("--png", help="write a PNG figure here (up to 300 tokens a text)")
