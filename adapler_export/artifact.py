@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .errors import AdaplerError
 from .link import check_eta
-from .specs import SegmentSpec
+from .specs import TOKEN_TYPE_IDS, SegmentSpec
 from .storage import artifacts_dir, sha256_file, write_text_atomic
 
 MANIFEST = "manifest.json"
@@ -87,6 +87,12 @@ class Manifest:
     # ----- views ---------------------------------------------------------------------------------------
     def specs(self) -> list:
         return [SegmentSpec.from_dict(s) for s in self.segments]
+
+    @property
+    def text_pair(self) -> bool:
+        """A sentence-pair model: segment 0 (and so every whole-model graph) takes token_type_ids. Artifacts
+        built before pairs existed take ids and mask only, as a single-text model's do."""
+        return TOKEN_TYPE_IDS in self.segments[0]["inputs"]
 
     def segment_paths(self, artifact_dir) -> list:
         return [Path(artifact_dir) / "onnx" / s["file"] for s in self.segments]

@@ -2,7 +2,8 @@
 
 No Contribution Predictors, no removal: embeddings + every encoder layer + classifier in one ONNX graph
 (`full.onnx`, dynamic `batch`/`seq` axes, opset 17), i.e. `AdapLeRForSequenceClassification.forward_full`.
-Runners with the backend interface (`run(input_ids, attention_mask) -> BackendOutput`):
+Runners with the backend interface (`run(input_ids, attention_mask[, token_type_ids]) -> BackendOutput`; a
+sentence-pair model's full graph takes its token types, as its segment 0 does):
 
 - `FullModelBackend`: ONNX Runtime, with exactly the adaptive backend's session options
   (`adapler_export.backends.onnxruntime.session_options`), so a speed ratio compares models, not settings;
@@ -19,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends import Backend, BackendOutput
+from .backends import Backend, BackendOutput, given_inputs
 from .errors import AdaplerError
 from .link import live_positions
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, encoder_layer
-from .segments import PRECISIONS, SegmentSpec, example_token_ids, export_module, precision_model
+from .segments import PRECISIONS, SegmentSpec, example_inputs, export_module, precision_model
+from .specs import PAIR_MODEL_INPUTS, TOKEN_TYPE_IDS, model_inputs
 from .storage import atomic_file
 
 FULL_FILE = "full.onnx"
@@ -37,29 +39,24 @@ class FullModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         model = self.model
         dtype = next(model.base.encoder.parameters()).dtype
         if dtype == torch.float32:
-            return model.forward_full(input_ids, attention_mask).float()
-        hidden = model.embed(input_ids).to(dtype)
+            return model.forward_full(input_ids, attention_mask, token_type_ids).float()
+        hidden = model.embed(input_ids, token_type_ids).to(dtype)
         bias = attention_bias_from_mask(attention_mask, dtype)
         for layer in model.layers:
             hidden = encoder_layer(layer, hidden, bias)
         return model.head(hidden).float()
 
 
-def _example_feeds(vocab: int, batch: int = 2, seq: int = 9, seed: int = 0) -> dict:
-    ids = example_token_ids(np.random.default_rng(seed), vocab, (batch, seq))
-    mask = np.ones((batch, seq), np.int32)
-    mask[-1, seq // 2:] = 0  # one padded row
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def full_model_spec(num_labels: int) -> SegmentSpec:
-    """full.onnx's I/O contract, in the segments' terms (`segments.export_module` validates against it)."""
+def full_model_spec(num_labels: int, text_pair: bool = False) -> SegmentSpec:
+    """full.onnx's I/O contract, in the segments' terms (`segments.export_module` validates against it): segment
+    0's inputs (token types too for a sentence-pair model), the logits."""
     ids = ("int32", ["batch", "seq"])
-    return SegmentSpec(0, {"input_ids": ids, "attention_mask": ids}, {"logits": ("float32", ["batch", num_labels])},
+    return SegmentSpec(0, {name: ids for name in model_inputs(text_pair)},
+                       {"logits": ("float32", ["batch", num_labels])},
                        "the full model: embeddings, every layer, classifier; no removal")
 
 
@@ -72,10 +69,12 @@ def export_full_onnx(model: AdapLeRForSequenceClassification, out_path, precisio
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module = FullModel(precision_model(model, precision)).eval()
-    feeds = validate_inputs or _example_feeds(model.config.vocab_size)
-    feeds = {k: np.ascontiguousarray(feeds[k], dtype=np.int32) for k in ("input_ids", "attention_mask")}
+    spec = full_model_spec(model.config.num_labels, model.text_pair)
+    feeds = validate_inputs or example_inputs(spec, seq=9, vocab=model.config.vocab_size,
+                                              type_vocab=getattr(model.config, "type_vocab_size", 1))
+    feeds = {k: np.ascontiguousarray(feeds[k], dtype=np.int32) for k in spec.inputs}
     with atomic_file(out_path) as tmp:
-        export_module(module, feeds, full_model_spec(model.config.num_labels), tmp, precision, tolerance)
+        export_module(module, feeds, spec, tmp, precision, tolerance)
     return out_path
 
 
@@ -95,9 +94,11 @@ class FullModelBackend(Backend):
         self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
         self.providers = self.session.get_providers()
         self.num_layers = int(num_layers)
+        self.takes_token_types = TOKEN_TYPE_IDS in {i.name for i in self.session.get_inputs()}
 
-    def _run_impl(self, input_ids, mask) -> BackendOutput:
-        logits = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
+    def _run_impl(self, input_ids, mask, token_type_ids=None) -> BackendOutput:
+        feeds = dict(zip(PAIR_MODEL_INPUTS, given_inputs(input_ids, mask, token_type_ids)))
+        logits = self.session.run(None, feeds)[0]
         positions = live_positions(mask)
         return BackendOutput(logits.astype(np.float32, copy=False), [positions] * self.num_layers)
 
@@ -111,13 +112,15 @@ class PyTorchFullBackend(Backend):
         self.device = torch.device(device)
         self.module = FullModel(precision_model(model, precision)).eval().to(self.device)
         self.num_layers = model.num_layers
+        self.takes_token_types = model.text_pair
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None) -> torch.Tensor:
         """Tensors in, tensor out, on the backend's device (for timing without host copies)."""
         with torch.inference_mode():
-            return self.module(input_ids, attention_mask)
+            return self.module(input_ids, attention_mask, token_type_ids)
 
-    def _run_impl(self, input_ids, mask) -> BackendOutput:
-        logits = self.logits(torch.from_numpy(input_ids).to(self.device), torch.from_numpy(mask).to(self.device))
+    def _run_impl(self, input_ids, mask, token_type_ids=None) -> BackendOutput:
+        arrays = given_inputs(input_ids, mask, token_type_ids)
+        logits = self.logits(*(torch.from_numpy(a).to(self.device) for a in arrays))
         positions = live_positions(mask)
         return BackendOutput(logits.float().cpu().numpy(), [positions] * self.num_layers)

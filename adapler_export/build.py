@@ -78,7 +78,7 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
     check_output_dir(out, "artifact", options.force, inputs=[ckpt.path])  # before any work
     model, config = ckpt.model, ckpt.config
     max_seq = options.max_seq or config.max_length
-    texts = parity_texts(config.task, options.data_dir, options.samples)
+    texts, pairs = parity_texts(config.task, options.data_dir, options.samples)
     started = time.time()
     etas = [float(e) for e in model.eta.detach()]
 
@@ -100,8 +100,9 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
                                              opt_batch=options.opt_batch, log=log)
 
         log("checking every segment graph with polygraphy (ONNX Runtime vs recorded PyTorch outputs)")
-        ids, mask = encode(ckpt.tokenizer, texts[:POLYGRAPHY_EXAMPLES], config.max_length)
-        records = capture_segment_io(model, options.precision, ids, mask)
+        inputs = encode(ckpt.tokenizer, texts[:POLYGRAPHY_EXAMPLES], config.max_length,
+                        None if pairs is None else pairs[:POLYGRAPHY_EXAMPLES])
+        records = capture_segment_io(model, options.precision, *inputs)
         segment_check = polygraphy_segment_check(onnx_dir, specs, records, options.precision,
                                                  save_dir=tmp / "polygraphy")
         if not segment_check["passed"]:
@@ -123,7 +124,7 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
 
         reports, not_run = compare_artifact_backends(
             tmp, manifest, artifact_backend_kinds(manifest), PyTorchBackend(model), ckpt.tokenizer, texts,
-            batch_size=options.batch_size, tolerances=options.tolerances, progress=progress, log=log)
+            batch_size=options.batch_size, tolerances=options.tolerances, progress=progress, log=log, pairs=pairs)
         for kind, reason in not_run.items():
             log(f"parity of {kind}: not run here ({reason})")
         for report in reports.values():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .link import CompactResult, initial_positions
+from .specs import PAIR_MODEL_INPUTS
 
 SCORES = "scores"
 
@@ -34,16 +35,20 @@ def hidden_output(spec) -> str:
 
 def run_chain(specs: Sequence, etas: Sequence[float], run_segment: Callable[[int, dict], dict],
               link: Callable[..., CompactResult], input_ids, attention_mask,
-              on_segment: Callable[[int, dict, dict], None] | None = None) -> ChainResult:
-    """Run segments 0..L with links 0..L-1 between them.
+              on_segment: Callable[[int, dict, dict], None] | None = None, token_type_ids=None) -> ChainResult:
+    """Run segments 0..L with links 0..L-1 between them. `token_type_ids`: for a segment 0 that takes them
+    (a sentence-pair model); a segment 0 without that input never sees them.
 
     `on_segment(k, feeds, outputs)` sees each segment's exact inputs and outputs (parity records them).
     """
     if len(specs) != len(etas) + 1:
         raise ValueError(f"{len(specs)} segments need {len(specs) - 1} link thresholds, got {len(etas)}")
-    first_inputs = list(specs[0].inputs)
+    inputs = dict(zip(PAIR_MODEL_INPUTS, (input_ids, attention_mask, token_type_ids)))
+    missing = [name for name in specs[0].inputs if inputs.get(name) is None]
+    if missing:
+        raise ValueError(f"segment 0 takes {', '.join(missing)}: pass it to the chain")
     mask = attention_mask
-    feeds = dict(zip(first_inputs, (input_ids, attention_mask)))
+    feeds = {name: inputs[name] for name in specs[0].inputs}
     positions = initial_positions(mask)
     kept = []
     for k, spec in enumerate(specs):

@@ -82,6 +82,7 @@ class AdapLeRConfig:
     labels: list
     max_length: int = 64
     task: str = "sst2"
+    text_pair: bool = False  # trained on sentence pairs (token types 0/1); False in checkpoints made before pairs
     eta: list = field(default_factory=list)
     theta: list = field(default_factory=list)
     lambda_final: float = 0.0
@@ -112,6 +113,7 @@ def save_checkpoint(ckpt: Checkpoint, output: Path, force: bool = False, inputs=
     config.eta = [float(v) for v in model.eta.detach().cpu()]
     config.theta = [float(v) for v in model.theta.detach().cpu()]
     config.num_layers, config.hidden_size = model.num_layers, model.config.hidden_size
+    config.text_pair = model.text_pair
     with atomic_directory(Path(output), kind="checkpoint", force=force, inputs=inputs) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
         ckpt.tokenizer.save_pretrained(tmp)
@@ -137,7 +139,7 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
         raise AdaplerError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {first}); "
                            f"retrain or restore it") from exc
     try:
-        model = AdapLeRForSequenceClassification(backbone)
+        model = AdapLeRForSequenceClassification(backbone, text_pair=config.text_pair)
     except UnsupportedBackbone as exc:
         raise AdaplerError(str(exc)) from exc
     cp_state = {k[len("cps."):]: v for k, v in heads.items() if k.startswith("cps.")}

@@ -62,18 +62,20 @@ def _lambda_schedule(text: str):
 
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
-    from .data import load_dev
+    from .data import load_dev, task_metrics
     from .evaluation import evaluate_adaptive
 
     ckpt = load_checkpoint(args.ckpt)
     dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
     result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, ckpt.config.max_length,
-                               progress=_progress)
+                               progress=_progress, pairs=dev.pairs, metrics=task_metrics(ckpt.config.task))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(f"checkpoint      {ckpt.path}")
         print(f"dev accuracy    {result.accuracy:.4f}  ({result.examples} examples)")
+        if result.f1 is not None:
+            print(f"dev F1          {result.f1:.4f}  (class 1, {ckpt.config.labels[1]})")
         print(f"FLOPs speedup   {result.flops_speedup:.2f}x")
         print(f"mean input      {result.mean_input_length:.1f} tokens")
         print("kept per layer  " + "  ".join(f"L{i}:{k:.1f}" for i, k in enumerate(result.kept_per_layer)))
@@ -120,24 +122,47 @@ def cmd_verify(args) -> int:
     return 0 if result.passed else 1
 
 
+def _require_texts(args) -> None:
+    """Before any work: predict and explain need texts on the command line or a --file."""
+    if not args.texts and not args.file:
+        raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
+
+
+def _text_inputs(args, text_pair: bool) -> tuple:
+    """(texts, pairs) to classify: the texts given as arguments, each with its --pair for a sentence-pair artifact,
+    then --file's lines (one text a line; for a sentence-pair artifact the two texts separated by a tab).
+    pairs is None for a single-text artifact."""
+    from .data import read_text_pairs, read_texts
+
+    texts, pairs = list(args.texts), list(args.pair)
+    if text_pair and len(pairs) != len(texts):
+        raise AdaplerError(f"this artifact classifies sentence pairs: {len(texts)} texts need {len(texts)} --pair "
+                           f"texts, got {len(pairs)}")
+    if not text_pair and pairs:
+        raise AdaplerError("this artifact classifies single texts: --pair is for sentence-pair artifacts")
+    if args.file and text_pair:
+        more_texts, more_pairs = read_text_pairs(args.file)
+        texts, pairs = texts + more_texts, pairs + more_pairs
+    elif args.file:
+        texts += read_texts(args.file)
+    return texts, pairs if text_pair else None
+
+
 def cmd_predict(args) -> int:
-    from .data import read_texts
     from .serving.runtime import TextClassifier
 
-    texts = list(args.texts)
-    if args.file:
-        texts += read_texts(args.file)
-    if not texts:
-        raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
+    _require_texts(args)
     classifier = TextClassifier(args.artifact, backend_kind=args.backend, log=_log)
-    for number, (text, prediction) in enumerate(zip(texts, classifier.classify(texts)), start=1):
+    texts, pairs = _text_inputs(args, classifier.text_pair)
+    for number, (text, prediction) in enumerate(zip(texts, classifier.classify(texts, pairs)), start=1):
         if prediction.truncated:
             _log(f"warning: text {number} truncated to {classifier.max_length} wordpieces: {text[:60]!r}...")
         if prediction.empty_input:
             _log(f"warning: text {number} is empty (no token): its label is the model's prior, not a prediction")
         record = prediction.as_dict()
         if args.json:
-            print(json.dumps({"text": text, **record}, ensure_ascii=False))
+            pair = {} if pairs is None else {"pair": pairs[number - 1]}
+            print(json.dumps({"text": text, **pair, **record}, ensure_ascii=False))
         else:
             note = "  (empty input)" if prediction.empty_input else ""
             print(f"{prediction.label:<10} p={max(record['probabilities']):.3f}  kept by the last layer: "
@@ -147,7 +172,6 @@ def cmd_predict(args) -> int:
 
 def cmd_explain(args) -> int:
     from .artifact import resolve_artifact
-    from .data import read_texts
     from .rationale import explain_texts, render_text, write_html, write_png
     from .serving.runtime import TextClassifier
     from .storage import check_output_file
@@ -157,10 +181,9 @@ def cmd_explain(args) -> int:
                for option, path in (("--html", args.html), ("--png", args.png)) if path}
     if len(set(outputs.values())) < len(outputs):
         raise AdaplerError("--html and --png name the same file")
-    texts = list(args.texts) + (read_texts(args.file) if args.file else [])
-    if not texts:
-        raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
-    explanations = explain_texts(TextClassifier(args.artifact, backend_kind=args.backend, log=_log), texts)
+    _require_texts(args)
+    classifier = TextClassifier(args.artifact, backend_kind=args.backend, log=_log)
+    explanations = explain_texts(classifier, *_text_inputs(args, classifier.text_pair))
     for option, write in (("--html", write_html), ("--png", write_png)):
         if option in outputs:
             print(f"{option[2:]} written to {write(outputs[option], explanations)}")
@@ -183,6 +206,15 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def _add_text_options(p) -> None:
+    """The texts predict and explain classify (`_text_inputs`)."""
+    p.add_argument("--file", help="one text per line; for a sentence-pair artifact (mrpc, rte) one pair per line, "
+                                  "the two texts separated by a tab")
+    p.add_argument("--pair", action="append", default=[], metavar="TEXT",
+                   help="sentence-pair artifacts: the second text of a pair, once per text argument, in order")
+    p.add_argument("texts", nargs="*")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS  # the registry: every runtime form is a --backend choice
 
@@ -191,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune, extract saliencies and train the CPs (three stages)")
-    p.add_argument("--task", default="sst2")
+    p.add_argument("--task", default="sst2", help="sst2, imdb, or the sentence-pair tasks mrpc and rte (GLUE's "
+                                                  "files; any other name needs --data-dir)")
     p.add_argument("--data-dir", help="GLUE-style folder with train/dev .tsv or .csv (default: "
                                       "$ADAPLER_DATA_DIR/<task>, ../shared/data/<task>, or HF datasets)")
     p.add_argument("--backbone", default="sentence-transformers/all-MiniLM-L6-v2",
@@ -202,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official: the official recipe's values; fast: a CPU budget (see training/pipeline.py)")
     p.add_argument("--max-train-samples", type=int)
     p.add_argument("--max-eval-samples", type=int)
-    p.add_argument("--max-length", type=int, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB)")
+    p.add_argument("--max-length", type=int, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, "
+                                                  "128 MRPC, 256 RTE)")
     p.add_argument("--batch-size", type=int, help="both trained stages (official 32)")
     p.add_argument("--epochs-stage1", type=int, help="fine-tuning epochs (official 5)")
     p.add_argument("--lr-stage1", type=float, help="fine-tuning learning rate (official 2e-5)")
@@ -235,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="dev accuracy, tokens kept per layer and FLOPs speedup")
+    p = sub.add_parser("evaluate", help="dev accuracy (and F1 for mrpc), tokens kept per layer and FLOPs speedup")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--samples", type=int)
@@ -269,19 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts with an artifact (label, probabilities, kept tokens)")
     p.add_argument("--artifact", required=True)
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    p.add_argument("--file", help="one text per line")
+    _add_text_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per text")
-    p.add_argument("texts", nargs="*")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="show how deep each token went (the rationale) as HTML, PNG or text")
     p.add_argument("--artifact", required=True)
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
-    p.add_argument("--file", help="one text per line")
+    _add_text_options(p)
     p.add_argument("--html", help="write one self-contained HTML page here")
     p.add_argument("--png", help="write a PNG figure here (up to 300 tokens a text)")
     p.add_argument("--force", action="store_true", help="replace an existing --html/--png file")
-    p.add_argument("texts", nargs="*")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("cache", help="list or clean $ADAPLER_HOME (checkpoints, artifacts, training work)")

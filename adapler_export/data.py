@@ -1,10 +1,10 @@
 """Task data the library needs: GLUE-style TSV folders, CSV files, HF `datasets` when a hub is reachable,
 plain text files; the dev texts parity runs on.
 
-Every loader returns `TaskData` (texts + integer labels per split) and raises `AdaplerError` with the
-file and line on malformed input, so the CLI can print one clear line. Only the splits asked for are
-read: a malformed train.tsv does not block a command that needs only dev.tsv. `training/` (tokenised
-batches) and `calibration/` build on this module; it imports neither.
+Every loader returns `TaskData` (texts, the second texts of sentence pairs, integer labels per split) and
+raises `AdaplerError` with the file and line on malformed input, so the CLI can print one clear line. Only
+the splits asked for are read: a malformed train.tsv does not block a command that needs only dev.tsv.
+`training/` (tokenised batches) and `calibration/` build on this module; it imports neither.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import numpy as np
 from .errors import AdaplerError
 from .storage import sha256_file
 
-# Tasks we know: label names, the column that holds the text, the training max length (wordpieces,
-# [CLS]/[SEP] included), and where the hub keeps the same data.
+# Tasks we know: label names, the column that holds the text (and, for sentence-pair tasks, the column that
+# holds the second text), the label column (default "label"), the training max length (wordpieces, [CLS]/[SEP]
+# included), the dev metrics `evaluate` reports besides accuracy, and where the hub keeps the same data.
 TASKS = {
     "sst2": {"labels": ["negative", "positive"], "text_column": "sentence", "max_length": 64,
              "hf": ("glue", "sst2"), "splits": {"train": "train", "dev": "validation"}},
@@ -27,22 +28,47 @@ TASKS = {
     # The hub's split has all 25,000 test reviews; ../shared/data/imdb/dev.tsv is a fixed 2,000 of them.
     "imdb": {"labels": ["negative", "positive"], "text_column": "sentence", "hf_text_column": "text",
              "max_length": 512, "hf": ("stanfordnlp/imdb",), "splits": {"train": "train", "dev": "test"}},
+    # Sentence pairs. GLUE's own files: MRPC starts with a byte-order mark and keeps its label in `Quality`.
+    # MRPC pairs average 53 wordpieces ([CLS]/[SEP]/[SEP] included), p95 74, max 103: 128 truncates none.
+    # The paper reports F1 of class 1 (paraphrase) beside accuracy.
+    "mrpc": {"labels": ["not_equivalent", "equivalent"], "text_column": "#1 String", "pair_column": "#2 String",
+             "label_column": "Quality", "hf_text_column": "sentence1", "hf_pair_column": "sentence2",
+             "max_length": 128, "metrics": ["accuracy", "f1"], "hf": ("glue", "mrpc"),
+             "splits": {"train": "train", "dev": "validation"}},
+    # RTE pairs average 70 wordpieces, p95 157, max 289: 256 truncates 2 of the 2,490 training pairs, no dev pair
+    # (128, the GLUE scripts' default, would cut 304 and 33).
+    "rte": {"labels": ["entailment", "not_entailment"], "text_column": "sentence1", "pair_column": "sentence2",
+            "max_length": 256, "hf": ("glue", "rte"), "splits": {"train": "train", "dev": "validation"}},
 }
 DEFAULT_MAX_LENGTH = 64
+DEFAULT_METRICS = ("accuracy",)
 
 
 def task_max_length(task: str) -> int:
     """The training max length a task is known to need (64 for unknown tasks, as for SST-2)."""
     return TASKS.get(task, {}).get("max_length", DEFAULT_MAX_LENGTH)
+
+
+def task_metrics(task: str) -> tuple:
+    """The dev metrics a task reports: accuracy, and F1 of class 1 where the task's papers report it."""
+    return tuple(TASKS.get(task, {}).get("metrics", DEFAULT_METRICS))
+
+
+def task_reads_pairs(task: str) -> bool:
+    """Whether the task's examples are sentence pairs (a second text column)."""
+    return "pair_column" in TASKS.get(task, {})
+
+
 SPLIT_FILES = {"train": "train", "dev": "dev"}
 
 
 @dataclass
 class Split:
-    texts: list
+    texts: list  # the (first) text of each example
     labels: np.ndarray
     source: str = ""
     sha256: str = ""
+    pairs: list | None = None  # sentence-pair tasks: the second text of each example; None: single texts
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -53,7 +79,8 @@ class Split:
             return self
         order = np.random.default_rng(seed).permutation(len(self))[:count]
         order.sort()
-        return Split([self.texts[i] for i in order], self.labels[order], self.source, self.sha256)
+        pairs = None if self.pairs is None else [self.pairs[i] for i in order]
+        return Split([self.texts[i] for i in order], self.labels[order], self.source, self.sha256, pairs)
 
 
 @dataclass
@@ -75,30 +102,36 @@ def default_data_dir(task: str) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _read_table(path: Path, text_column: str, label_names: list) -> Split:
+def _read_table(path: Path, spec: dict, label_names: list) -> Split:
     try:
-        return _read_table_rows(path, text_column, label_names)
+        return _read_table_rows(path, spec, label_names)
     except UnicodeDecodeError as exc:
         raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _read_table_rows(path: Path, text_column: str, label_names: list) -> Split:
+def _read_table_rows(path: Path, spec: dict, label_names: list) -> Split:
+    """The rows of a GLUE-style table: the task's text column (and pair column), labels as integers or names."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     # GLUE TSVs contain unbalanced quotes: read with quoting disabled; CSV files use normal quoting.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    texts, labels = [], []
+    text_column, pair_column = spec["text_column"], spec.get("pair_column")
+    label_column = spec.get("label_column", "label")
+    texts, pairs, labels = [], [], []
     # utf-8-sig: files saved by Windows tools (and GLUE's MRPC) start with a byte-order mark.
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
+        wanted = f"'{text_column}'" + (f", '{pair_column}'" if pair_column else "") + f" and '{label_column}'"
         if header is None:
-            raise AdaplerError(f"{path}: empty file (expected a header with '{text_column}' and 'label')")
+            raise AdaplerError(f"{path}: empty file (expected a header with {wanted})")
         header = [h.strip() for h in header]
-        text_col = next((c for c in (text_column, "text", "sentence") if c in header), None)
-        if text_col is None or "label" not in header:
-            raise AdaplerError(f"{path}: header {header} lacks a text column ('{text_column}' or 'text') "
-                               "and a 'label' column")
-        ti, li = header.index(text_col), header.index("label")
+        # A single-text task also takes the common names of a text column.
+        text_col = next((c for c in ((text_column,) if pair_column else (text_column, "text", "sentence"))
+                         if c in header), None)
+        if text_col is None or label_column not in header or (pair_column and pair_column not in header):
+            raise AdaplerError(f"{path}: header {header} lacks the columns {wanted}")
+        ti, li = header.index(text_col), header.index(label_column)
+        pi = header.index(pair_column) if pair_column else None
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -115,10 +148,13 @@ def _read_table_rows(path: Path, text_column: str, label_names: list) -> Split:
             if not 0 <= label < len(label_names):
                 raise AdaplerError(f"{path}:{line_no}: label {label} outside 0..{len(label_names) - 1}")
             texts.append(row[ti])
+            if pi is not None:
+                pairs.append(row[pi])
             labels.append(label)
     if not texts:
         raise AdaplerError(f"{path}: no examples")
-    return Split(texts, np.asarray(labels, dtype=np.int64), str(path), sha256_file(path))
+    return Split(texts, np.asarray(labels, dtype=np.int64), str(path), sha256_file(path),
+                 pairs if pair_column else None)
 
 
 def load_folder(task: str, data_dir: Path, splits=tuple(SPLIT_FILES)) -> TaskData:
@@ -132,7 +168,7 @@ def load_folder(task: str, data_dir: Path, splits=tuple(SPLIT_FILES)) -> TaskDat
         for suffix in (".tsv", ".csv"):
             path = data_dir / f"{stem}{suffix}"
             if path.is_file():
-                data.splits[split] = _read_table(path, spec["text_column"], data.labels)
+                data.splits[split] = _read_table(path, spec, data.labels)
                 break
     missing = [s for s in splits if s not in data.splits]
     if missing:
@@ -155,8 +191,10 @@ def load_hf_datasets(task: str, splits=tuple(SPLIT_FILES)) -> TaskData:  # pragm
     for split in splits:
         hf_split = spec["splits"][split]
         part = raw[hf_split]
-        data.splits[split] = Split(list(part[spec.get("hf_text_column", spec["text_column"])]), np.asarray(part["label"], dtype=np.int64),
-                                   f"hf:{'/'.join(spec['hf'])}:{hf_split}")
+        pairs = list(part[spec.get("hf_pair_column", spec["pair_column"])]) if "pair_column" in spec else None
+        data.splits[split] = Split(list(part[spec.get("hf_text_column", spec["text_column"])]),
+                                   np.asarray(part["label"], dtype=np.int64), f"hf:{'/'.join(spec['hf'])}:{hf_split}",
+                                   pairs=pairs)
     return data
 
 
@@ -181,9 +219,11 @@ def load_dev(task: str, data_dir: str | Path | None = None, samples: int | None 
     return load_task(task, data_dir, splits=("dev",))["dev"].subset(samples)
 
 
-def parity_texts(task: str, data_dir: str | Path | None, samples: int | None) -> list:
-    """The dev texts a build or verify checks parity on."""
-    return list(load_dev(task, data_dir, samples).texts)
+def parity_texts(task: str, data_dir: str | Path | None, samples: int | None) -> tuple:
+    """(texts, pairs) a build or verify checks parity on: the dev texts, and for a sentence-pair task their
+    second texts (else None)."""
+    dev = load_dev(task, data_dir, samples)
+    return list(dev.texts), None if dev.pairs is None else list(dev.pairs)
 
 
 def default_texts_file(task: str = "sst2") -> Path | None:
@@ -193,27 +233,52 @@ def default_texts_file(task: str = "sst2") -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
+def _read_file(path, read) -> list:
+    """`read(handle)` on a UTF-8 file (a byte-order mark skipped): one-line errors for a missing file, text
+    that is not UTF-8 and a file with nothing in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaplerError(f"texts file {path} not found")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            items = read(handle)
+    except UnicodeDecodeError as exc:
+        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not items:
+        raise AdaplerError(f"{path}: no texts")
+    return items
+
+
 def read_texts(path, limit: int | None = None, column: str = "sentence") -> list:
     """Texts from a GLUE `.tsv` (header with `column`; quoting disabled) or a plain file (one text a line).
 
     Blank lines of a plain file are kept as empty texts (the classifier flags them), so line N of the
     input is result N; a final newline does not make an extra text."""
     path = Path(path)
-    if not path.is_file():
-        raise AdaplerError(f"texts file {path} not found")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            if path.suffix == ".tsv":
-                reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-                header = next(reader, None) or []
-                if column not in header:
-                    raise AdaplerError(f"{path}: no {column!r} column in header {header}")
-                col = header.index(column)
-                texts = [row[col] for row in reader if len(row) > col]
-            else:
-                texts = handle.read().splitlines()
-    except UnicodeDecodeError as exc:
-        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not texts:
-        raise AdaplerError(f"{path}: no texts")
+
+    def read(handle):
+        if path.suffix != ".tsv":
+            return handle.read().splitlines()
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None) or []
+        if column not in header:
+            raise AdaplerError(f"{path}: no {column!r} column in header {header}")
+        col = header.index(column)
+        return [row[col] for row in reader if len(row) > col]
+
+    texts = _read_file(path, read)
     return texts[:limit] if limit else texts
+
+
+def read_text_pairs(path, limit: int | None = None) -> tuple:
+    """(texts, pairs) from a plain file with one sentence pair a line, the two texts separated by a tab (the
+    first tab of the line; no header). Line N of the input is result N."""
+    lines = _read_file(path, lambda handle: handle.read().splitlines())
+    texts, pairs = [], []
+    for number, line in enumerate(lines[:limit] if limit else lines, start=1):
+        text, tab, pair = line.partition("\t")
+        if not tab:
+            raise AdaplerError(f"{path}:{number}: expected two texts separated by a tab (a sentence pair)")
+        texts.append(text)
+        pairs.append(pair)
+    return texts, pairs

@@ -149,9 +149,12 @@ class HardOutput:
 class AdapLeRForSequenceClassification(nn.Module):
     """A sequence classifier with one Contribution Predictor per encoder layer and learned eta/theta."""
 
-    def __init__(self, backbone: nn.Module, eta_init: float = 0.25):
+    def __init__(self, backbone: nn.Module, eta_init: float = 0.25, text_pair: bool = False):
         super().__init__()
         self.backbone = backbone
+        # Trained on sentence pairs: its token types (0 first text, 1 second) are an input of the exported graphs.
+        # Every forward takes them either way; a single-text model reads the default, all zeros.
+        self.text_pair = bool(text_pair)
         base = getattr(backbone, backbone.base_model_prefix, None)
         layers = getattr(getattr(base, "encoder", None), "layer", None)
         if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0].attention, "self"):
@@ -181,8 +184,12 @@ class AdapLeRForSequenceClassification(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.base.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Word + position + token-type embeddings; token types default to all zeros (one text, and the only
+        type a RoBERTa-style backbone with `type_vocab_size` 1 has)."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        return self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Classifier on [CLS]: BERT-style pooler + linear, or the backbone's own classification head."""
@@ -198,16 +205,17 @@ class AdapLeRForSequenceClassification(nn.Module):
             self.theta.clamp_(min=THETA_MIN)
 
     # ----- forwards --------------------------------------------------------------------------------------
-    def forward_full(self, input_ids, attention_mask, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_full(self, input_ids, attention_mask, token_type_ids=None, embeddings: torch.Tensor | None = None) \
+            -> torch.Tensor:
         """The backbone classifier with no removal (stage 1 model, saliency extraction, FLOPs baseline)."""
-        hidden = self.embed(input_ids) if embeddings is None else embeddings
+        hidden = self.embed(input_ids, token_type_ids) if embeddings is None else embeddings
         bias = attention_bias_from_mask(attention_mask, hidden.dtype)
         for layer in self.layers:
             hidden = encoder_layer(layer, hidden, bias)
         return self.head(hidden)
 
-    def forward_soft(self, input_ids, attention_mask, lam: float, cls_weights: torch.Tensor | None = None) -> \
-            SoftOutput:
+    def forward_soft(self, input_ids, attention_mask, lam: float, cls_weights: torch.Tensor | None = None,
+                     token_type_ids=None) -> SoftOutput:
         """Training forward: tokens are suppressed smoothly; the sequence length never changes.
 
         Everything is differentiable: eta_l acts through delta_l = eta_l / n on layer l's mask, and that
@@ -215,7 +223,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         CP-side [CLS] weight (the official theta_PR: ones, used only to read the gradient theta learns
         from; layer l uses cls_weights[l], layer 0 none).
         """
-        hidden = self.embed(input_ids)
+        hidden = self.embed(input_ids, token_type_ids)
         mask = attention_mask.to(torch.float32)
         bias = attention_bias_from_mask(mask, torch.float32)
         out = SoftOutput(None, [], [], [])
@@ -240,11 +248,11 @@ class AdapLeRForSequenceClassification(nn.Module):
         return compact_by_keep_torch(hidden, keep, positions)
 
     @torch.no_grad()
-    def forward_hard(self, input_ids, attention_mask) -> HardOutput:
+    def forward_hard(self, input_ids, attention_mask, token_type_ids=None) -> HardOutput:
         """Inference forward: dropped tokens are physically removed; each row keeps its own tokens and
         the compacted length is the batch maximum (shorter rows padded and masked)."""
         attention_mask = attention_mask.to(torch.int32)
-        hidden = self.embed(input_ids)
+        hidden = self.embed(input_ids, token_type_ids)
         mask, positions = attention_mask, initial_positions_torch(attention_mask)
         out = HardOutput(None)
         for index, layer in enumerate(self.layers):

@@ -5,7 +5,7 @@ can run. Here the link itself is written in standard ops, so any ONNX runtime (O
 OpenVINO, DirectML, Triton's stock `onnxruntime` backend) and TensorRT-RTX (no plugins) run the adaptive
 model as one file:
 
-    input_ids, attention_mask  [batch, seq] int32
+    input_ids, attention_mask  [batch, seq] int32   (and token_type_ids, for a sentence-pair model: segment 0's inputs)
       -> segment 0 -> link 0 -> segment 1 -> ... -> link L-1 -> segment L
     logits [batch, C] fp32;  kept_positions_k [batch, kept_len_k] int32 per link (-1 padding)
 
@@ -55,11 +55,11 @@ from .chain import SCORES, hidden_output
 from .errors import AdaplerError
 from .link import check_eta, token_compact_numpy
 from .storage import atomic_file
-from .specs import ETA_METADATA, LOGITS, MODEL_INPUTS, OPSET, kept_output, model_output_names
+from .specs import ETA_METADATA, LOGITS, MODEL_INPUTS, OPSET, TOKEN_TYPE_IDS, kept_output, model_output_names
 from .tolerances import Tolerances
 
 ONE_GRAPH = "model.onnx"  # beside the segments in the artifact's onnx/ folder
-INPUTS = MODEL_INPUTS
+INPUTS = MODEL_INPUTS  # a single-text model's; a sentence-pair model's graph takes segment 0's inputs, token types too
 FORM_METADATA = "adapler.form"
 FORM = "one-graph"
 # ONNX Runtime 1.31 loads models of IR version <= 13 (onnx >= 1.23 writes 14 by default).
@@ -243,7 +243,7 @@ def compose_one_graph(segments: list, specs, etas):
         raise AdaplerError(f"one graph: {len(specs)} segments need {len(specs) - 1} thresholds, got {len(etas)}")
     etas = [_checked_eta(e) for e in etas]
     graph = _Graph()
-    feeds = dict(zip(specs[0].inputs, INPUTS))  # segment input -> tensor of the whole graph
+    feeds = {name: name for name in specs[0].inputs}  # segment input -> tensor of the whole graph
     state = state_from_mask(graph, "input/", INPUTS[1])
     kept = []
     for spec, segment in zip(specs, segments):
@@ -263,7 +263,7 @@ def compose_one_graph(segments: list, specs, etas):
                                       etas[k], spec.hidden_dtype, positions_out=kept_output(k))
         kept.append(helper.make_tensor_value_info(kept_output(k), TensorProto.INT32, ["batch", f"kept_len_{k}"]))
         feeds = dict(zip(specs[k + 1].inputs, (hidden, state.mask)))
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "seq"]) for name in INPUTS]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "seq"]) for name in specs[0].inputs]
     num_labels = specs[-1].outputs[next(iter(specs[-1].outputs))][1][-1]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", num_labels])] + kept
     ir_version = max(s.ir_version for s in segments)
@@ -284,14 +284,14 @@ def graph_etas(model) -> list:
 
 def validate_one_graph(path: Path, specs) -> None:
     """onnx.checker (full check), strict shape inference, and the I/O contract: inputs `input_ids` and
-    `attention_mask` int32 [batch, seq]; outputs `logits` fp32 [batch, C] and one int32 rank-2
-    `kept_positions_k` per link."""
+    `attention_mask` (and `token_type_ids` where segment 0 takes them) int32 [batch, seq]; outputs `logits`
+    fp32 [batch, C] and one int32 rank-2 `kept_positions_k` per link."""
     import onnx
 
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    want = {name: ("int32", 2) for name in INPUTS}
+    want = {name: ("int32", 2) for name in specs[0].inputs}
     want[LOGITS] = ("float32", 2)
     want.update({kept_output(k): ("int32", 2) for k in range(len(specs) - 1)})
     io = {v.name: v.type.tensor_type for v in list(inferred.graph.input) + list(inferred.graph.output)}
@@ -307,32 +307,32 @@ def validate_one_graph(path: Path, specs) -> None:
         raise AdaplerError(f"{path.name}: unexpected graph input/output {extra[0]!r}")
 
 
-def example_batch(vocab: int, seq: int = 11, seed: int = 0) -> tuple:
-    """A check batch: a full row, a padded row, a row with a hole, a fully padded row."""
-    from .segments import example_token_ids
+def example_batch(vocab: int, seq: int = 11, seed: int = 0, type_vocab: int | None = None) -> tuple:
+    """A check batch: a full row, a padded row, a row with a hole, a fully padded row. `type_vocab`: also the
+    token types of sentence pairs (`segments.example_token_types`), for a graph that takes them."""
+    from .segments import example_token_ids, example_token_types
 
     ids = example_token_ids(np.random.default_rng(seed), vocab, (4, seq))
     mask = np.ones((4, seq), np.int32)
     mask[1, seq // 2:] = 0
     mask[2, 3] = 0
     mask[3] = 0
-    return ids, mask
+    return (ids, mask) if type_vocab is None else (ids, mask, example_token_types(type_vocab, ids.shape))
 
 
-def _vocab_size(segment0) -> int:
-    """Rows of the embedding table that `input_ids` indexes (segment 0's Gather on an initializer)."""
+def _table_rows(segment0, name: str) -> int:
+    """Rows of the embedding table that input `name` indexes (segment 0's Gather on an initializer)."""
     tables = {t.name: t.dims for t in segment0.graph.initializer}
     for node in segment0.graph.node:
-        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == INPUTS[0] \
-                and node.input[0] in tables:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[1] == name and node.input[0] in tables:
             return int(tables[node.input[0]][0])
-    raise AdaplerError("one graph: cannot find the word-embedding table that input_ids index in segment 0")
+    raise AdaplerError(f"one graph: cannot find the embedding table that {name} index in segment 0")
 
 
 def check_against_chain(path: Path, onnx_dir: Path, specs, etas, feeds: tuple, precision: str) -> dict:
     """Run the one graph and the segment chain (`OnnxRuntimeBackend`: same segments, host reference link) on
-    `feeds` = (input_ids, attention_mask); kept positions must be identical and the logits within the
-    precision's export tolerance. Returns the differences."""
+    `feeds` = (input_ids, attention_mask[, token_type_ids]); kept positions must be identical and the logits
+    within the precision's export tolerance. Returns the differences."""
     from .backends.onnxruntime import OnnxRuntimeBackend
     from .backends.onnxruntime_graph import OneGraphBackend
 
@@ -357,7 +357,7 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
     (named by `specs`) joined by link subgraphs at thresholds `etas` (one per link, each in [0, 1]).
 
     Validated before it is moved into place: checker + strict shape inference + I/O contract, then ONNX
-    Runtime against the segment chain on `check_inputs` ((input_ids, attention_mask); default
+    Runtime against the segment chain on `check_inputs` ((input_ids, attention_mask[, token_type_ids]); default
     `example_batch`, which has a padded row, a hole and a fully padded row). Written atomically.
     """
     import onnx
@@ -367,7 +367,8 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
     etas = [_checked_eta(e) for e in etas]
     segments = _load_segments(onnx_dir, specs)
     model = compose_one_graph(segments, specs, etas)
-    feeds = check_inputs or example_batch(_vocab_size(segments[0]))
+    type_vocab = _table_rows(segments[0], TOKEN_TYPE_IDS) if TOKEN_TYPE_IDS in specs[0].inputs else None
+    feeds = check_inputs or example_batch(_table_rows(segments[0], INPUTS[0]), type_vocab=type_vocab)
     del segments
     precision = "fp16" if specs[0].hidden_dtype == "float16" else "fp32"
     if model.ByteSize() >= PROTOBUF_LIMIT:

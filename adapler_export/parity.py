@@ -22,7 +22,7 @@ import numpy as np
 
 from .backends import Backend
 from .errors import BackendUnavailable, ParityError
-from .evaluation import encode
+from .evaluation import encoded_batches
 from .tolerances import Tolerances
 
 
@@ -97,17 +97,19 @@ def link_decisions(kept: list, mask: np.ndarray) -> list:
 
 
 def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, max_length: int, precision: str,
-                     batch_size: int = 32, tolerances: Tolerances | None = None, progress=None) -> ParityReport:
-    """End-to-end parity on `texts`. A link's flip rate is over the decisions made *at that link*: the
-    tokens that reached it in the reference or in the candidate (a token dropped earlier by both is no
-    decision of a later link, so it neither dilutes nor inflates that link's rate)."""
+                     batch_size: int = 32, tolerances: Tolerances | None = None, progress=None,
+                     pairs=None) -> ParityReport:
+    """End-to-end parity on `texts` (with their `pairs`: sentence pairs, token types fed). A link's flip rate is
+    over the decisions made *at that link*: the tokens that reached it in the reference or in the candidate (a
+    token dropped earlier by both is no decision of a later link, so it neither dilutes nor inflates that
+    link's rate)."""
     tolerances = tolerances or Tolerances.for_precision(precision)
     diffs, agree = [], 0
     flips = decisions = kept_ref = kept_cand = None
-    starts = list(range(0, len(texts), batch_size))
-    for start in (progress(starts, f"parity {candidate.name}") if progress else starts):
-        ids, mask = encode(tokenizer, texts[start: start + batch_size], max_length)
-        ref, cand = reference.run(ids, mask), candidate.run(ids, mask)
+    for inputs in encoded_batches(tokenizer, texts, max_length, batch_size, pairs, progress,
+                                  f"parity {candidate.name}"):
+        mask = inputs[1]
+        ref, cand = reference.run(*inputs), candidate.run(*inputs)
         diffs.append(np.abs(ref.logits - cand.logits).ravel())
         agree += int((ref.logits.argmax(-1) == cand.logits.argmax(-1)).sum())
         if flips is None:
@@ -116,8 +118,8 @@ def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, m
             kept_ref, kept_cand = np.zeros(n_links), np.zeros(n_links)
         if len(cand.kept) != len(ref.kept):
             raise ParityError(f"{candidate.name} reports {len(cand.kept)} links, the reference {len(ref.kept)}")
-        pairs = zip(link_decisions(ref.kept, mask), link_decisions(cand.kept, mask))
-        for k, ((reached_r, kept_r), (reached_c, kept_c)) in enumerate(pairs):
+        per_link = zip(link_decisions(ref.kept, mask), link_decisions(cand.kept, mask))
+        for k, ((reached_r, kept_r), (reached_c, kept_c)) in enumerate(per_link):
             decided = reached_r | reached_c
             flips[k] += int(((kept_r != kept_c) & decided).sum())
             decisions[k] += int(decided.sum())
@@ -146,9 +148,11 @@ def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, m
 
 
 # ----- per-segment check with polygraphy -------------------------------------------------------------------
-def capture_segment_io(model, precision: str, input_ids: np.ndarray, attention_mask: np.ndarray) -> list:
+def capture_segment_io(model, precision: str, input_ids: np.ndarray, attention_mask: np.ndarray,
+                       token_type_ids: np.ndarray | None = None) -> list:
     """Run the PyTorch segments (at the artifact's precision) through the one chain with the reference link
-    and record each segment's inputs and outputs as NumPy feeds: what a segment graph must reproduce."""
+    and record each segment's inputs and outputs as NumPy feeds: what a segment graph must reproduce.
+    `token_type_ids`: the token types of a sentence-pair model's inputs."""
     import torch
 
     from .backends.pytorch import PyTorchSegmentsBackend
@@ -160,8 +164,9 @@ def capture_segment_io(model, precision: str, input_ids: np.ndarray, attention_m
                         {n: v.detach().cpu().numpy() for n, v in outputs.items()}))
 
     backend = PyTorchSegmentsBackend(model, precision)
+    types = None if token_type_ids is None else torch.from_numpy(token_type_ids.astype(np.int32))
     backend.run_tensors(torch.from_numpy(input_ids.astype(np.int32)),
-                        torch.from_numpy(attention_mask.astype(np.int32)), on_segment=record)
+                        torch.from_numpy(attention_mask.astype(np.int32)), on_segment=record, token_type_ids=types)
     return records
 
 
@@ -268,19 +273,20 @@ def verify_artifact(artifact_dir, backends=None, ckpt=None, data_dir=None, sampl
         raise ParityError(f"checkpoint {checkpoint.path} (digest {digest}) is not the one {path} was built from "
                           f"({manifest.checkpoint['digest']}); pass --ckpt with that checkpoint")
     kinds = list(backends) if backends else artifact_backend_kinds(manifest)
-    texts = parity_texts(manifest.task, data_dir, samples)
+    texts, pairs = parity_texts(manifest.task, data_dir, samples)
     result = VerifyResult(str(path))
     result.reports, result.not_run = compare_artifact_backends(
         path, manifest, kinds, PyTorchBackend(checkpoint.model), checkpoint.tokenizer, texts,
-        batch_size=batch_size, progress=progress, log=log)
+        batch_size=batch_size, progress=progress, log=log, pairs=pairs)
     return result
 
 
 def compare_artifact_backends(artifact_dir, manifest, kinds, reference: Backend, tokenizer, texts,
                               batch_size: int = 32, tolerances: Tolerances | None = None, progress=None,
-                              log=None) -> tuple:
+                              log=None, pairs=None) -> tuple:
     """`compare_backends` for each backend kind of an artifact (build and verify both use this): returns
-    ({kind: ParityReport}, {kind: why it cannot run here}). `log` receives the backends' own choices."""
+    ({kind: ParityReport}, {kind: why it cannot run here}). `log` receives the backends' own choices;
+    `pairs`: the second texts of a sentence-pair task."""
     from .backends import load_backend
 
     reports, not_run = {}, {}
@@ -293,5 +299,5 @@ def compare_artifact_backends(artifact_dir, manifest, kinds, reference: Backend,
         with candidate:
             reports[kind] = compare_backends(reference, candidate, tokenizer, texts, manifest.max_length,
                                              manifest.precision, batch_size=batch_size, tolerances=tolerances,
-                                             progress=progress)
+                                             progress=progress, pairs=pairs)
     return reports, not_run

@@ -329,10 +329,11 @@ def render_png(explanations: Sequence[Explanation], path, max_tokens: int = PNG_
 
 
 # ----- from texts to files ------------------------------------------------------------------------------
-def explain_texts(classifier, texts: Sequence[str]) -> list:
-    """One :class:`Explanation` per text, from a ``TextClassifier``'s predictions."""
+def explain_texts(classifier, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
+    """One :class:`Explanation` per text (per sentence pair, with ``pairs``), from a ``TextClassifier``'s
+    predictions."""
     return [explain(prediction, classifier.manifest.num_layers, classifier.max_length)
-            for prediction in classifier.classify(texts)]
+            for prediction in classifier.classify(texts, pairs)]
 
 
 def write_html(path, explanations: Sequence[Explanation]) -> Path:

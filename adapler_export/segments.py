@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import AdaplerError
 from .storage import atomic_file
-from .specs import OPSET, PRECISIONS, SegmentSpec, segment_specs  # noqa: F401  (re-exported)
+from .specs import OPSET, PRECISIONS, TOKEN_TYPE_IDS, SegmentSpec, segment_specs  # noqa: F401  (re-exported)
 from .tolerances import Tolerances
 from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution, encoder_layer
 
@@ -38,12 +38,14 @@ class _CPScores(nn.Module):
 
 
 class EmbeddingSegment(nn.Module):
+    """Segment 0; `token_type_ids` is an input of a sentence-pair model's segment (else all zeros)."""
+
     def __init__(self, model: AdapLeRForSequenceClassification):
         super().__init__()
         self.model, self.scores = model, _CPScores(model.cps[0])
 
-    def forward(self, input_ids, attention_mask):
-        hidden = self.model.embed(input_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.model.embed(input_ids, token_type_ids)
         dtype = next(self.model.base.encoder.parameters()).dtype
         return hidden.to(dtype), self.scores(hidden, attention_mask)
 
@@ -116,13 +118,24 @@ def example_token_ids(rng, vocab: int, shape) -> np.ndarray:
     return ids
 
 
-def example_inputs(spec: SegmentSpec, batch: int = 2, seq: int = 7, vocab: int = 1000, seed: int = 0):
+def example_token_types(type_vocab: int, shape) -> np.ndarray:
+    """Token types of a sentence pair filling every row: 0 for the first half, 1 (where the model has a second
+    type) for the rest."""
+    types = np.zeros(shape, dtype=np.int32)
+    types[:, shape[1] // 2:] = min(1, type_vocab - 1)
+    return types
+
+
+def example_inputs(spec: SegmentSpec, batch: int = 2, seq: int = 7, vocab: int = 1000, seed: int = 0,
+                   type_vocab: int = 2):
     rng = np.random.default_rng(seed)
     feeds = {}
     for name, (dtype, shape) in spec.inputs.items():
         dims = [batch if d == "batch" else seq if d == "seq" else d for d in shape]
         if name == "input_ids":
             value = example_token_ids(rng, vocab, dims).astype(dtype)
+        elif name == TOKEN_TYPE_IDS:
+            value = example_token_types(type_vocab, dims).astype(dtype)
         elif name == "attention_mask":
             value = np.ones(dims, dtype=dtype)
             value[-1, seq // 2:] = 0  # a padded row
@@ -193,11 +206,11 @@ def export_segments(model: AdapLeRForSequenceClassification, out_dir: Path, prec
     inputs; returns the specs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = model.config
-    specs = segment_specs(model.num_layers, config.hidden_size, config.num_labels, precision)
+    specs = segment_specs(model.num_layers, config.hidden_size, config.num_labels, precision, model.text_pair)
     pairs = list(zip(specs, segment_modules(precision_model(model, precision))))
     for spec, module in (progress(pairs, f"export {precision}") if progress else pairs):
-        export_module(module, example_inputs(spec, vocab=config.vocab_size), spec, out_dir / spec.file_name,
-                      precision)
+        feeds = example_inputs(spec, vocab=config.vocab_size, type_vocab=getattr(config, "type_vocab_size", 1))
+        export_module(module, feeds, spec, out_dir / spec.file_name, precision)
     return specs
 
 
@@ -245,7 +258,7 @@ def build_single_graph(segment_dir: Path, specs: list, etas: list, out_path: Pat
         seg = compose.add_prefix(seg, prefix)
         rename = {}
         if spec.index == 0:
-            rename = {prefix + "input_ids": "input_ids", prefix + "attention_mask": "attention_mask"}
+            rename = {prefix + name: name for name in spec.inputs}  # the model's inputs are segment 0's
             graph_inputs = [i for i in onnx.load(str(segment_dir / spec.file_name)).graph.input]
         else:
             rename = {prefix + "hidden": hidden_name, prefix + "attention_mask": mask_name}

@@ -11,10 +11,18 @@ from dataclasses import dataclass
 OPSET = 17
 PRECISIONS = ("fp32", "fp16")
 
-# The whole-model forms (single.onnx with custom link nodes, model.onnx in standard ops) share their I/O:
+# The whole-model forms (single.onnx with custom link nodes, model.onnx in standard ops) share their I/O, which is
+# segment 0's: ids and mask, and for a sentence-pair model the token types (0 first text, 1 second) as well.
+TOKEN_TYPE_IDS = "token_type_ids"
 MODEL_INPUTS = ("input_ids", "attention_mask")
+PAIR_MODEL_INPUTS = MODEL_INPUTS + (TOKEN_TYPE_IDS,)
 LOGITS = "logits"
 ETA_METADATA = "adapler.eta"  # model metadata: the thresholds a whole-model graph was built with
+
+
+def model_inputs(text_pair: bool) -> tuple:
+    """The inputs of segment 0 and of the whole-model graphs of a single-text or a sentence-pair model."""
+    return PAIR_MODEL_INPUTS if text_pair else MODEL_INPUTS
 
 
 def kept_output(k: int) -> str:
@@ -67,10 +75,11 @@ class SegmentSpec:
         return hidden[0] if hidden else "float32"
 
 
-def segment_specs(num_layers: int, hidden: int, num_labels: int, precision: str) -> list:
+def segment_specs(num_layers: int, hidden: int, num_labels: int, precision: str, text_pair: bool = False) -> list:
+    """Segments 0..L; `text_pair`: segment 0 takes token_type_ids too (a sentence-pair model)."""
     ht = "float16" if precision == "fp16" else "float32"
     bs, bsh = ["batch", "seq"], ["batch", "seq", hidden]
-    specs = [SegmentSpec(0, {"input_ids": ("int32", bs), "attention_mask": ("int32", bs)},
+    specs = [SegmentSpec(0, {name: ("int32", bs) for name in model_inputs(text_pair)},
                          {"hidden": (ht, bsh), "scores": ("float32", bs)}, "embeddings + CP_0")]
     for k in range(1, num_layers):
         specs.append(SegmentSpec(k, {"hidden": (ht, bsh), "attention_mask": ("int32", bs)},

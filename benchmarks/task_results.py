@@ -9,7 +9,7 @@ Runtime graph vs the full static model, interleaved, medians). Writes `<output>.
 
     python benchmarks/task_results.py --task imdb --stage1-from imdb-gpu \
         --model adapler-trained=imdb-gpu:docs/results/imdb-gpu-one-graph.json \
-        --model adapler-calibrated=imdb-gpu-3x:docs/results/imdb-gpu-3x-one-graph.json \
+        --model adapler-calibrated=imdb-gpu-3x:docs/results/imdb-gpu-3x-one-graph.json:eval-3x.json \
         --output docs/results/imdb-minilm
 """
 from __future__ import annotations
@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--stage1-from", required=True, help="a checkpoint whose training record holds stage 1's accuracy")
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=CKPT[:BENCH_JSON]")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CKPT[:BENCH_JSON[:EVALUATE_JSON]]",
+                    help="EVALUATE_JSON: `adapler-export evaluate --json` output to use instead of the checkpoint's "
+                         "own metrics (a calibrated checkpoint records those of its calibration subset)")
     ap.add_argument("--output", required=True, help="path without suffix")
     a = ap.parse_args(argv)
 
@@ -63,9 +65,13 @@ def main(argv=None) -> int:
     memory = {}
     for spec in a.model:
         name, _, rest = spec.partition("=")
-        ckpt, _, bench_path = rest.partition(":")
+        ckpt, _, rest = rest.partition(":")
+        bench_path, _, evaluate_path = rest.partition(":")
         bench = json.loads(Path(bench_path).read_text()) if bench_path else None
-        rows += rows_for(a.task, name, checkpoint_metrics(ckpt), bench, stage1_accuracy)
+        config = checkpoint_metrics(ckpt)
+        if evaluate_path:
+            config["metrics"] = json.loads(Path(evaluate_path).read_text())
+        rows += rows_for(a.task, name, config, bench, stage1_accuracy)
         if bench is not None and bench.get("memory"):
             memory[name] = bench["memory"]
     result = {"task": a.task, "stage1_dev_accuracy": stage1_accuracy, "rows": rows, "peak_memory": memory,

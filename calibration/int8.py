@@ -131,16 +131,15 @@ class SegmentFeeds:
         self.reader = _Reader(list(feeds))
 
 
-def record_segment_inputs(model, tokenizer, texts, max_length: int, batch: int = 1) -> list:
+def record_segment_inputs(model, tokenizer, texts, max_length: int, batch: int = 1, pairs=None) -> list:
     """Per segment, the list of input feeds it sees when the fp32 reference pipeline (the PyTorch segments,
-    the reference link, the model's eta) runs on `texts`."""
-    from adapler_export.evaluation import encode
+    the reference link, the model's eta) runs on `texts` (with their `pairs` for a sentence-pair task)."""
+    from adapler_export.evaluation import encoded_batches
     from adapler_export.parity import capture_segment_io
 
     per_segment = None
-    for start in range(0, len(texts), batch):
-        ids, mask = encode(tokenizer, texts[start: start + batch], max_length)
-        records = capture_segment_io(model, "fp32", ids, mask)
+    for inputs in encoded_batches(tokenizer, texts, max_length, batch, pairs):
+        records = capture_segment_io(model, "fp32", *inputs)
         per_segment = per_segment or [[] for _ in records]
         for k, (feeds, _) in enumerate(records):
             per_segment[k].append({name: np.ascontiguousarray(v) for name, v in feeds.items()})
@@ -292,8 +291,8 @@ class _Recording:
     def __init__(self, backend, name: str | None = None):
         self.backend, self.name, self.logits = backend, name or backend.name, []
 
-    def run(self, input_ids, attention_mask):
-        out = self.backend.run(input_ids, attention_mask)
+    def run(self, *inputs):
+        out = self.backend.run(*inputs)
         self.logits.append(out.logits)
         return out
 
@@ -301,15 +300,15 @@ class _Recording:
         return float((np.concatenate(self.logits).argmax(-1) == np.asarray(labels)).mean())
 
 
-def bench_chains(fp32, int8, tokenizer, texts, max_length, repeats=5, batches=(1, 32)) -> dict:
+def bench_chains(fp32, int8, tokenizer, texts, max_length, repeats=5, batches=(1, 32), pairs=None) -> dict:
     """Two ONNX Runtime chains (int8 vs fp32, same thresholds and threads): median ms per sentence."""
-    from adapler_export.evaluation import encode
+    from adapler_export.evaluation import encoded_batches
     from calibration.measure import time_round_robin
 
     result = {"backend": "onnxruntime (CPU)", "repeats": repeats, "sentences": len(texts),
               "statistic": "median round, ms per sentence"}
     for batch in batches:
-        inputs = [encode(tokenizer, texts[i: i + batch], max_length) for i in range(0, len(texts), batch)]
+        inputs = list(encoded_batches(tokenizer, texts, max_length, batch, pairs))
         timings = time_round_robin({"fp32": fp32.run, "int8": int8.run}, inputs, repeats=repeats)
         scale = len(inputs) / len(texts)  # time_round_robin divides by the number of batches
         fp32_ms, int8_ms = timings["fp32"]["median_ms"] * scale, timings["int8"]["median_ms"] * scale
@@ -369,7 +368,8 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
 
     log(f"recording segment inputs: {len(calib)} {options.calib_split} sentences through the fp32 reference "
         f"pipeline (eta {' '.join(f'{e:.3f}' for e in etas)})")
-    feeds = record_segment_inputs(model, tokenizer, calib.texts, max_length, batch=options.calib_batch)
+    feeds = record_segment_inputs(model, tokenizer, calib.texts, max_length, batch=options.calib_batch,
+                                  pairs=calib.pairs)
     with atomic_directory(out, kind="artifact", force=options.force, inputs=[source_dir]) as tmp:
         onnx_dir = tmp / "onnx"
         onnx_dir.mkdir()
@@ -416,7 +416,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
                           threads=options.threads) as int8_graphs:
             candidate = _Recording(int8_graphs, "onnxruntime-int8")
             report = compare_backends(reference, candidate, tokenizer, dev.texts, max_length, "int8",
-                                      batch_size=options.batch_size, progress=progress)
+                                      batch_size=options.batch_size, progress=progress, pairs=dev.pairs)
         if not report.passed:  # the report is the result (QuantizeResult.parity); on failure, the diagnosis
             log(report.table())
             raise ParityError(f"int8 parity failed ({'; '.join(report.failures)}); no artifact written")
@@ -427,8 +427,9 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
         if options.bench:
             with OnnxRuntimeBackend(source.segment_paths(source_dir), specs, etas, "cpu", options.threads) as fp32, \
                     OnnxRuntimeBackend(manifest.segment_paths(tmp), specs, etas, "cpu", options.threads) as int8:
+                bench_pairs = None if dev.pairs is None else dev.pairs[: options.bench_samples]
                 bench = bench_chains(fp32, int8, tokenizer, dev.texts[: options.bench_samples], max_length,
-                                     repeats=options.bench_repeats)
+                                     repeats=options.bench_repeats, pairs=bench_pairs)
             quantization["speed"] = {**bench, "threads": options.threads}
         parity = {"end_to_end": {"onnxruntime": report.to_dict()}, "not_run": {}, "accuracy": accuracy,
                   "speed": quantization["speed"]}
@@ -443,7 +444,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             with OnnxRuntimeBackend(trt_paths, specs, etas, "cpu", options.threads) as trt_graphs:
                 trt_candidate = _Recording(trt_graphs, "onnxruntime-int8-symmetric (TensorRT graphs)")
                 trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts, max_length,
-                                              "int8", batch_size=options.batch_size)
+                                              "int8", batch_size=options.batch_size, pairs=dev.pairs)
             log(f"TensorRT graphs via ONNX Runtime: label agreement {trt_report.label_agreement * 100:.2f}%, keep "
                 f"decisions flipped {trt_report.flip_rate * 100:.3f}%: {'passed' if trt_report.passed else 'FAILED'}")
             parity["tensorrt_graphs_via_onnxruntime"] = trt_report.to_dict()

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from adapler_export.backends import SegmentChainBackend
+from adapler_export.evaluation import encoded_batches
 from adapler_export.link import check_eta
 
 
@@ -38,43 +39,40 @@ def with_thresholds(backend: SegmentChainBackend, etas) -> SegmentChainBackend:
     return variant
 
 
-def encode_single(tokenizer, texts, max_length: int) -> list:
-    """Batch-1 inputs (no padding), int32."""
-    out = []
-    for text in texts:
-        enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
-        out.append((enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)))
-    return out
+def encode_single(tokenizer, texts, max_length: int, pairs=None) -> list:
+    """Batch-1 inputs (no padding), int32: the arrays a backend's `run` takes, per text (per pair)."""
+    return list(encoded_batches(tokenizer, texts, max_length, 1, pairs))
 
 
 def time_round_robin(configs: dict, inputs: list, repeats: int = 5, warmup: int = 1) -> dict:
-    """configs: name -> callable(ids, mask). Returns name -> {"median_ms", "rounds_ms"} (per sentence)."""
+    """configs: name -> callable(ids, mask[, token types]); `inputs`: the arrays of each call. Returns name ->
+    {"median_ms", "rounds_ms"} (per sentence)."""
     for _ in range(warmup):
         for fn in configs.values():
-            for ids, mask in inputs:
-                fn(ids, mask)
+            for arrays in inputs:
+                fn(*arrays)
     rounds = {name: [] for name in configs}
     for _ in range(repeats):
         for name, fn in configs.items():
             start = time.perf_counter()
-            for ids, mask in inputs:
-                fn(ids, mask)
+            for arrays in inputs:
+                fn(*arrays)
             rounds[name].append((time.perf_counter() - start) * 1000.0 / len(inputs))
     return {name: {"median_ms": float(np.median(v)), "rounds_ms": [round(x, 4) for x in v]}
             for name, v in rounds.items()}
 
 
 def measure_points(model, tokenizer, texts, max_length: int, points: list, samples: int = 64, repeats: int = 5,
-                   threads: int = 1, log=print) -> dict:
-    """Attach measured_ms / measured_speedup / measured_speedup_vs_full_graph to `points` (in place)."""
+                   threads: int = 1, log=print, pairs=None) -> dict:
+    """Attach measured_ms / measured_speedup / measured_speedup_vs_full_graph to `points` (in place).
+    `pairs`: the second texts of a sentence-pair task."""
     import onnxruntime as ort
 
     from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
     from adapler_export.baseline import FullModelBackend, export_full_onnx
     from adapler_export.segments import export_segments
 
-    subset = list(texts)[:samples]
-    inputs = encode_single(tokenizer, subset, max_length)
+    inputs = encode_single(tokenizer, list(texts)[:samples], max_length, None if pairs is None else pairs[:samples])
     with tempfile.TemporaryDirectory(prefix="adapler-measure-") as tmp:
         tmp = Path(tmp)
         log(f"measuring: exporting the fp32 segments once (thresholds are runtime parameters), {len(inputs)} "

@@ -27,8 +27,8 @@ import os
 import pathlib
 import shutil
 
-from tiny_models import (FAIL_MARKER, TINY_ETAS, TINY_MAX_LENGTH, make_tiny_artifact,  # noqa: F401 (used by tests)
-                         make_tiny_checkpoint)
+from tiny_models import (DATA_DIR, FAIL_MARKER, TINY_ETAS, TINY_MAX_LENGTH,  # noqa: F401 (used by tests)
+                         make_tiny_artifact, make_tiny_checkpoint)
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -87,12 +87,12 @@ def load_marker_failing_backend(artifact_dir, kind: str = "auto", **kwargs):
     marker_id = _marker_id(artifact_dir)
     real_run = backend.run
 
-    def run(input_ids, attention_mask):
+    def run(input_ids, attention_mask, *token_types):
         import numpy as np
 
         if np.any((np.asarray(input_ids) == marker_id) & (np.asarray(attention_mask) == 1)):
             raise RuntimeError(f"test backend: the input holds the marker token {FAIL_MARKER!r}")
-        return real_run(input_ids, attention_mask)
+        return real_run(input_ids, attention_mask, *token_types)
 
     backend.run = run
     return backend

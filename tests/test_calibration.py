@@ -113,6 +113,9 @@ def test_scaled_eta_and_default_grid():
     assert grid[0] == 0.0 and 1.0 in grid and 17 <= len(grid) <= 21
     assert scaled_eta(base, [grid[-1]] * 3) == [1.0, 1.0, 1.0], "the top of the grid reaches eta = 1 everywhere"
     assert grid == sorted(grid)
+    assert sum(s > 1 for s in grid) >= len(grid) // 2, "most points above the learned thresholds"
+    imdb = default_scales([0.62, 0.73, 0.76, 0.76, 0.77, 0.77], 10)  # learned eta of the IMDB run
+    assert sum(1.0 < s < 1.61 for s in imdb) >= 4, "no big jump between the learned eta and eta = 1"
 
 
 class _FakeEvaluator:

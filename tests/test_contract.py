@@ -21,6 +21,7 @@ from adapler_export.parity import compare_backends, link_decisions
 from adapler_export.segments import LINK_NODE_ATTRIBUTES, export_segments
 
 from conftest import REPO, sst2_dir, tiny_model
+from tiny_models import make_tiny_tokenizer
 
 TEXTS = ["a charming and often affecting film .", "the plot was dull , the acting awful",
          "it is not very good", "fun !", "this movie , with a story that is great and a plot that is boring ."]
@@ -86,7 +87,7 @@ def test_inputs_are_validated_once_for_every_backend(tiny_artifact):
     assert np.isfinite(padded_row.logits).all()
 
 
-def test_flips_are_counted_per_link_over_that_links_decisions():
+def test_flips_are_counted_per_link_over_that_links_decisions(tmp_path):
     class Fixed:
         def __init__(self, name, kept):
             self.name, self.kept = name, kept
@@ -94,19 +95,16 @@ def test_flips_are_counted_per_link_over_that_links_decisions():
         def run(self, ids, mask):
             return BackendOutput(np.zeros((1, 2), np.float32), self.kept)
 
-    class Tok:
-        def __call__(self, texts, **kw):
-            return {"input_ids": np.ones((1, 4), np.int32), "attention_mask": np.ones((1, 4), np.int32)}
-
+    tokenizer = make_tiny_tokenizer(tmp_path)  # "a b": [CLS] a b [SEP], 4 live tokens
     ref = Fixed("ref", [np.array([[0, 1, 2, 3]]), np.array([[0, 1, -1, -1]])])
     cand = Fixed("cand", [np.array([[0, 1, 2, 3]]), np.array([[0, 2, -1, -1]])])
-    report = compare_backends(ref, cand, Tok(), ["x"], 8, "fp32")
+    report = compare_backends(ref, cand, tokenizer, ["a b"], 8, "fp32")
     assert [link["decisions"] for link in report.links] == [4, 4]
     assert [link["flips"] for link in report.links] == [0, 2]
     # link 2 of a 3-link model whose first link dropped half: its rate is over the 2 tokens that reached it
     ref.kept = ref.kept + [np.array([[0, -1]])]
     cand.kept = [ref.kept[0], ref.kept[1], np.array([[0, 1]])]
-    report = compare_backends(ref, cand, Tok(), ["x"], 8, "fp32")
+    report = compare_backends(ref, cand, tokenizer, ["a b"], 8, "fp32")
     assert report.links[2]["decisions"] == 2 and report.links[2]["flip_rate"] == 0.5
 
 

@@ -581,14 +581,15 @@ def _assert_same(server_results, ref_preds):
         assert got == want
 
 
-def _ensemble_answers(url: str, ensemble: str, texts: list, concurrency: int = 8) -> list:
-    """The ensemble's answer per text (`AdaplerClient.run_graph`): one text per request, from `concurrency`
-    clients at once, so that the dynamic batchers join requests of equal padded length."""
+def _ensemble_answers(url: str, ensemble: str, texts: list, concurrency: int = 8, pairs: list | None = None) -> list:
+    """The ensemble's answer per text (`AdaplerClient.run_graph`; per sentence pair with `pairs`): one text per
+    request, from `concurrency` clients at once, so that the dynamic batchers join requests of equal padded
+    length."""
     from adapler_export.serving.client import AdaplerClient
 
     def run(indices):
         with AdaplerClient(url, model_name=ensemble, max_batch=1) as client:
-            return [(i, client.run_graph([texts[i]])[0]) for i in indices]
+            return [(i, client.run_graph([texts[i]], None if pairs is None else [pairs[i]])[0]) for i in indices]
 
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
         parts = list(pool.map(run, [range(k, len(texts), concurrency) for k in range(concurrency)]))
@@ -608,9 +609,9 @@ def _compare_with_library(answers: list, predictions: list) -> dict:
 
 
 def _assert_ensemble_is_the_library(url: str, ensemble: str, predictions: list, texts: list,
-                                    logit_atol: float = 1e-4) -> None:
+                                    logit_atol: float = 1e-4, pairs: list | None = None) -> None:
     """fp32: every label, kept position and empty flag the library's, logits within `logit_atol`."""
-    stats = _compare_with_library(_ensemble_answers(url, ensemble, texts), predictions)
+    stats = _compare_with_library(_ensemble_answers(url, ensemble, texts, pairs=pairs), predictions)
     print(f"\n{ensemble} vs the library's TextClassifier: {stats}")
     n = len(texts)
     assert (stats["labels"], stats["kept"], stats["empty"]) == (n, n, n), stats
@@ -782,6 +783,80 @@ def test_tiny_server_onnx_ensemble_is_the_library(tiny_server, tiny_classifier):
     joined = re.findall(r"onnxruntime stand-in: ran (\d+) requests as one batch", tiny_server.log_tail(10 ** 7))
     print(f"requests per joined batch of adapler_onnx: {joined}")
     assert joined, "no two requests joined: the batched path was not exercised"
+
+
+# ---- a sentence-pair artifact (MRPC) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pair_artifact(tmp_path_factory):
+    """A tiny real MRPC artifact: its graphs take token_type_ids, its Triton models TEXT and TEXT_PAIR."""
+    if not (F.DATA_DIR / "mrpc" / "dev.tsv").is_file():
+        pytest.skip(f"MRPC data not found at {F.DATA_DIR / 'mrpc'}")
+    home = tmp_path_factory.mktemp("pair-home")
+    checkpoint = F.make_tiny_checkpoint(home / "checkpoint", layers=3, eta=0.6, cp_gain=40.0, task="mrpc")
+    return F.make_tiny_artifact(checkpoint, home / "artifact", task="mrpc")
+
+
+def _mrpc_dev_pairs(limit: int) -> tuple:
+    from adapler_export.data import load_task
+
+    dev = load_task("mrpc", F.DATA_DIR / "mrpc", splits=("dev",))["dev"]
+    return dev.texts[:limit] + ["", "only a first text", "good " * 60], dev.pairs[:limit] + ["", "", "bad " * 60]
+
+
+def test_pair_repository_configs(pair_artifact, tmp_path):
+    """Every text-taking model of a pair artifact takes TEXT and TEXT_PAIR; the tokenizer gives the token types
+    the one graph takes; the ensemble maps them between the two."""
+    repo = tmp_path / "repo"
+    R.write_model_repository(pair_artifact, repo)
+    configs = R.validate_repository(repo)
+
+    def names(tensors):
+        return [t.name for t in tensors]
+
+    for model in (C.TEXT_MODEL, C.TOKENIZER_MODEL, C.ONNX_ENSEMBLE_MODEL):
+        assert names(configs[model].input) == [C.TEXT_INPUT, C.TEXT_PAIR_INPUT], model
+    assert "token_type_ids" in names(configs[C.TOKENIZER_MODEL].output)
+    assert names(configs[C.ONNX_MODEL].input) == ["input_ids", "attention_mask", "token_type_ids"]
+    steps = configs[C.ONNX_ENSEMBLE_MODEL].ensemble_scheduling.step
+    assert dict(steps[0].input_map) == {C.TEXT_INPUT: C.TEXT_INPUT, C.TEXT_PAIR_INPUT: C.TEXT_PAIR_INPUT}
+    assert steps[1].input_map["token_type_ids"] == steps[0].output_map["token_type_ids"]
+    assert "`TEXT_PAIR`" in (repo / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def pair_server(pair_artifact, tmp_path_factory):
+    """adapler_text, adapler_tokenizer and the one-graph ensemble (stand-in backend) of the pair artifact."""
+    repo = tmp_path_factory.mktemp("pair-repo") / "repo"
+    R.write_model_repository(pair_artifact, repo, max_batch=MAX_BATCH)
+    server = _start(repo, tmp_path_factory, stand_in=True)
+    yield server
+    _stop(server)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_pair_server_matches_local(pair_server, pair_artifact, protocol):
+    """A text-pair request (TEXT + TEXT_PAIR) answers as the library's classify(texts, pairs); a request without
+    TEXT_PAIR is refused and the server stays up."""
+    from tritonclient.utils import InferenceServerException
+
+    texts, pairs = _mrpc_dev_pairs(24)
+    classifier = TextClassifier(pair_artifact)
+    reference = [p for i in range(0, len(texts), MAX_BATCH)
+                 for p in classifier.classify(texts[i:i + MAX_BATCH], pairs[i:i + MAX_BATCH])]
+    with _client(pair_server, protocol) as c:
+        _assert_same(c.classify(texts, pairs), reference)
+        with pytest.raises(InferenceServerException, match=C.TEXT_PAIR_INPUT):
+            c.classify(texts[:2])
+        assert c.is_ready()
+
+
+def test_pair_server_onnx_ensemble_is_the_library(pair_server, pair_artifact):
+    """adapler_onnx_ensemble on pairs: the tokenizer's token types reach the one graph (its answers are the
+    library's, kept positions included)."""
+    texts, pairs = _mrpc_dev_pairs(32)
+    classifier = TextClassifier(pair_artifact)
+    predictions = [classifier.classify([t], [p])[0] for t, p in zip(texts, pairs)]
+    _assert_ensemble_is_the_library(pair_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts, pairs=pairs)
 
 
 def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):

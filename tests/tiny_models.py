@@ -12,7 +12,8 @@ import shutil
 
 FAIL_MARKER = "explode"
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
-SST2_DIR = TESTS_DIR.parents[0].parent / "shared" / "data" / "sst2"
+DATA_DIR = TESTS_DIR.parents[0].parent / "shared" / "data"
+SST2_DIR = DATA_DIR / "sst2"
 TINY_MAX_LENGTH = 48
 TINY_ETAS = (1.0, 1.0)  # high enough that random contribution predictors drop tokens at every link
 
@@ -49,11 +50,15 @@ def make_tiny_tokenizer(scratch: pathlib.Path):
 
 
 LABELS = ["negative", "positive"]
+PAIR_TYPE_GAIN = 50.0  # scales the second token type's embedding of a tiny pair model: its types matter a lot
 
 
-def tiny_model(seed: int = 0, eta=0.6, vocab_size: int = 200, layers: int = 3, cp_gain: float = 40.0):
+def tiny_model(seed: int = 0, eta=0.6, vocab_size: int = 200, layers: int = 3, cp_gain: float = 40.0,
+               labels=LABELS, text_pair: bool = False):
     """A random BERT AdapLeR model; `cp_gain` scales the CPs' output layer so that they are opinionated
-    enough to really drop tokens; `eta` is one value for every layer or one per layer."""
+    enough to really drop tokens; `eta` is one value for every layer or one per layer. `text_pair`: a
+    sentence-pair model whose second token type moves the embeddings far (PAIR_TYPE_GAIN), so that logits
+    and kept tokens depend on the token types."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -61,36 +66,43 @@ def tiny_model(seed: int = 0, eta=0.6, vocab_size: int = 200, layers: int = 3, c
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=len(LABELS),
-                        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config)).eval()
+                        intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = AdapLeRForSequenceClassification(BertForSequenceClassification(config), text_pair=text_pair).eval()
     with torch.no_grad():
         model.eta.copy_(torch.as_tensor(eta, dtype=model.eta.dtype).expand_as(model.eta))
         for cp in model.cps:
             cp.dense_out.weight.mul_(cp_gain)
+        if text_pair:
+            model.base.embeddings.token_type_embeddings.weight[1].mul_(PAIR_TYPE_GAIN)
     return model
 
 
-def make_tiny_checkpoint(output, seed: int = 0, layers: int = 2, eta=TINY_ETAS, cp_gain: float = 1.0) -> \
-        pathlib.Path:
-    """Write a tiny real AdapLeR checkpoint to `output` (a path) and return it."""
+def make_tiny_checkpoint(output, seed: int = 0, layers: int = 2, eta=TINY_ETAS, cp_gain: float = 1.0,
+                         task: str = "sst2") -> pathlib.Path:
+    """Write a tiny real AdapLeR checkpoint of `task` (a sentence-pair model for mrpc / rte) to `output` (a
+    path) and return it."""
     from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, save_checkpoint
+    from adapler_export.data import TASKS, task_reads_pairs
 
     output = pathlib.Path(output)
     scratch = output.parent / f".{output.name}-vocab"
     tokenizer = make_tiny_tokenizer(scratch)
-    model = tiny_model(seed, eta, vocab_size=len(tokenizer), layers=layers, cp_gain=cp_gain)
-    adapler_config = AdapLeRConfig(backbone="tiny-random-bert", num_layers=layers, hidden_size=32, labels=LABELS,
-                                   max_length=TINY_MAX_LENGTH, task="sst2")
+    labels = TASKS[task]["labels"]
+    model = tiny_model(seed, eta, vocab_size=len(tokenizer), layers=layers, cp_gain=cp_gain, labels=labels,
+                       text_pair=task_reads_pairs(task))
+    adapler_config = AdapLeRConfig(backbone="tiny-random-bert", num_layers=layers, hidden_size=32, labels=labels,
+                                   max_length=TINY_MAX_LENGTH, task=task)
     save_checkpoint(Checkpoint(model, tokenizer, adapler_config), output)
     shutil.rmtree(scratch, ignore_errors=True)
     return output
 
 
-def make_tiny_artifact(checkpoint, output, samples: int = 32) -> pathlib.Path:
-    """Build the checkpoint into an fp32 ONNX Runtime artifact (parity on ``samples`` SST-2 dev texts)."""
+def make_tiny_artifact(checkpoint, output, samples: int = 32, task: str = "sst2") -> pathlib.Path:
+    """Build the checkpoint into an fp32 ONNX Runtime artifact (parity on ``samples`` dev examples of `task`,
+    the checkpoint's)."""
     from adapler_export.build import BuildOptions, build_artifact
 
-    result = build_artifact(str(checkpoint), str(output), BuildOptions(samples=samples, data_dir=str(SST2_DIR)),
+    result = build_artifact(str(checkpoint), str(output), BuildOptions(samples=samples, data_dir=str(DATA_DIR / task)),
                             log=lambda message: None)
     return pathlib.Path(result.path)

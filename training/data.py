@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from adapler_export.data import Split
+from adapler_export.serving.tokenization import encode_rows
 
 # Length grouping sorts the examples of this many batches at a time by length: batches of similar lengths
 # (little padding) while the data order stays random at the scale of an epoch (as in HF's length grouping).
@@ -31,11 +32,12 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, megabatch_batche
 
 # ----- tokenisation and batching ------------------------------------------------------------------------
 class EncodedDataset(torch.utils.data.Dataset):
-    """Pre-tokenised examples (unpadded); `collate` pads each batch to its own longest row."""
+    """Pre-tokenised examples (unpadded; sentence pairs with their token types); `collate` pads each batch to
+    its own longest row."""
 
     def __init__(self, tokenizer, split: Split, max_length: int, saliency: list | None = None):
-        encoded = tokenizer(list(split.texts), truncation=True, max_length=max_length)
-        self.input_ids = encoded["input_ids"]
+        rows = encode_rows(tokenizer, split.texts, max_length, split.pairs)
+        self.input_ids, self.token_type_ids = rows.ids, rows.type_ids
         self.labels = split.labels
         self.saliency = saliency
         self.pad_id = tokenizer.pad_token_id or 0
@@ -45,6 +47,8 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         item = {"input_ids": self.input_ids[index], "label": int(self.labels[index]), "index": index}
+        if self.token_type_ids is not None:
+            item["token_type_ids"] = self.token_type_ids[index]
         if self.saliency is not None:
             item["saliency"] = self.saliency[index]
         return item
@@ -59,6 +63,11 @@ class EncodedDataset(torch.utils.data.Dataset):
         batch = {"input_ids": ids, "attention_mask": mask,
                  "labels": torch.tensor([it["label"] for it in items]),
                  "index": torch.tensor([it["index"] for it in items])}
+        if self.token_type_ids is not None:  # sentence pairs; single texts leave them to the model (all 0)
+            types = torch.zeros((len(items), longest), dtype=torch.long)
+            for row, it in enumerate(items):
+                types[row, : len(it["token_type_ids"])] = torch.tensor(it["token_type_ids"])
+            batch["token_type_ids"] = types
         if self.saliency is not None:
             sal = torch.zeros((len(items), longest), dtype=torch.float32)
             for row, it in enumerate(items):

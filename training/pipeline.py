@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-from adapler_export.data import TaskData, load_task, task_max_length
+from adapler_export.data import TaskData, load_task, task_max_length, task_metrics
 from adapler_export.errors import AdaplerError
-from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.evaluation import evaluate_adaptive, scores_text
 from adapler_export.storage import adapler_home
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
 
@@ -141,6 +141,11 @@ def check_config(cfg: TrainConfig) -> None:
             raise AdaplerError(f"{name} must be at least 1 (got {value})")
 
 
+def stage1_f1(stage1: dict) -> float | None:
+    """The dev F1 of stage 1's selected epoch, where the task reports F1."""
+    return next((h.get("dev_f1") for h in stage1["history"] if h["epoch"] == stage1["epoch"]), None)
+
+
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
     if cfg.max_length is None:
         cfg.max_length = task_max_length(cfg.task)
@@ -163,7 +168,7 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     id2label = dict(enumerate(data.labels))
     backbone, tokenizer = load_backbone(cfg.backbone, len(data.labels), id2label)
     try:
-        model = AdapLeRForSequenceClassification(backbone)
+        model = AdapLeRForSequenceClassification(backbone, text_pair=data["train"].pairs is not None)
     except UnsupportedBackbone as exc:
         raise AdaplerError(str(exc)) from exc
     started = time.time()
@@ -187,9 +192,11 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     stage3 = run_stage3(model, tokenizer, stage3_data, saliencies, cfg.stage3, work_dir / f"stage3-{key3}",
                         stage1["dev_accuracy"], log=log)
 
-    final = evaluate_adaptive(model, tokenizer, data["dev"].texts, data["dev"].labels, cfg.max_length)
-    log(f"AdapLeR dev accuracy {final.accuracy:.4f} (stage 1: {stage1['dev_accuracy']:.4f}), "
-        f"FLOPs speedup {final.flops_speedup:.2f}x")
+    dev, finetuned_f1 = data["dev"], stage1_f1(stage1)
+    final = evaluate_adaptive(model, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+                              metrics=task_metrics(cfg.task))
+    log(f"AdapLeR {scores_text(final.accuracy, final.f1)} (stage 1: {scores_text(stage1['dev_accuracy'], finetuned_f1)}"
+        f"), FLOPs speedup {final.flops_speedup:.2f}x")
     config = AdapLeRConfig(
         backbone=cfg.backbone, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
         labels=data.labels, max_length=cfg.max_length, task=cfg.task,
@@ -200,7 +207,8 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
                   "saliency": "gradient x input at the embedding output, averaged over stage-1 epochs "
                               f"{stage1['best_epochs']}",
                   "seconds": round(time.time() - started, 1)},
-        metrics={"stage1_dev_accuracy": stage1["dev_accuracy"], **final.to_dict()},
+        metrics={"stage1_dev_accuracy": stage1["dev_accuracy"],
+                 **({"stage1_dev_f1": finetuned_f1} if finetuned_f1 is not None else {}), **final.to_dict()},
     )
     model.eval()
     return save_checkpoint(Checkpoint(model, tokenizer, config), Path(output), force=force)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from adapler_export.evaluation import evaluate_full
+from adapler_export.data import task_metrics
+from adapler_export.evaluation import F1, evaluate_full_scores, scores_text
 from adapler_export.progress import progress
 
 from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
@@ -75,7 +76,8 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
         bar = progress(loader, f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
                        enabled=accelerator.is_local_main_process)
         for step, batch in enumerate(bar):
-            logits = unwrapped.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = unwrapped.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        token_type_ids=batch.get("token_type_ids")).logits
             loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
             optimizer.zero_grad()
             accelerator.backward(loss)
@@ -85,9 +87,13 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
             running += loss.detach()  # a tensor: no per-step wait for the GPU
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running / (step + 1):.4f}")
-        accuracy = evaluate_full(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length)
-        history.append({"epoch": epoch, "train_loss": float(running) / max(1, len(loader)), "dev_accuracy": accuracy})
-        log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, dev accuracy {accuracy:.4f}")
+        scores = evaluate_full_scores(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+                                      metrics=task_metrics(data.task))
+        accuracy = scores["accuracy"]
+        history.append({"epoch": epoch, "train_loss": float(running) / max(1, len(loader)), "dev_accuracy": accuracy,
+                        **({"dev_f1": scores[F1]} if F1 in scores else {})})
+        log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
+            f"{scores_text(accuracy, scores.get(F1))}")
         if accelerator.is_main_process:
             keep = best_epochs(history, cfg.keep_best_epochs)
             if epoch in keep:

@@ -28,7 +28,7 @@ def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int
     batches = dataset.loader(batch_size, shuffle=False, length_grouped=True)
     for batch in progress(batches, "stage 2 saliency", enabled=show):
         batch = {key: value.to(device) for key, value in batch.items()}
-        embeddings = model.embed(batch["input_ids"]).detach().requires_grad_(True)
+        embeddings = model.embed(batch["input_ids"], batch.get("token_type_ids")).detach().requires_grad_(True)
         logits = model.forward_full(batch["input_ids"], batch["attention_mask"], embeddings=embeddings)
         gold = logits.gather(1, batch["labels"][:, None]).sum()
         (grad,) = torch.autograd.grad(gold, embeddings)

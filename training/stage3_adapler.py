@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
+from adapler_export.data import task_metrics
 from adapler_export.errors import AdaplerError
-from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.evaluation import evaluate_adaptive, scores_text
 from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
 
@@ -124,7 +125,8 @@ def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None
     """
     backward = backward or (lambda loss, **kwargs: loss.backward(**kwargs))
     cls_weights = torch.ones(model.num_layers, device=model.eta.device, requires_grad=True)  # theta_PR
-    out = model.forward_soft(batch["input_ids"], batch["attention_mask"], lam, cls_weights=cls_weights)
+    out = model.forward_soft(batch["input_ids"], batch["attention_mask"], lam, cls_weights=cls_weights,
+                             token_type_ids=batch.get("token_type_ids"))
     ce = torch.nn.functional.cross_entropy(out.logits, batch["labels"])
     kl = kl_term(out, batch["saliency"], model.theta)
     length = length_term(out)
@@ -245,15 +247,17 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
                 bar.set_postfix(ce=f"{totals['ce'] / steps:.4f}", length=f"{totals['length'] / steps:.1f}",
                                 eta=f"{unwrapped.eta.mean().item():.3f}")
         seconds = time.time() - started
-        result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length)
+        result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+                                   metrics=task_metrics(data.task))
         record = {"epoch": epoch, "lambda": cfg.lam(epoch), "steps": steps, "train_seconds": round(seconds, 1),
                   **{k: float(v) / max(1, steps) for k, v in totals.items()},
-                  "dev_accuracy": result.accuracy, "flops_speedup": result.flops_speedup,
+                  "dev_accuracy": result.accuracy, **({"dev_f1": result.f1} if result.f1 is not None else {}),
+                  "flops_speedup": result.flops_speedup,
                   "kept_per_layer": result.kept_per_layer, "eta": unwrapped.eta.tolist(),
                   "theta": unwrapped.theta.tolist()}
         history.append(record)
-        log(f"stage 3 epoch {epoch + 1}: lambda {record['lambda']:g}, {seconds:.0f} s, dev accuracy "
-            f"{result.accuracy:.4f}, FLOPs speedup {result.flops_speedup:.2f}x, kept/layer "
+        log(f"stage 3 epoch {epoch + 1}: lambda {record['lambda']:g}, {seconds:.0f} s, "
+            f"{scores_text(result.accuracy, result.f1)}, FLOPs speedup {result.flops_speedup:.2f}x, kept/layer "
             f"{', '.join(f'{k:.1f}' for k in result.kept_per_layer)}, eta {[round(e, 3) for e in record['eta']]}")
         if accelerator.is_main_process:
             save_model_state(unwrapped, epoch_model_path(stage_dir, epoch))

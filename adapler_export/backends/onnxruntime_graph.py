@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AdaplerError, BackendUnavailable
-from ..specs import ETA_METADATA, model_output_names
-from . import Backend, BackendOutput
+from ..specs import ETA_METADATA, PAIR_MODEL_INPUTS, TOKEN_TYPE_IDS, model_output_names
+from . import Backend, BackendOutput, given_inputs
 
 ONE_GRAPH_RELPATH = "onnx/model.onnx"  # where `adapler-export build` writes it (onnx_graph.ONE_GRAPH)
 
 
 class OneGraphBackend(Backend):
-    """model.onnx in one ONNX Runtime session: `run(ids, mask) -> BackendOutput(logits, kept)`."""
+    """model.onnx in one ONNX Runtime session: `run(ids, mask[, token types]) -> BackendOutput(logits, kept)`;
+    the graph's own inputs say whether it takes token types (a sentence-pair model)."""
 
     name = "onnxruntime-graph"
 
@@ -38,6 +39,7 @@ class OneGraphBackend(Backend):
         found = [o.name for o in self.session.get_outputs()]
         if sorted(found) != sorted(self.output_names):
             raise AdaplerError(f"{path.name} has outputs {found}, expected {self.output_names} ({num_links} links)")
+        self.takes_token_types = TOKEN_TYPE_IDS in {i.name for i in self.session.get_inputs()}
         if etas is not None:
             self._check_etas(path, etas)
 
@@ -52,9 +54,9 @@ class OneGraphBackend(Backend):
             raise AdaplerError(f"{path.name} was built with eta {graph_etas}, the manifest says {stated}: rebuild the "
                                f"artifact")
 
-    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
-        logits, *kept = self.session.run(self.output_names, {"input_ids": input_ids,
-                                                             "attention_mask": attention_mask})
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None) -> BackendOutput:
+        feeds = dict(zip(PAIR_MODEL_INPUTS, given_inputs(input_ids, attention_mask, token_type_ids)))
+        logits, *kept = self.session.run(self.output_names, feeds)
         return BackendOutput(logits.astype(np.float32, copy=False), kept)
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ class PyTorchBackend(Backend):
 
     def __init__(self, model):
         self.model = model.eval()
+        self.takes_token_types = model.text_pair  # a single-text model reads all-zero types, as it was trained
 
     @classmethod
     def from_checkpoint(cls, name_or_path) -> "PyTorchBackend":
@@ -27,8 +28,9 @@ class PyTorchBackend(Backend):
 
         return cls(load_checkpoint(name_or_path).model)
 
-    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
-        out = self.model.forward_hard(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None) -> BackendOutput:
+        types = None if token_type_ids is None else torch.from_numpy(token_type_ids)
+        out = self.model.forward_hard(torch.from_numpy(input_ids), torch.from_numpy(attention_mask), types)
         return BackendOutput(out.logits.float().numpy(), [k.numpy().astype(np.int32) for k in out.kept])
 
 
@@ -42,7 +44,7 @@ class PyTorchSegmentsBackend(SegmentChainBackend):
         from ..segments import precision_model, segment_modules, segment_specs
 
         config = model.config
-        specs = segment_specs(model.num_layers, config.hidden_size, config.num_labels, precision)
+        specs = segment_specs(model.num_layers, config.hidden_size, config.num_labels, precision, model.text_pair)
         super().__init__(specs, [float(e) for e in model.eta.detach()])
         self.device = torch.device(device)
         self.modules = [m.to(self.device) for m in segment_modules(precision_model(model, precision))]
@@ -55,12 +57,16 @@ class PyTorchSegmentsBackend(SegmentChainBackend):
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return dict(zip(self.specs[index].outputs, outputs))
 
-    def run_tensors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, on_segment=None):
+    def run_tensors(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, on_segment=None,
+                    token_type_ids: torch.Tensor | None = None):
         """Tensors in (on the backend's device), `ChainResult` of tensors out: for timing and recording."""
         return run_chain(self.specs, self.etas, self.run_segment, self.link, input_ids, attention_mask,
-                         on_segment=on_segment)
+                         on_segment=on_segment, token_type_ids=token_type_ids)
 
-    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
-        result = self.run_tensors(torch.from_numpy(input_ids).to(self.device),
-                                  torch.from_numpy(attention_mask).to(self.device))
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None) -> BackendOutput:
+        def on_device(array):
+            return None if array is None else torch.from_numpy(array).to(self.device)
+
+        result = self.run_tensors(on_device(input_ids), on_device(attention_mask),
+                                  token_type_ids=on_device(token_type_ids))
         return BackendOutput(result.logits.float().cpu().numpy(), [k.cpu().numpy() for k in result.kept])

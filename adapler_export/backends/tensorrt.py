@@ -32,7 +32,8 @@ from ..chain import run_chain
 from ..engines import import_tensorrt, tensorrt_logger
 from ..errors import AdaplerError, BackendUnavailable
 from ..link import token_compact_torch
-from . import Backend, BackendOutput, SegmentChainBackend
+from ..specs import TOKEN_TYPE_IDS
+from . import Backend, BackendOutput, SegmentChainBackend, given_inputs
 
 logger = logging.getLogger(__name__)
 LINKS = ("auto", "cuda", "torch")
@@ -144,16 +145,17 @@ def _pad_cat(arrays: list) -> np.ndarray:
     return np.concatenate([np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=-1) for a in arrays])
 
 
-def run_in_chunks(run_chunk, input_ids, attention_mask, max_batch: int, max_seq: int) -> BackendOutput:
-    """`run_chunk` on slices of at most `max_batch` rows (the engines' profile); kept positions padded with -1
-    to a common width."""
-    if input_ids.shape[1] > max_seq:
-        raise AdaplerError(f"sequence length {input_ids.shape[1]} exceeds the engines' maximum {max_seq}; rebuild "
+def run_in_chunks(run_chunk, inputs: tuple, max_batch: int, max_seq: int) -> BackendOutput:
+    """`run_chunk(*arrays)` on slices of at most `max_batch` rows of every array of `inputs` (ids, mask and,
+    where the engines take them, token types; the engines' profile); kept positions padded with -1 to a
+    common width."""
+    rows, seq = inputs[0].shape
+    if seq > max_seq:
+        raise AdaplerError(f"sequence length {seq} exceeds the engines' maximum {max_seq}; rebuild "
                            f"the engines with a larger `adapler-export build --max-seq`")
-    if len(input_ids) <= max_batch:
-        return run_chunk(input_ids, attention_mask)
-    parts = [run_chunk(input_ids[i:i + max_batch], attention_mask[i:i + max_batch])
-             for i in range(0, len(input_ids), max_batch)]
+    if rows <= max_batch:
+        return run_chunk(*inputs)
+    parts = [run_chunk(*(a[i:i + max_batch] for a in inputs)) for i in range(0, rows, max_batch)]
     return BackendOutput(np.concatenate([p.logits for p in parts]),
                          [_pad_cat([p.kept[k] for p in parts]) for k in range(len(parts[0].kept))])
 
@@ -218,15 +220,18 @@ class TensorRTSegmentsBackend(_SavesOnClose, SegmentChainBackend):
     def run_segment(self, index: int, feeds: dict) -> dict:
         return self.engines[index].run(feeds, self.stream, self.device)
 
-    def _run_chunk(self, input_ids, attention_mask) -> BackendOutput:
+    def _run_chunk(self, *inputs) -> BackendOutput:
+        """`inputs`: ids, mask and, where segment 0 takes them, token types (`given_inputs`)."""
         torch = self.torch
         with torch.inference_mode(), torch.cuda.stream(self.stream):  # stream None (CPU tests): no-op
-            ids, mask = (torch.from_numpy(a).to(self.device) for a in (input_ids, attention_mask))
-            result = run_chain(self.specs, self.etas, self.run_segment, self.link, ids, mask)
+            ids, mask, *types = (torch.from_numpy(a).to(self.device) for a in inputs)
+            result = run_chain(self.specs, self.etas, self.run_segment, self.link, ids, mask,
+                               token_type_ids=types[0] if types else None)
             return BackendOutput(result.logits.float().cpu().numpy(), [k.cpu().numpy() for k in result.kept])
 
-    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
-        return run_in_chunks(self._run_chunk, input_ids, attention_mask, self.max_batch, self.max_seq)
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None) -> BackendOutput:
+        return run_in_chunks(self._run_chunk, given_inputs(input_ids, attention_mask, token_type_ids), self.max_batch,
+                             self.max_seq)
 
 
 def _engine_plans(artifact_dir: Path, records: list) -> list:
@@ -295,6 +300,7 @@ class TensorRTSingleBackend(_SavesOnClose, Backend):
 
         self.torch, self.engine, self.device, self.stream = torch, engine, device, stream
         self.input_names, self.output_names, self._on_close = list(input_names), list(output_names), list(on_close)
+        self.takes_token_types = TOKEN_TYPE_IDS in self.input_names
         unknown = sorted(set(self.output_names) - set(engine.outputs))
         if unknown:
             raise AdaplerError(f"{engine.name} has no outputs {unknown} (it has {engine.outputs})")
@@ -302,11 +308,11 @@ class TensorRTSingleBackend(_SavesOnClose, Backend):
         for name in engine.outputs:
             engine.context.set_output_allocator(name, self.allocator)
 
-    def _run_chunk(self, input_ids, attention_mask) -> BackendOutput:
+    def _run_chunk(self, *inputs) -> BackendOutput:
+        """`inputs`: the engine's inputs in `input_names` order (ids, mask and, where it takes them, token types)."""
         torch, engine = self.torch, self.engine
         with torch.cuda.stream(self.stream):
-            feeds = {name: torch.from_numpy(array).to(self.device)
-                     for name, array in zip(self.input_names, (input_ids, attention_mask))}
+            feeds = {name: torch.from_numpy(array).to(self.device) for name, array in zip(self.input_names, inputs)}
             engine.bind_inputs(feeds)
             engine.execute(self.stream)
             self.stream.synchronize()
@@ -319,8 +325,9 @@ class TensorRTSingleBackend(_SavesOnClose, Backend):
         return BackendOutput(results[0].astype(np.float32, copy=False),
                              [r.astype(np.int32, copy=False) for r in results[1:]])
 
-    def _run_impl(self, input_ids, attention_mask) -> BackendOutput:
-        return run_in_chunks(self._run_chunk, input_ids, attention_mask, self.engine.max_batch, self.engine.max_seq)
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None) -> BackendOutput:
+        return run_in_chunks(self._run_chunk, given_inputs(input_ids, attention_mask, token_type_ids),
+                             self.engine.max_batch, self.engine.max_seq)
 
 
 def open_single(artifact_dir: Path, manifest, log=None, **unused) -> TensorRTSingleBackend:

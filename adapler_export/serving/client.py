@@ -6,7 +6,8 @@
   'tokens': [...], 'kept_positions': [[...], ...], 'kept_tokens': [[...], ...]},
  {'label': ..., 'empty_input': True, 'tokens': ['[CLS]', '[SEP]'], ...}]
 
-Each result has the keys and meaning of ``runtime.Prediction.as_dict()`` (what `predict --json` prints).
+Each result has the keys and meaning of ``runtime.Prediction.as_dict()`` (what `predict --json` prints). A
+sentence-pair artifact's models take the second texts too: ``classify(texts, pairs)``, ``run_graph(texts, pairs)``.
 The ensembles (``adapler_onnx_ensemble``, ``adapler_ensemble``: tokenizer -> whole-model graph) answer with
 the graph's outputs, which ``run_graph`` returns per text: ``{"logits", "kept_positions", "empty_input"}``.
 Server-side errors surface as ``tritonclient.utils.InferenceServerException``. Light on purpose:
@@ -21,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ..specs import LOGITS, kept_output
-from .contract import EMPTY_INPUT, RATIONALE, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS, TRUNCATED
+from .contract import EMPTY_INPUT, RATIONALE, TEXT_INPUT, TEXT_MODEL, TEXT_OUTPUTS, TEXT_PAIR_INPUT, TRUNCATED
 
 
 def _strip_scheme(url: str) -> str:
@@ -81,22 +82,33 @@ class AdaplerClient:
     def _kwargs(self) -> dict:
         return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
-    def infer_raw(self, texts_or_array, outputs: Sequence[str] = tuple(TEXT_OUTPUTS)) -> dict:
-        """One request with exactly the given ``TEXT`` array (no chunking): returns ``outputs``."""
+    def _text_input(self, name: str, texts_or_array):
         arr = texts_or_array
         if not isinstance(arr, np.ndarray):
             arr = np.array([[t.encode("utf-8") if isinstance(t, str) else t] for t in arr], dtype=np.object_)
-        inp = self._mod.InferInput(TEXT_INPUT, list(arr.shape), "BYTES")
+        inp = self._mod.InferInput(name, list(arr.shape), "BYTES")
         inp.set_data_from_numpy(arr)
+        return inp
+
+    def infer_raw(self, texts_or_array, outputs: Sequence[str] = tuple(TEXT_OUTPUTS), pairs=None) -> dict:
+        """One request with exactly the given ``TEXT`` array (and ``TEXT_PAIR``, ``pairs``; no chunking): returns
+        ``outputs``."""
+        inputs = [self._text_input(TEXT_INPUT, texts_or_array)]
+        if pairs is not None:
+            inputs.append(self._text_input(TEXT_PAIR_INPUT, pairs))
         outs = [self._mod.InferRequestedOutput(n) for n in outputs]
-        res = self._client.infer(self.model_name, [inp], outputs=outs, **self._kwargs())
+        res = self._client.infer(self.model_name, inputs, outputs=outs, **self._kwargs())
         return {n: res.as_numpy(n) for n in outputs}
 
-    def _chunks(self, texts: Sequence[str]):
-        if isinstance(texts, (str, bytes)):
+    def _chunks(self, texts: Sequence[str], pairs: Sequence[str] | None = None):
+        """(texts, pairs) chunks of the model's max batch (pairs None for single texts)."""
+        if isinstance(texts, (str, bytes)) or isinstance(pairs, (str, bytes)):
             raise TypeError("pass a sequence of texts, not one string")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs: every text needs its pair")
         n = self.max_batch
-        return (texts[start:start + n] for start in range(0, len(texts), n))
+        return ((texts[start:start + n], None if pairs is None else pairs[start:start + n])
+                for start in range(0, len(texts), n))
 
     def graph_outputs(self) -> list:
         """The model's ``logits`` and ``kept_positions_<k>`` outputs, in link order (from its metadata)."""
@@ -113,14 +125,14 @@ class AdaplerClient:
         return self._graph_outputs
 
     # -- API -------------------------------------------------------------------------------------------
-    def classify(self, texts: Sequence[str]) -> list:
-        """Classify ``texts`` (chunked to the model's max batch): one dict per text, shaped like
-        ``runtime.Prediction.as_dict()``."""
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
+        """Classify ``texts`` (with their ``pairs`` for a sentence-pair artifact; chunked to the model's max
+        batch): one dict per text, shaped like ``runtime.Prediction.as_dict()``."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("classify() takes a sequence of texts; use classify_one() for one")
         results: list = []
-        for chunk in self._chunks(texts):
-            out = self.infer_raw(chunk)
+        for chunk, pair_chunk in self._chunks(texts, pairs):
+            out = self.infer_raw(chunk, pairs=pair_chunk)
             for i in range(out["LABEL"].shape[0]):
                 results.append({
                     "label": out["LABEL"][i, 0].decode("utf-8"),
@@ -135,14 +147,14 @@ class AdaplerClient:
     def classify_one(self, text: str) -> dict:
         return self.classify([text])[0]
 
-    def run_graph(self, texts: Sequence[str]) -> list:
-        """Run an ensemble (``model_name``: tokenizer -> whole-model graph) on ``texts`` (chunked to its max
-        batch): per text ``{"logits": [C floats], "kept_positions": [[positions link k kept] per link],
-        "empty_input": bool}``, the -1 padding of the kept positions removed."""
+    def run_graph(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
+        """Run an ensemble (``model_name``: tokenizer -> whole-model graph) on ``texts`` (and ``pairs``; chunked
+        to its max batch): per text ``{"logits": [C floats], "kept_positions": [[positions link k kept] per
+        link], "empty_input": bool}``, the -1 padding of the kept positions removed."""
         logits_name, *kept_names = names = self.graph_outputs()
         results: list = []
-        for chunk in self._chunks(texts):
-            out = self.infer_raw(chunk, names + [EMPTY_INPUT])
+        for chunk, pair_chunk in self._chunks(texts, pairs):
+            out = self.infer_raw(chunk, names + [EMPTY_INPUT], pairs=pair_chunk)
             for i in range(out[logits_name].shape[0]):
                 results.append({
                     "logits": [float(x) for x in out[logits_name][i]],

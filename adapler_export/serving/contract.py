@@ -5,6 +5,7 @@ which runs where ``adapler_export`` need not be installed.
 
 ``adapler_text`` (text -> prediction), per row of a [batch, 1] request:
   ``TEXT``           BYTES  UTF-8 text
+  ``TEXT_PAIR``      BYTES  UTF-8 second text: an input of sentence-pair artifacts only (MRPC, RTE), required there
   ``LABEL``          BYTES  label name
   ``LABEL_ID``       INT32
   ``PROBABILITIES``  FP32 [C]
@@ -22,6 +23,7 @@ ENSEMBLE_MODEL = "adapler_ensemble"  # adapler_tokenizer -> adapler_plan
 ONNX_ENSEMBLE_MODEL = "adapler_onnx_ensemble"  # adapler_tokenizer -> adapler_onnx
 
 TEXT_INPUT = "TEXT"
+TEXT_PAIR_INPUT = "TEXT_PAIR"
 TRUNCATED = "TRUNCATED"
 EMPTY_INPUT = "EMPTY_INPUT"
 RATIONALE = "RATIONALE"
@@ -41,3 +43,15 @@ TOKENIZER_OUTPUTS = {
     "attention_mask": ("TYPE_INT32", [-1]),
     EMPTY_INPUT: ("TYPE_BOOL", [1]),
 }
+# ... and for a sentence-pair artifact, TEXT + TEXT_PAIR -> the token types as well (its graphs take them).
+TOKEN_TYPES_OUTPUT = {"token_type_ids": ("TYPE_INT32", [-1])}
+
+
+def text_inputs(text_pair: bool) -> list:
+    """The BYTES inputs of ``adapler_text``, ``adapler_tokenizer`` and the ensembles: TEXT (and TEXT_PAIR)."""
+    return [TEXT_INPUT, TEXT_PAIR_INPUT] if text_pair else [TEXT_INPUT]
+
+
+def tokenizer_outputs(text_pair: bool) -> dict:
+    """``adapler_tokenizer``'s outputs for a single-text or a sentence-pair artifact."""
+    return {**TOKENIZER_OUTPUTS, **TOKEN_TYPES_OUTPUT} if text_pair else dict(TOKENIZER_OUTPUTS)

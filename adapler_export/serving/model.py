@@ -16,9 +16,10 @@ Config parameters (``config.pbtxt``, all strings):
                       folders of ``$ADAPLER_PYTHONPATH`` are added too.
   ``backend_factory`` optional ``module:function`` with ``load_backend``'s signature, used instead of it.
 
-Tensors: ``serving/contract.py``. Per request (one request may carry several rows, and the dynamic
-batcher joins requests):
-  * undecodable (non-UTF-8) ``TEXT`` -> that request alone gets an ``INVALID_ARG`` error;
+Tensors: ``serving/contract.py`` (``TEXT``, and ``TEXT_PAIR`` for a sentence-pair artifact). Per request (one
+request may carry several rows, and the dynamic batcher joins requests):
+  * undecodable (non-UTF-8) ``TEXT`` / ``TEXT_PAIR``, or a ``TEXT_PAIR`` of another row count than ``TEXT``
+    -> that request alone gets an ``INVALID_ARG`` error;
   * over-long text -> truncated to ``max_length`` wordpieces, warning logged, ``TRUNCATED`` true;
   * empty or whitespace-only text -> classified as ``[CLS] [SEP]``, ``EMPTY_INPUT`` true;
   * a backend failure on the joined batch -> each request is retried alone, so one bad request cannot
@@ -66,9 +67,9 @@ class TritonPythonModel:
 
         from adapler_export.serving import contract
         from adapler_export.serving.runtime import TextClassifier
-        from adapler_export.serving.tokenization import TextInputError, decode_texts
+        from adapler_export.serving.tokenization import TextInputError, decode_columns
 
-        self.contract, self.decode_texts, self.input_error = contract, decode_texts, TextInputError
+        self.contract, self.decode_columns, self.input_error = contract, decode_columns, TextInputError
         self.classifier = TextClassifier(
             artifact,
             backend_kind=params.get("backend_kind") or "auto",
@@ -83,10 +84,9 @@ class TritonPythonModel:
 
     # -- helpers --------------------------------------------------------------------------------------
     def _decode(self, request):
-        tensor = pb_utils.get_input_tensor_by_name(request, self.contract.TEXT_INPUT)
-        if tensor is None:
-            raise self.input_error(f"missing input {self.contract.TEXT_INPUT}")
-        return self.decode_texts(tensor.as_numpy())
+        """The request's texts: one list per input of ``contract.text_inputs`` (TEXT, and TEXT_PAIR for pairs)."""
+        return self.decode_columns(lambda name: pb_utils.get_input_tensor_by_name(request, name),
+                                   self.contract.text_inputs(self.classifier.text_pair))
 
     def _response(self, predictions):
         def column(values, dtype):
@@ -104,9 +104,10 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(name, tensors[name])
                                                           for name in c.TEXT_OUTPUTS])
 
-    def _classify(self, texts):
-        predictions = self.classifier.classify(texts)
-        for text, p in zip(texts, predictions):
+    def _classify(self, columns):
+        """Predictions for ``columns`` (the texts, and their pairs for a sentence-pair artifact)."""
+        predictions = self.classifier.classify(*columns)
+        for text, p in zip(columns[0], predictions):
             if p.truncated:
                 pb_utils.Logger.log_warn(f"adapler_text: input of {len(text)} characters truncated to "
                                          f"{self.classifier.max_length} wordpieces")
@@ -121,15 +122,17 @@ class TritonPythonModel:
     # -- Triton entry points --------------------------------------------------------------------------
     def execute(self, requests):
         responses = [None] * len(requests)
-        batch, spans = [], []  # joined texts of the good requests, and (request index, start, end)
+        batch, spans = None, []  # joined columns of the good requests, and (request index, start, end)
         for r, request in enumerate(requests):
             try:
-                texts = self._decode(request)
+                columns = self._decode(request)
             except self.input_error as e:
                 responses[r] = pb_utils.InferenceResponse(error=_error(str(e), "INVALID_ARG"))
                 continue
-            spans.append((r, len(batch), len(batch) + len(texts)))
-            batch += texts
+            batch = batch or [[] for _ in columns]
+            spans.append((r, len(batch[0]), len(batch[0]) + len(columns[0])))
+            for joined, column in zip(batch, columns):
+                joined += column
         if not batch:
             return responses
         try:
@@ -138,10 +141,11 @@ class TritonPythonModel:
                 responses[r] = self._response(predictions[a:b])
         except Exception:  # noqa: BLE001 - isolate the failing request(s): retry each alone
             for r, a, b in spans:
+                alone = [column[a:b] for column in batch]
                 try:
-                    responses[r] = self._response(self._classify(batch[a:b]))
+                    responses[r] = self._response(self._classify(alone))
                 except Exception:  # noqa: BLE001
-                    responses[r] = self._failure(batch[a:b])
+                    responses[r] = self._failure(alone[0])
         return responses
 
     def finalize(self):

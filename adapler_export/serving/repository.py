@@ -7,7 +7,8 @@ replaced only with ``overwrite``, and nothing else is ever replaced)::
     <repo>/README.md                          how to start it (both servers), what each model does
     <repo>/.adapler-triton-repository         what was written from which artifact (JSON; marks the folder)
     <repo>/adapler_text/config.pbtxt          Python backend: TEXT -> LABEL, LABEL_ID, PROBABILITIES,
-                                              TRUNCATED, EMPTY_INPUT, RATIONALE (serving/contract.py)
+                                              TRUNCATED, EMPTY_INPUT, RATIONALE (serving/contract.py); a
+                                              sentence-pair artifact's models take TEXT_PAIR too
     <repo>/adapler_text/1/model.py            (template: adapler_export/serving/model.py)
     <repo>/adapler_text/1/artifact/           copy of the build artifact (artifact_mode="copy"/"hardlink";
                                               with "reference" config.pbtxt holds its absolute path instead)
@@ -26,6 +27,7 @@ replaced only with ``overwrite``, and nothing else is ever replaced)::
     <repo>/plugins/libadapler_plugins.so      TokenCompact plugin (load with --backend-config=tensorrt,plugins=…)
   with either (one tokenizer model in front of both ensembles):
     <repo>/adapler_tokenizer/config.pbtxt     Python backend: TEXT -> input_ids, attention_mask (INT32), EMPTY_INPUT
+                                              (pairs: TEXT, TEXT_PAIR -> ... and token_type_ids)
     <repo>/adapler_tokenizer/1/model.py       (template: adapler_export/serving/tokenizer_model.py, with
                                               tokenization.py and contract.py beside it)
     <repo>/adapler_tokenizer/1/tokenizer/
@@ -56,9 +58,9 @@ from ..artifact import Manifest, open_artifact
 from ..errors import AdaplerError
 from ..storage import OUTPUT_MARKERS, atomic_directory
 from ..engines import PLUGIN_LIBRARY as PLUGIN_LIB
-from ..specs import MODEL_INPUTS, model_output_names
-from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, ONNX_ENSEMBLE_MODEL, ONNX_MODEL, PLAN_MODEL, TEXT_INPUT, TEXT_MODEL,
-                       TEXT_OUTPUTS, TOKENIZER_MODEL, TOKENIZER_OUTPUTS)
+from ..specs import model_output_names
+from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, ONNX_ENSEMBLE_MODEL, ONNX_MODEL, PLAN_MODEL, TEXT_MODEL,
+                       TEXT_OUTPUTS, TEXT_PAIR_INPUT, TOKENIZER_MODEL, text_inputs, tokenizer_outputs)
 
 _HERE = pathlib.Path(__file__).resolve().parent
 REPOSITORY_MARKER = OUTPUT_MARKERS["repository"]
@@ -96,8 +98,8 @@ class TensorSpec:
 
 @dataclasses.dataclass
 class GraphModel:
-    """A whole-model graph of the artifact (ids and mask in; logits and kept positions out), served as a
-    Triton model of its own behind ``adapler_tokenizer`` in an ensemble."""
+    """A whole-model graph of the artifact (ids and mask, and a sentence-pair model's token types, in; logits
+    and kept positions out), served as a Triton model of its own behind ``adapler_tokenizer`` in an ensemble."""
 
     name: str  # the Triton model: PLAN_MODEL or ONNX_MODEL
     ensemble: str  # the ensemble in front of it
@@ -109,6 +111,7 @@ class GraphModel:
     outputs: list
     max_batch: int | None  # the graph's own batch limit (an engine profile); None: none
     max_seq: int
+    text_pair: bool  # a sentence-pair model: the tokenizer and the ensemble take TEXT_PAIR too
     plugin: pathlib.Path | None = None  # a plugin library the server must load for it
 
 
@@ -126,9 +129,9 @@ def single_engine(artifact_dir: pathlib.Path, manifest: Manifest) -> GraphModel 
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise RepositoryError(f"{where} is not a single-engine record (plan_path, plugin_library, inputs, "
                               f"outputs, an input_ids profile): {exc!r}") from None
-    _check_graph_inputs(inputs, where)
+    _check_graph_inputs(inputs, manifest.text_pair, where)
     return GraphModel(PLAN_MODEL, ENSEMBLE_MODEL, plan, "model.plan", {"platform": "tensorrt_plan"}, "KIND_GPU",
-                      inputs, outputs, int(max_batch), int(max_seq), plugin)
+                      inputs, outputs, int(max_batch), int(max_seq), manifest.text_pair, plugin)
 
 
 def one_graph(artifact_dir: pathlib.Path, manifest: Manifest) -> GraphModel | None:
@@ -136,7 +139,8 @@ def one_graph(artifact_dir: pathlib.Path, manifest: Manifest) -> GraphModel | No
 
     Its tensors are the whole-model contract, which ``build`` checks on the graph itself
     (``onnx_graph.validate_one_graph``) before recording it, and ``open_artifact`` checked the file's digest:
-    ``input_ids`` and ``attention_mask`` int32 [batch, seq]; ``logits`` fp32 [batch, C]; ``kept_positions_k``
+    ``input_ids`` and ``attention_mask`` (and a sentence-pair model's ``token_type_ids``: segment 0's inputs) int32
+    [batch, seq]; ``logits`` fp32 [batch, C]; ``kept_positions_k``
     int32 [batch, kept_len_k] per link, -1 padding. The graph is not loaded here (hundreds of MB for a base
     model)."""
     record = manifest.one_graph
@@ -151,17 +155,17 @@ def one_graph(artifact_dir: pathlib.Path, manifest: Manifest) -> GraphModel | No
     if outputs != expected:
         raise RepositoryError(f"{where}: outputs {outputs}, the model contract for {manifest.num_layers} layers "
                               f"names {expected}")
-    inputs = [TensorSpec(name, "TYPE_INT32", [-1]) for name in MODEL_INPUTS]
-    _check_graph_inputs(inputs, where)
+    inputs = [TensorSpec(name, "TYPE_INT32", [-1]) for name in manifest.specs()[0].inputs]
+    _check_graph_inputs(inputs, manifest.text_pair, where)
     logits, *kept = outputs
     outputs = [TensorSpec(logits, "TYPE_FP32", [len(manifest.labels)])] + [TensorSpec(k, "TYPE_INT32", [-1])
                                                                             for k in kept]
     return GraphModel(ONNX_MODEL, ONNX_ENSEMBLE_MODEL, path, "model.onnx", {"backend": "onnxruntime"}, "KIND_AUTO",
-                      inputs, outputs, None, manifest.max_length)
+                      inputs, outputs, None, manifest.max_length, manifest.text_pair)
 
 
-def _check_graph_inputs(inputs: list, where: str) -> None:
-    expected = sorted(name for name in TOKENIZER_OUTPUTS if name != EMPTY_INPUT)
+def _check_graph_inputs(inputs: list, text_pair: bool, where: str) -> None:
+    expected = sorted(name for name in tokenizer_outputs(text_pair) if name != EMPTY_INPUT)
     if sorted(t.name for t in inputs) != expected:
         raise RepositoryError(f"{where}: inputs {[t.name for t in inputs]}, the ensemble feeds {expected}")
 
@@ -188,12 +192,17 @@ def _add_io(cfg, field: str, specs: Iterable[TensorSpec]) -> None:
         t.dims.extend(s.dims)
 
 
+def _text_tensors(text_pair: bool) -> list:
+    """``TEXT`` (and a sentence-pair artifact's ``TEXT_PAIR``): BYTES [1] per row."""
+    return [TensorSpec(name, "TYPE_STRING", [1]) for name in text_inputs(text_pair)]
+
+
 def _python_model_config(name: str, *, max_batch: int, max_queue_delay_us: int, outputs: Sequence[TensorSpec],
-                         instances: int, instance_kind: str, params: dict):
-    """A Python-backend model taking ``TEXT`` (BYTES [1] per row), dynamically batched."""
+                         instances: int, instance_kind: str, params: dict, text_pair: bool):
+    """A Python-backend model taking ``TEXT`` (and ``TEXT_PAIR``), dynamically batched."""
     pb2, _ = _pb2()
     cfg = pb2.ModelConfig(name=name, backend="python", max_batch_size=max_batch)
-    _add_io(cfg, "input", [TensorSpec(TEXT_INPUT, "TYPE_STRING", [1])])
+    _add_io(cfg, "input", _text_tensors(text_pair))
     _add_io(cfg, "output", outputs)
     cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     group = cfg.instance_group.add()
@@ -205,18 +214,20 @@ def _python_model_config(name: str, *, max_batch: int, max_queue_delay_us: int, 
 
 
 def text_model_config(*, max_batch: int, max_queue_delay_us: int, num_labels: int, instances: int,
-                      instance_kind: str, params: dict):
+                      instance_kind: str, params: dict, text_pair: bool = False):
     outputs = [TensorSpec(name, data_type, [num_labels] if name == "PROBABILITIES" else list(dims))
                for name, (data_type, dims) in TEXT_OUTPUTS.items()]
     return _python_model_config(TEXT_MODEL, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                                outputs=outputs, instances=instances, instance_kind=instance_kind, params=params)
+                                outputs=outputs, instances=instances, instance_kind=instance_kind, params=params,
+                                text_pair=text_pair)
 
 
-def tokenizer_model_config(*, max_batch: int, max_queue_delay_us: int, instances: int, params: dict):
+def tokenizer_model_config(*, max_batch: int, max_queue_delay_us: int, instances: int, params: dict,
+                           text_pair: bool = False):
     return _python_model_config(TOKENIZER_MODEL, max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
-                                outputs=[TensorSpec(name, *spec) for name, spec in TOKENIZER_OUTPUTS.items()],
-                                instances=instances,
-                                instance_kind="KIND_CPU", params=params)
+                                outputs=[TensorSpec(name, *spec) for name, spec
+                                         in tokenizer_outputs(text_pair).items()],
+                                instances=instances, instance_kind="KIND_CPU", params=params, text_pair=text_pair)
 
 
 def graph_model_config(graph: GraphModel, *, max_batch: int, max_queue_delay_us: int, instances: int):
@@ -241,18 +252,21 @@ def graph_model_config(graph: GraphModel, *, max_batch: int, max_queue_delay_us:
 
 
 def ensemble_model_config(graph: GraphModel, *, max_batch: int):
-    """adapler_tokenizer -> the graph; outputs: the graph's, and the tokenizer's EMPTY_INPUT flag."""
+    """adapler_tokenizer -> the graph; inputs TEXT (and TEXT_PAIR); outputs: the graph's, and the tokenizer's
+    EMPTY_INPUT flag."""
     pb2, _ = _pb2()
     cfg = pb2.ModelConfig(name=graph.ensemble, platform="ensemble", max_batch_size=max_batch)
-    _add_io(cfg, "input", [TensorSpec(TEXT_INPUT, "TYPE_STRING", [1])])
-    empty = TensorSpec(EMPTY_INPUT, *TOKENIZER_OUTPUTS[EMPTY_INPUT])
+    _add_io(cfg, "input", _text_tensors(graph.text_pair))
+    outputs = tokenizer_outputs(graph.text_pair)
+    empty = TensorSpec(EMPTY_INPUT, *outputs[EMPTY_INPUT])
     _add_io(cfg, "output", list(graph.outputs) + [empty])
     tokenize = cfg.ensemble_scheduling.step.add()
     tokenize.model_name, tokenize.model_version = TOKENIZER_MODEL, -1
-    tokenize.input_map[TEXT_INPUT] = TEXT_INPUT
+    for name in text_inputs(graph.text_pair):
+        tokenize.input_map[name] = name
     run = cfg.ensemble_scheduling.step.add()
     run.model_name, run.model_version = graph.name, -1
-    for name in TOKENIZER_OUTPUTS:
+    for name in outputs:
         if name == EMPTY_INPUT:
             tokenize.output_map[name] = name
         else:  # an internal tensor between the two steps
@@ -496,7 +510,7 @@ def write_model_repository(
             params["backend_factory"] = backend_factory
         _write_config(text_model_config(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us,
                                         num_labels=len(manifest.labels), instances=instances,
-                                        instance_kind=instance_kind, params=params),
+                                        instance_kind=instance_kind, params=params, text_pair=manifest.text_pair),
                       tmp / TEXT_MODEL / "config.pbtxt")
         if graphs:
             _write_graph_models(tmp, artifact_dir, graphs, max_batch=max_batch, max_length=manifest.max_length,
@@ -544,7 +558,8 @@ def _write_graph_models(tmp: pathlib.Path, artifact_dir: pathlib.Path, graphs: l
     _write_config(tokenizer_model_config(max_batch=max(batches.values()), max_queue_delay_us=max_queue_delay_us,
                                          instances=instances,
                                          params={"max_length": str(max_seq),
-                                                 "pad_to_multiple_of": str(pad_to_multiple_of)}),
+                                                 "pad_to_multiple_of": str(pad_to_multiple_of)},
+                                         text_pair=graphs[0].text_pair),
                   tmp / TOKENIZER_MODEL / "config.pbtxt")
 
 
@@ -580,6 +595,9 @@ def _readme(repo: pathlib.Path, artifact_dir: pathlib.Path, manifest: Manifest, 
             max_batch: int, command: str, onnx_command: str | None) -> str:
     art = ("`adapler_text/1/artifact/` (a copy: the repository is self-contained)" if artifact_mode != "reference"
            else f"`{artifact_dir}` (referenced by absolute path in `adapler_text/config.pbtxt`: keep it there)")
+    pair = (f", and `{TEXT_PAIR_INPUT}` (the same shape: the second text of each sentence pair; task "
+            f"{manifest.task}, so the ensembles below take it too, and `adapler_tokenizer` also gives "
+            "`token_type_ids`)" if manifest.text_pair else "")
     text = f"""\
     # Triton model repository for an AdapLeR artifact
 
@@ -588,7 +606,7 @@ def _readme(repo: pathlib.Path, artifact_dir: pathlib.Path, manifest: Manifest, 
     {manifest.max_length} wordpieces. Artifact used by `adapler_text`: {art}.
 
     ## `adapler_text` (Python backend; `load_backend` auto: the one graph on CPU, TensorRT segments on GPU)
-    Input `TEXT` (BYTES, shape [batch, 1], batch <= {max_batch}, UTF-8). Outputs per row: `LABEL` (BYTES,
+    Input `TEXT` (BYTES, shape [batch, 1], batch <= {max_batch}, UTF-8){pair}. Outputs per row: `LABEL` (BYTES,
     label name), `LABEL_ID` (INT32), `PROBABILITIES` (FP32 [{len(manifest.labels)}]), `TRUNCATED` (BOOL: cut to
     {manifest.max_length} wordpieces, warning in the server log), `EMPTY_INPUT` (BOOL: the text holds no
     token, e.g. empty or whitespace; its label is the model's prior, not a reading), `RATIONALE` (BYTES: JSON

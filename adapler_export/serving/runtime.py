@@ -13,6 +13,11 @@ Documented behaviour
   ``empty_input = True``: its label is the model's prior for no evidence, not a reading of the text.
 * **Over-long text**: cut to the artifact's ``max_length`` wordpieces (``[CLS]`` + the first
   ``max_length - 2`` wordpieces + ``[SEP]``, the tokenizer's own truncation), flagged ``truncated = True``.
+* **Sentence pairs** (artifacts of a pair task, ``manifest.text_pair``: MRPC, RTE): ``classify(texts, pairs)``
+  with one second text per text, encoded ``[CLS] text [SEP] pair [SEP]`` with token types 0 / 1; an over-long
+  pair is cut by Hugging Face's default ``longest_first`` rule (the longer text gives up wordpieces first).
+  ``tokens`` and the kept positions cover both texts. A pair artifact without pairs, or pairs for a
+  single-text artifact, is a one-line ``AdaplerError``.
 * **Unusable text** (not a ``str``; a lone surrogate, which has no UTF-8 form): a one-line
   ``AdaplerError`` naming the text's index; nothing of the batch is classified.
 * **Kept tokens** (the rationale): ``kept_positions[k]`` = the original positions that link *k* kept,
@@ -99,6 +104,7 @@ class TextClassifier:
                                f"({str(exc).splitlines()[0]})") from exc
         self.max_length = self.manifest.max_length
         self.labels = list(self.manifest.labels)
+        self.text_pair = self.manifest.text_pair
         self.pad_to_multiple_of = pad_to_multiple_of
         if backend is None:
             if backend_factory is None:
@@ -116,18 +122,25 @@ class TextClassifier:
         if close is not None:
             close()
 
-    def classify(self, texts: Sequence[str]) -> list:
-        """One :class:`Prediction` per text, in order."""
-        if isinstance(texts, (str, bytes)):
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
+        """One :class:`Prediction` per text (per sentence pair: ``pairs`` holds the second texts), in order."""
+        if isinstance(texts, (str, bytes)) or isinstance(pairs, (str, bytes)):
             raise AdaplerError("classify() takes a list of texts, not one string")
+        if self.text_pair and pairs is None:
+            raise AdaplerError(f"artifact {self.artifact_dir} classifies sentence pairs (task {self.manifest.task}): "
+                               "pass the second text of each pair")
+        if not self.text_pair and pairs is not None:
+            raise AdaplerError(f"artifact {self.artifact_dir} classifies single texts (task {self.manifest.task}): "
+                               "it takes no second text")
         texts = list(texts)
         if not texts:
             return []
         try:
-            enc = encode(self.tokenizer, texts, self.max_length, self.pad_to_multiple_of)
+            enc = encode(self.tokenizer, texts, self.max_length, self.pad_to_multiple_of,
+                         None if pairs is None else list(pairs))
         except TextInputError as exc:
             raise AdaplerError(str(exc)) from None
-        out = self.backend.run(enc.input_ids, enc.attention_mask)
+        out = self.backend.run(*enc.model_inputs())
         logits = np.asarray(out.logits, dtype=np.float32)
         if logits.shape != (len(texts), len(self.labels)):
             raise AdaplerError(f"backend {self.backend_name} returned logits of shape {logits.shape} for "

@@ -1,4 +1,5 @@
-"""Triton Python-backend model ``adapler_tokenizer``: TEXT -> input_ids / attention_mask (INT32), EMPTY_INPUT.
+"""Triton Python-backend model ``adapler_tokenizer``: TEXT -> input_ids / attention_mask (INT32), EMPTY_INPUT;
+for a sentence-pair artifact TEXT + TEXT_PAIR -> the same and token_type_ids (its config declares TEXT_PAIR).
 
 Template copied to ``<repo>/adapler_tokenizer/1/model.py`` with ``tokenization.py`` and ``contract.py``
 beside it and the artifact's tokenizer in ``1/tokenizer/``. It needs only ``numpy`` and ``transformers``
@@ -21,7 +22,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tokenization.py, contract.py
 
 import contract  # noqa: E402
-from tokenization import TextInputError, decode_texts, encode, load_tokenizer  # noqa: E402
+from tokenization import decode_columns, encode, load_tokenizer  # noqa: E402
 
 
 class TritonPythonModel:
@@ -35,18 +36,17 @@ class TritonPythonModel:
         self.tokenizer = load_tokenizer(path)
         self.max_length = int(params["max_length"])
         self.multiple = int(params.get("pad_to_multiple_of") or 1)
+        self.text_pair = contract.TEXT_PAIR_INPUT in {tensor["name"] for tensor in cfg["input"]}
 
     def _response(self, request):
-        tensor = pb_utils.get_input_tensor_by_name(request, contract.TEXT_INPUT)
-        if tensor is None:
-            raise TextInputError(f"missing input {contract.TEXT_INPUT}")
-        enc = encode(self.tokenizer, decode_texts(tensor.as_numpy()), self.max_length, self.multiple)
-        ids_name, mask_name = (name for name in contract.TOKENIZER_OUTPUTS if name != contract.EMPTY_INPUT)
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(ids_name, enc.input_ids),
-            pb_utils.Tensor(mask_name, enc.attention_mask),
-            pb_utils.Tensor(contract.EMPTY_INPUT, np.array([[e] for e in enc.empty], dtype=np.bool_)),
-        ])
+        texts, *pairs = decode_columns(lambda name: pb_utils.get_input_tensor_by_name(request, name),
+                                       contract.text_inputs(self.text_pair))
+        enc = encode(self.tokenizer, texts, self.max_length, self.multiple, pairs[0] if pairs else None)
+        # The outputs in contract.tokenizer_outputs' order: the graph inputs (encode's model_inputs), EMPTY_INPUT.
+        graph_inputs = [name for name in contract.tokenizer_outputs(self.text_pair) if name != contract.EMPTY_INPUT]
+        tensors = [pb_utils.Tensor(name, array) for name, array in zip(graph_inputs, enc.model_inputs())]
+        empty = pb_utils.Tensor(contract.EMPTY_INPUT, np.array([[e] for e in enc.empty], dtype=np.bool_))
+        return pb_utils.InferenceResponse(output_tensors=tensors + [empty])
 
     def execute(self, requests):
         responses = []

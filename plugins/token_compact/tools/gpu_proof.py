@@ -543,12 +543,13 @@ def end_to_end(checks: Checks, ckpt: str, link_fn, device, samples: int, label: 
     from adapler_export.parity import compare_backends
 
     loaded = load_checkpoint(ckpt)
-    texts = parity_texts(loaded.config.task, None, samples)
+    texts, pairs = parity_texts(loaded.config.task, None, samples)
     reference = PyTorchBackend(loaded.model)
     rows = []
     for precision in ("fp32", "fp16"):  # a copy on the device: the reference stays on the CPU
         candidate = PyTorchSegmentsBackend(copy.deepcopy(loaded.model), precision, device, link=link_fn)
-        report = compare_backends(reference, candidate, loaded.tokenizer, texts, loaded.config.max_length, precision)
+        report = compare_backends(reference, candidate, loaded.tokenizer, texts, loaded.config.max_length, precision,
+                                  pairs=pairs)
         line = (f"[e2e {label}] {precision}: {report.examples} dev sentences, max |dlogit| "
                 f"{report.max_abs_logit_diff:.3g}, label agreement {report.label_agreement:.4f}, "
                 f"flips {report.flips}/{report.decisions}")
