@@ -41,13 +41,13 @@ class FullModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         model = self.model
-        dtype = next(model.base.encoder.parameters()).dtype
+        dtype = next(model.layers.parameters()).dtype
         if dtype == torch.float32:
             return model.forward_full(input_ids, attention_mask, token_type_ids).float()
         hidden = model.embed(input_ids, token_type_ids).to(dtype)
         bias = attention_bias_from_mask(attention_mask, dtype)
         for layer in model.layers:
-            hidden = encoder_layer(layer, hidden, bias)
+            hidden = encoder_layer(layer, hidden, bias, model.layout)
         return model.head(hidden).float()
 
 

@@ -91,7 +91,7 @@ def evaluate_adaptive(model: AdapLeRForSequenceClassification, tokenizer, texts,
     return EvalResult(
         accuracy=scores[ACCURACY],
         flops_speedup=flops_speedup(input_lengths, kept, model.num_layers, config.hidden_size,
-                                    config.intermediate_size),
+                                    model.intermediate_size),
         kept_per_layer=[float(v) for v in kept.mean(axis=1)],
         kept_fraction_per_layer=[float(v) for v in (kept / input_lengths[None]).mean(axis=1)],
         mean_input_length=float(input_lengths.mean()),

@@ -1,9 +1,10 @@
 """AdapLeR over a Hugging Face BERT-family encoder (the PyTorch reference).
 
-Readable in one file, like a transformers modeling file. The backbone is any
-`AutoModelForSequenceClassification` whose encoder layers have BERT's structure
-(`attention.self.{query,key,value}`, `attention.output`, `intermediate`, `output`): BERT, MiniLM,
-RoBERTa, ELECTRA. The encoder layer is re-implemented functionally (`encoder_layer`) so that the
+Readable in one file, like a transformers modeling file. The backbone is an
+`AutoModelForSequenceClassification` of the BERT family: BERT, MiniLM, RoBERTa and ELECTRA (encoder layers
+at `<base>.encoder.layer`, BERT's module names) or DistilBERT (`<base>.transformer.layer`, its own names).
+An `EncoderLayout` says where a family keeps its layers and which module of one layer plays each role;
+the encoder layer is re-implemented once, functionally, over those roles (`encoder_layer`), so that the
 same code runs the soft-removal training forward, the hard-removal inference forward and the ONNX
 segments, with an additive attention bias that carries soft removal.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -107,28 +110,105 @@ def attention_bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
     return bias.clamp_min(ATTENTION_MASK_VALUE).to(dtype)[:, None, None, :]
 
 
-def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """One BERT encoder layer (post-LN) with an additive attention bias.
+class LayerParts(NamedTuple):
+    """The roles of one post-LN encoder layer, in `encoder_layer`'s order: attribute paths in an
+    `EncoderLayout`, the layer's own modules (and head counts) once resolved by `EncoderLayout.parts`."""
+    query: object
+    key: object
+    value: object
+    heads: object  # int: number of attention heads
+    head_size: object  # int: size of one head
+    attention_dense: object
+    attention_dropout: object  # None in a layout: the family has no dropout there
+    attention_norm: object
+    ffn_in: object
+    activation: object
+    ffn_out: object
+    ffn_dropout: object
+    output_norm: object
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    """Where a backbone family keeps its encoder layers (`layers`, under the base model) and which module
+    of one layer plays each role of `encoder_layer` (`paths`); `token_type_ids`: its embeddings take them."""
+    families: str
+    layers: str
+    paths: LayerParts
+    token_type_ids: bool = True
+
+    def parts(self, layer: nn.Module) -> LayerParts:
+        return LayerParts(*(_identity if path is None else attrgetter(path)(layer) for path in self.paths))
+
+    def missing(self, layer: nn.Module) -> list:
+        """The paths this layout names that `layer` lacks."""
+        return [path for path in self.paths if path is not None and _lookup(layer, path) is None]
+
+
+def _identity(x):
+    return x
+
+
+def _lookup(obj, path: str):
+    """`obj.<path>` (a dotted path), or None where a step is missing."""
+    try:
+        return attrgetter(path)(obj)
+    except AttributeError:
+        return None
+
+
+BERT_LAYOUT = EncoderLayout("BERT, MiniLM, RoBERTa, ELECTRA", "encoder.layer", LayerParts(
+    query="attention.self.query", key="attention.self.key", value="attention.self.value",
+    heads="attention.self.num_attention_heads", head_size="attention.self.attention_head_size",
+    attention_dense="attention.output.dense", attention_dropout="attention.output.dropout",
+    attention_norm="attention.output.LayerNorm", ffn_in="intermediate.dense",
+    activation="intermediate.intermediate_act_fn", ffn_out="output.dense", ffn_dropout="output.dropout",
+    output_norm="output.LayerNorm"))
+DISTILBERT_LAYOUT = EncoderLayout("DistilBERT", "transformer.layer", LayerParts(
+    query="attention.q_lin", key="attention.k_lin", value="attention.v_lin", heads="attention.n_heads",
+    head_size="attention.attention_head_size", attention_dense="attention.out_lin", attention_dropout=None,
+    attention_norm="sa_layer_norm", ffn_in="ffn.lin1", activation="ffn.activation", ffn_out="ffn.lin2",
+    ffn_dropout="ffn.dropout", output_norm="output_layer_norm"), token_type_ids=False)
+LAYOUTS = (BERT_LAYOUT, DISTILBERT_LAYOUT)
+SUPPORTED_FAMILIES = "BERT, RoBERTa, ELECTRA, DistilBERT, MiniLM"
+
+
+def find_layout(backbone: nn.Module) -> EncoderLayout:
+    """The layout of `backbone`'s family, or `UnsupportedBackbone` naming what is missing."""
+    name, prefix = type(backbone).__name__, backbone.base_model_prefix
+    for layout in LAYOUTS:
+        layers = _lookup(backbone, f"{prefix}.{layout.layers}")
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+            missing = layout.missing(layers[0])
+            if missing:
+                raise UnsupportedBackbone(
+                    f"{name}: the encoder layers at {prefix}.{layout.layers} lack {', '.join(missing)} (the "
+                    f"{layout.families} layout); supported families: {SUPPORTED_FAMILIES}")
+            return layout
+    tried = " or ".join(f"{prefix}.{layout.layers}" for layout in LAYOUTS)
+    raise UnsupportedBackbone(f"{name}: no encoder layers found at {tried}; supported families: {SUPPORTED_FAMILIES}")
+
+
+def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor, layout: EncoderLayout) -> torch.Tensor:
+    """One post-LN encoder layer (its modules found through `layout`) with an additive attention bias.
 
     Attention-probability dropout is left out on purpose (the official AdapLeR layer disables it);
     hidden dropout follows the module's train/eval mode.
     """
-    attn = layer.attention.self
+    part = layout.parts(layer)
     batch, seq, _ = hidden.shape
-    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+    heads, head_dim = part.heads, part.head_size
 
     def split(x):
         return x.view(batch, seq, heads, head_dim).transpose(1, 2)
 
-    query, key, value = split(attn.query(hidden)), split(attn.key(hidden)), split(attn.value(hidden))
+    query, key, value = split(part.query(hidden)), split(part.key(hidden)), split(part.value(hidden))
     logits = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + bias
     probs = torch.softmax(logits.float(), dim=-1).to(value.dtype)
     context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, seq, heads * head_dim)
-    attn_out = layer.attention.output
-    hidden = attn_out.LayerNorm(attn_out.dropout(attn_out.dense(context)) + hidden)
-    inter = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
-    out = layer.output
-    return out.LayerNorm(out.dropout(out.dense(inter)) + hidden)
+    hidden = part.attention_norm(part.attention_dropout(part.attention_dense(context)) + hidden)
+    inter = part.activation(part.ffn_in(hidden))
+    return part.output_norm(part.ffn_dropout(part.ffn_out(inter)) + hidden)
 
 
 @dataclass
@@ -155,15 +235,10 @@ class AdapLeRForSequenceClassification(nn.Module):
         # Trained on sentence pairs: its token types (0 first text, 1 second) are an input of the exported graphs.
         # Every forward takes them either way; a single-text model reads the default, all zeros.
         self.text_pair = bool(text_pair)
-        base = getattr(backbone, backbone.base_model_prefix, None)
-        layers = getattr(getattr(base, "encoder", None), "layer", None)
-        if layers is None or not hasattr(layers[0], "attention") or not hasattr(layers[0].attention, "self"):
-            raise UnsupportedBackbone(
-                f"{type(backbone).__name__} has no BERT-style encoder layers "
-                "(supported: BERT, MiniLM, RoBERTa, ELECTRA families)")
+        self.layout = find_layout(backbone)
         config = backbone.config
-        self.num_layers = len(layers)
-        act = layers[0].intermediate.intermediate_act_fn
+        self.num_layers = len(self.layers)
+        act = self.layout.parts(self.layers[0]).activation  # the CPs use the encoder's own activation
         self.cps = nn.ModuleList(
             ContributionPredictor(config.hidden_size, act if isinstance(act, nn.Module) else nn.GELU())
             for _ in range(self.num_layers))
@@ -177,27 +252,46 @@ class AdapLeRForSequenceClassification(nn.Module):
         return getattr(self.backbone, self.backbone.base_model_prefix)
 
     @property
-    def layers(self):
-        return self.base.encoder.layer
+    def layers(self) -> nn.ModuleList:
+        return attrgetter(self.layout.layers)(self.base)
+
+    @property
+    def intermediate_size(self) -> int:
+        """Width of the feed-forward block (for FLOPs; DistilBERT's config calls it `hidden_dim`)."""
+        return self.layout.parts(self.layers[0]).ffn_in.out_features
 
     @property
     def config(self):
         return self.backbone.config
 
+    @property
+    def embedding_projection(self) -> nn.Module | None:
+        """ELECTRA's `embeddings_project` (embedding size -> hidden size), where the backbone has one."""
+        return getattr(self.base, "embeddings_project", None)
+
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Word + position + token-type embeddings; token types default to all zeros (one text, and the only
-        type a RoBERTa-style backbone with `type_vocab_size` 1 has)."""
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        return self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        """The encoder's input: word + position + token-type embeddings (token types default to all zeros:
+        one text, and the only type a RoBERTa-style backbone with `type_vocab_size` 1 has; RoBERTa derives
+        its position ids from input_ids inside its embeddings), then ELECTRA's projection where there is one.
+        DistilBERT's embeddings take no token types."""
+        if self.layout.token_type_ids:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            hidden = self.base.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        else:
+            hidden = self.base.embeddings(input_ids=input_ids)
+        project = self.embedding_projection
+        return hidden if project is None else project(hidden)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Classifier on [CLS]: BERT-style pooler + linear, or the backbone's own classification head."""
+        """The backbone's own classifier on [CLS] (slot 0, never dropped)."""
+        backbone = self.backbone
         pooler = getattr(self.base, "pooler", None)
-        classifier = self.backbone.classifier
-        if pooler is not None and isinstance(classifier, nn.Linear):
-            return classifier(self.backbone.dropout(pooler(hidden)))
-        return classifier(hidden)  # RoBERTa/ELECTRA heads take the sequence and pick [CLS] themselves
+        if pooler is not None and isinstance(backbone.classifier, nn.Linear):  # BERT, MiniLM: pooler + linear
+            return backbone.classifier(backbone.dropout(pooler(hidden)))
+        if hasattr(backbone, "pre_classifier"):  # DistilBERT: linear, ReLU, dropout, linear
+            return backbone.classifier(backbone.dropout(torch.relu(backbone.pre_classifier(hidden[:, 0]))))
+        return backbone.classifier(hidden)  # RoBERTa/ELECTRA heads take the sequence and pick [CLS] themselves
 
     def clamp_parameters_(self) -> None:
         with torch.no_grad():
@@ -211,7 +305,7 @@ class AdapLeRForSequenceClassification(nn.Module):
         hidden = self.embed(input_ids, token_type_ids) if embeddings is None else embeddings
         bias = attention_bias_from_mask(attention_mask, hidden.dtype)
         for layer in self.layers:
-            hidden = encoder_layer(layer, hidden, bias)
+            hidden = encoder_layer(layer, hidden, bias, self.layout)
         return self.head(hidden)
 
     def forward_soft(self, input_ids, attention_mask, lam: float, cls_weights: torch.Tensor | None = None,
@@ -239,7 +333,7 @@ class AdapLeRForSequenceClassification(nn.Module):
             out.lengths.append(mask.sum(dim=-1))
             # The attention bias accumulates the edits (log of the mask while it is above the floor).
             bias = (bias + edit[:, None, None, :]).clamp_min(ATTENTION_MASK_VALUE)
-            hidden = encoder_layer(layer, hidden, bias.to(hidden.dtype))
+            hidden = encoder_layer(layer, hidden, bias.to(hidden.dtype), self.layout)
         out.logits = self.head(hidden)
         return out
 
@@ -260,6 +354,6 @@ class AdapLeRForSequenceClassification(nn.Module):
             hidden, mask, positions, _ = self.link(index, hidden, scores, mask, positions)
             out.kept.append(positions)
             out.lengths.append(mask.sum(dim=1))
-            hidden = encoder_layer(layer, hidden, attention_bias_from_mask(mask, hidden.dtype))
+            hidden = encoder_layer(layer, hidden, attention_bias_from_mask(mask, hidden.dtype), self.layout)
         out.logits = self.head(hidden)
         return out

@@ -46,17 +46,17 @@ class EmbeddingSegment(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         hidden = self.model.embed(input_ids, token_type_ids)
-        dtype = next(self.model.base.encoder.parameters()).dtype
+        dtype = next(self.model.layers.parameters()).dtype
         return hidden.to(dtype), self.scores(hidden, attention_mask)
 
 
 class LayerSegment(nn.Module):
     def __init__(self, model: AdapLeRForSequenceClassification, index: int):
         super().__init__()
-        self.layer, self.scores = model.layers[index - 1], _CPScores(model.cps[index])
+        self.layer, self.layout, self.scores = model.layers[index - 1], model.layout, _CPScores(model.cps[index])
 
     def forward(self, hidden, attention_mask):
-        out = encoder_layer(self.layer, hidden, attention_bias_from_mask(attention_mask, hidden.dtype))
+        out = encoder_layer(self.layer, hidden, attention_bias_from_mask(attention_mask, hidden.dtype), self.layout)
         return out, self.scores(out, attention_mask)
 
 
@@ -66,7 +66,8 @@ class HeadSegment(nn.Module):
         self.model, self.layer = model, model.layers[model.num_layers - 1]
 
     def forward(self, hidden, attention_mask):
-        out = encoder_layer(self.layer, hidden, attention_bias_from_mask(attention_mask, hidden.dtype))
+        out = encoder_layer(self.layer, hidden, attention_bias_from_mask(attention_mask, hidden.dtype),
+                            self.model.layout)
         return self.model.head(out).float()
 
 
@@ -86,9 +87,12 @@ def precision_model(model: AdapLeRForSequenceClassification, precision: str) -> 
 
     half = copy.deepcopy(model).eval()
     half.backbone.half()
-    # The embeddings' LayerNorm output feeds the fp32 CP_0 and is cast to fp16 for the encoder, so the
-    # embedding block computes in fp32; its tables (most of a small model's bytes) are *stored* in fp16.
+    # The embeddings' LayerNorm output (ELECTRA: projected) feeds the fp32 CP_0 and is cast to fp16 for the
+    # encoder, so the embedding block computes in fp32; its tables (most of a small model's bytes) are
+    # *stored* in fp16.
     half.base.embeddings.float()
+    if half.embedding_projection is not None:
+        half.embedding_projection.float()
     for name, child in list(half.base.embeddings.named_children()):
         if isinstance(child, nn.Embedding):
             setattr(half.base.embeddings, name, Fp16StoredEmbedding(child))

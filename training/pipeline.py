@@ -161,7 +161,6 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     cfg.stage1.seed = cfg.stage3.seed = cfg.seed
     work_dir = work_dir or adapler_home() / "work" / Path(output).name
     key1, key3 = cfg.stage_keys()
-    work_dir.mkdir(parents=True, exist_ok=True)
     log(f"training {cfg.task}: {len(data['train'])} train / {len(data['dev'])} dev examples, "
         f"backbone {cfg.backbone}, work dir {work_dir}")
 
@@ -169,8 +168,9 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     backbone, tokenizer = load_backbone(cfg.backbone, len(data.labels), id2label)
     try:
         model = AdapLeRForSequenceClassification(backbone, text_pair=data["train"].pairs is not None)
-    except UnsupportedBackbone as exc:
+    except UnsupportedBackbone as exc:  # refused before anything is written
         raise AdaplerError(str(exc)) from exc
+    work_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
     stage1 = run_stage1(model, tokenizer, data, cfg.stage1, work_dir / f"stage1-{key1}", log=log)
