@@ -28,15 +28,15 @@ def cmd_train(args) -> int:
     output = resolve_output_dir(args.output or args.task)
     check_output_dir(output, "checkpoint", args.force, inputs=[args.data_dir])  # before hours of training
 
-    from training.pipeline import OPTION_FIELDS, TrainConfig, apply_options, apply_setting, train
+    from training.pipeline import MULTI_FIELD_OPTIONS, OPTION_FIELDS, TrainConfig, apply_options, apply_setting, train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     cfg = apply_setting(TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone), args.setting)
-    options = {name: getattr(args, name) for name in (*OPTION_FIELDS, "batch_size", "lambda_schedule")}
-    options["length_grouped"] = False if args.no_length_grouping else None
+    options = {name: getattr(args, name, None) for name in (*OPTION_FIELDS, *MULTI_FIELD_OPTIONS)}
+    options["length_grouped"] = False if args.no_length_grouping else None  # a flag that only switches off
     cfg = apply_options(cfg, options)
     path = train(cfg, output, log=_log, force=args.force)
     print(f"checkpoint written to {path}")

@@ -102,11 +102,16 @@ def default_data_dir(task: str) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
+def not_utf8(path, exc: UnicodeDecodeError) -> AdaplerError:
+    """The one-line error for a data or texts file that is not UTF-8."""
+    return AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
 def _read_table(path: Path, spec: dict, label_names: list) -> Split:
     try:
         return _read_table_rows(path, spec, label_names)
     except UnicodeDecodeError as exc:
-        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise not_utf8(path, exc) from None
 
 
 def _read_table_rows(path: Path, spec: dict, label_names: list) -> Split:
@@ -243,7 +248,7 @@ def _read_file(path, read) -> list:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             items = read(handle)
     except UnicodeDecodeError as exc:
-        raise AdaplerError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise not_utf8(path, exc) from None
     if not items:
         raise AdaplerError(f"{path}: no texts")
     return items

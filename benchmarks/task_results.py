@@ -24,10 +24,10 @@ import common  # noqa: E402,F401  (puts the repository on sys.path)
 
 
 def checkpoint_metrics(name: str) -> dict:
-    from adapler_export.checkpoint import resolve_checkpoint
+    from adapler_export.checkpoint import ADAPLER_CONFIG, resolve_checkpoint
 
     path = resolve_checkpoint(name)
-    return {"path": str(path), **json.loads((path / "adapler_config.json").read_text())}
+    return {"path": str(path), **json.loads((path / ADAPLER_CONFIG).read_text())}
 
 
 def rows_for(task: str, model: str, config: dict, bench: dict | None, stage1_accuracy: float) -> list:

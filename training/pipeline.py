@@ -87,8 +87,7 @@ def apply_setting(cfg: TrainConfig, name: str) -> TrainConfig:
     return cfg
 
 
-# Options that set one config field each (the CLI's dest -> the field's dotted path); `batch_size`,
-# `lambda_schedule` and `length_grouped` set a field of both trained stages.
+# Options that set one config field each (the CLI's dest -> the field's dotted path).
 OPTION_FIELDS = {
     "max_length": "max_length", "seed": "seed", "stage3_init": "stage3_init",
     "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
@@ -100,32 +99,34 @@ OPTION_FIELDS = {
     "selection_fallback": "stage3.selection_fallback",
     "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch",
 }
-BOTH_STAGES = {"batch_size": ("batch_size",), "length_grouped": ("length_grouped",),
-               "lambda_schedule": ("lambda_base", "lambda_mult")}
+# Options that set several fields: name -> (the stages, the fields the value fills, in order).
+MULTI_FIELD_OPTIONS = {"batch_size": (("stage1", "stage3"), ("batch_size",)),
+                       "length_grouped": (("stage1", "stage3"), ("length_grouped",)),
+                       "lambda_schedule": (("stage3",), ("lambda_base", "lambda_mult"))}
 
 
 def apply_options(cfg: TrainConfig, options: dict) -> TrainConfig:
     """`cfg` with explicit option values applied (after a named setting, so they win over it).
-    `options` maps OPTION_FIELDS / BOTH_STAGES names to values; a None value leaves the field alone."""
+    `options` maps OPTION_FIELDS / MULTI_FIELD_OPTIONS names to values; a None value leaves the field alone."""
     for name, value in options.items():
         if value is None:
             continue
         if value == "off":  # an option switched off explicitly (--lambda-first-step off)
             value = None
-        if name in BOTH_STAGES:
-            fields = BOTH_STAGES[name]
+        if name in MULTI_FIELD_OPTIONS:
+            stages, fields = MULTI_FIELD_OPTIONS[name]
             values = value if len(fields) > 1 else (value,)
-            for stage in ((cfg.stage1, cfg.stage3) if name != "lambda_schedule" else (cfg.stage3,)):
-                for field_name, field_value in zip(fields, values):
-                    setattr(stage, field_name, field_value)
-            continue
-        if name not in OPTION_FIELDS:
+            assignments = [(getattr(cfg, stage), field, v) for stage in stages for field, v in zip(fields, values)]
+        elif name in OPTION_FIELDS:
+            *parents, leaf = OPTION_FIELDS[name].split(".")
+            target = cfg
+            for parent in parents:
+                target = getattr(target, parent)
+            assignments = [(target, leaf, value)]
+        else:
             raise AdaplerError(f"unknown training option {name!r}")
-        *parents, leaf = OPTION_FIELDS[name].split(".")
-        target = cfg
-        for parent in parents:
-            target = getattr(target, parent)
-        setattr(target, leaf, value)
+        for target, field, field_value in assignments:
+            setattr(target, field, field_value)
     return cfg
 
 
@@ -144,6 +145,12 @@ def check_config(cfg: TrainConfig) -> None:
 def stage1_f1(stage1: dict) -> float | None:
     """The dev F1 of stage 1's selected epoch, where the task reports F1."""
     return next((h.get("dev_f1") for h in stage1["history"] if h["epoch"] == stage1["epoch"]), None)
+
+
+def data_record(data: TaskData, stage3_train_examples: int) -> dict:
+    """What a checkpoint records of the data it was trained on (AdapLeRConfig.data)."""
+    return {**{split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
+               for split in ("train", "dev")}, "stage3_train_examples": stage3_train_examples}
 
 
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
@@ -201,8 +208,7 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         backbone=cfg.backbone, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
         labels=data.labels, max_length=cfg.max_length, task=cfg.task,
         lambda_final=stage3["lambda_final"],
-        data={**{split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
-                 for split in ("train", "dev")}, "stage3_train_examples": len(stage3_data["train"])},
+        data=data_record(data, len(stage3_data["train"])),
         training={"config": dataclasses.asdict(cfg), "stage1": stage1, "stage3": stage3,
                   "saliency": "gradient x input at the embedding output, averaged over stage-1 epochs "
                               f"{stage1['best_epochs']}",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapler_export.evaluation import model_device
 from adapler_export.progress import progress
 
 from .common import load_model_state, read_marker, write_json_atomic
@@ -21,7 +22,7 @@ from .data import EncodedDataset
 
 def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int = 64, show=True) -> list:
     model.eval()  # dropout off: the saliency of the model as it predicts
-    device = next(model.parameters()).device
+    device = model_device(model)
     dataset = EncodedDataset(tokenizer, split, max_length)
     saliencies = [None] * len(dataset)
     # Length-grouped batches pad little; every example's saliency is its own, whatever batch it is in.

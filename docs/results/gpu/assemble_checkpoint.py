@@ -21,13 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO))
-
-
-def read_parts(prefix: Path) -> bytes:
-    parts = sorted(prefix.parent.glob(f"{prefix.name}.w*"), key=lambda p: int(p.name.rsplit(".w", 1)[1]))
-    if not parts:
-        raise SystemExit(f"no weight parts {prefix}.w0 ...")
-    return b"".join(p.read_bytes() for p in parts)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transfer import join_parts  # noqa: E402  (the parts transfer.py writes)
 
 
 def stage1_record(log_text: str) -> dict:
@@ -51,6 +46,7 @@ def main(argv=None) -> int:
     from adapler_export.evaluation import evaluate_adaptive
     from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
     from adapler_export.storage import resolve_output_dir
+    from training.pipeline import data_record
     from training.stage3_adapler import Stage3Config, select_epoch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -64,7 +60,7 @@ def main(argv=None) -> int:
 
     progress = json.loads(a.progress.read_text())
     stage1 = stage1_record(a.stage1_log.read_text())
-    state = torch.load(io.BytesIO(read_parts(a.weights)), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(join_parts(a.weights)), map_location="cpu", weights_only=True)
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     data = load_task(a.task)
     backbone, tokenizer = load_backbone(DEFAULT_BACKBONE, len(data.labels), dict(enumerate(data.labels)))
@@ -87,8 +83,7 @@ def main(argv=None) -> int:
     config = AdapLeRConfig(
         backbone=DEFAULT_BACKBONE, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
         labels=data.labels, max_length=max_length, task=a.task, lambda_final=selected["lambda"],
-        data={**{s: {"source": data[s].source, "sha256": data[s].sha256, "examples": len(data[s])}
-                 for s in ("train", "dev")}, "stage3_train_examples": len(data["train"])},
+        data=data_record(data, len(data["train"])),
         training={"config": "official recipe (every option at its default) on one NVIDIA H100", "note": stopped,
                   "stage1": stage1,
                   "stage3": {"selected_epoch": selected["epoch"], "lambda_final": selected["lambda"],

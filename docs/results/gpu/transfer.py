@@ -71,6 +71,15 @@ def pack(checkpoint: Path, prefix: Path) -> list:
     return [rest, *parts]
 
 
+def join_parts(prefix: Path, count: int | None = None) -> bytes:
+    """The bytes split into `<prefix>.w0 .. .w<count-1>` (every part there is when `count` is None)."""
+    if count is None:
+        count = len(list(prefix.parent.glob(f"{prefix.name}.w*")))
+    if count == 0:
+        raise SystemExit(f"no weight parts {prefix}.w0 ...")
+    return b"".join(prefix.with_name(f"{prefix.name}.w{i}").read_bytes() for i in range(count))
+
+
 def unpack(prefix: Path, checkpoint: Path) -> None:
     from safetensors.torch import load, save_file
 
@@ -84,7 +93,7 @@ def unpack(prefix: Path, checkpoint: Path) -> None:
         tar.extractall(tmp, filter="data")
     listing = json.loads((tmp / "transfer.json").read_text())
     (tmp / "transfer.json").unlink()
-    blob = b"".join(prefix.with_name(f"{prefix.name}.w{i}").read_bytes() for i in range(listing["weight_parts"]))
+    blob = join_parts(prefix, listing["weight_parts"])
     if len(blob) != listing["weights_bytes_fp16"]:
         raise SystemExit(f"unpack: weight parts hold {len(blob)} bytes, expected {listing['weights_bytes_fp16']}")
     save_file(_fp32(load(blob)), str(tmp / WEIGHTS), metadata={"format": "pt"})
