@@ -98,15 +98,15 @@ def device_models(model, precision: str, device, link) -> tuple:
 
 
 def cuda_event_timer():
-    """`timer(run, ids, mask) -> seconds` for common.time_round_robin: CUDA events around the call,
+    """`timer(run, *inputs) -> seconds` for common.time_round_robin: CUDA events around the call,
     synchronised after it."""
     import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
-    def timed(run, ids, mask):
+    def timed(run, *inputs):
         start.record()
-        run(ids, mask)
+        run(*inputs)
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3

@@ -7,7 +7,8 @@ All three in ONNX Runtime on the CPU with the same session options (`backends.on
   chain       `backends.onnxruntime.OnnxRuntimeBackend`: the segment graphs, one session each, host NumPy link
   full        `baseline.FullModelBackend`: full.onnx, no CPs, no removal (the baseline of every speedup)
 
-For each thread count (1, 2), workload (SST-2 dev; 256-512-token texts) and batch size (1, 8, 32): the same
+For each thread count (1, 2), workload (SST-2 dev; 256-512-token texts; IMDB reviews; a pair model's MRPC or RTE dev
+pairs) and batch size (1, 8, 32): the same
 padded batches, round robin batch by batch (who goes first rotates), median over repeats. Before timing, the
 one graph's kept positions must equal the chain's on every batch. Plus the peak resident memory of each on
 [8, 512] inputs (a fresh process per model). Writes `<name>-one-graph.json` and `.png`.
@@ -57,8 +58,10 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------- models
-def open_model(kind: str, paths: dict, etas: list, num_layers: int, hidden: int, num_labels: int, threads: int):
-    """One of MODELS on the CPU; `paths`: {"segments": [...], "full": ..., "graph": ...}. No torch needed."""
+def open_model(kind: str, paths: dict, etas: list, num_layers: int, hidden: int, num_labels: int, threads: int,
+               text_pair: bool = False):
+    """One of MODELS on the CPU; `paths`: {"segments": [...], "full": ..., "graph": ...}; `text_pair`: a
+    sentence-pair model (segment 0 takes token types). No torch needed."""
     from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
     from adapler_export.backends.onnxruntime_graph import OneGraphBackend
     from adapler_export.baseline import FullModelBackend
@@ -67,7 +70,7 @@ def open_model(kind: str, paths: dict, etas: list, num_layers: int, hidden: int,
     if kind == "one-graph":
         return OneGraphBackend(paths["graph"], num_layers, device="cpu", threads=threads, etas=etas)
     if kind == "chain":
-        specs = segment_specs(num_layers, hidden, num_labels, "fp32")
+        specs = segment_specs(num_layers, hidden, num_labels, "fp32", text_pair)
         return OnnxRuntimeBackend(paths["segments"], specs, etas, device="cpu", threads=threads)
     if kind == "full":
         return FullModelBackend(paths["full"], num_layers, device="cpu", threads=threads)
@@ -87,7 +90,7 @@ def check_same_decisions(graph_outputs: list, chain_outputs: list, where: str) -
 
 def measure(models: dict, batches: list, examples: int, args, config) -> dict:
     """One row: the three models on the same batches."""
-    outputs = {name: [model.run(ids, mask) for ids, mask, _ in batches] for name, model in models.items()}
+    outputs = {name: [model.run(*common.batch_inputs(b)) for b in batches] for name, model in models.items()}
     times = common.time_round_robin({name: model.run for name, model in models.items()}, batches, args.repeats,
                                     args.warmup)
     graph_vs_full = common.PairTiming(times["one-graph"], times["full"]).summary(examples)
@@ -121,7 +124,7 @@ def run_probe(spec: dict) -> dict:
     """One fresh-process memory probe (run in a subprocess with --probe)."""
     ids, mask = common.probe_batch(spec)
     model = open_model(spec["model"], spec["paths"], spec["etas"], spec["num_layers"], spec["hidden"],
-                       spec["num_labels"], spec["threads"])
+                       spec["num_labels"], spec["threads"], spec["text_pair"])
     probe = common.peak_rss_while(lambda: (model.run(ids, mask), model.run(ids, mask)))
     return {**{key: round(value, 1) for key, value in probe.items()}, "shape": list(ids.shape)}
 
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
              "graph": str(build_graph(ckpt, exports, log))}
     etas = [float(e) for e in model.eta.detach()]
     shape = {"num_layers": model.num_layers, "hidden": model.config.hidden_size,
-             "num_labels": model.config.num_labels}
+             "num_labels": model.config.num_labels, "text_pair": model.text_pair}
     workloads = common.workloads_from_args(args, ckpt)
     pad_id = common.pad_id(tokenizer)
     log(f"load average at start: {load_start} on {os.cpu_count()} CPUs")

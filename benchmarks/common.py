@@ -27,18 +27,21 @@ if str(REPO) not in sys.path:  # run as `python benchmarks/bench_cpu.py` from a 
     sys.path.insert(0, str(REPO))
 
 LONG_MIN, LONG_MAX = 256, 512
+PAIR_WORKLOADS = ("mrpc", "rte")  # dev splits of sentence-pair tasks: workloads for pair models only
 RESULTS_DIR = REPO / "docs" / "results"
 
 
 # ----------------------------------------------------------------------------------------------- workloads
 @dataclass
 class Workload:
-    """Unpadded examples (token ids with [CLS]/[SEP]) and, where known, labels."""
+    """Unpadded examples (token ids with [CLS]/[SEP]) and, where known, labels; for sentence pairs also each
+    example's token types (a pair model's third input)."""
     name: str
     examples: list  # list of np.int32 arrays
     labels: np.ndarray | None
     max_length: int
     description: str = ""
+    type_ids: list | None = None  # list of np.int32 arrays for sentence pairs; None: single texts
 
     @property
     def lengths(self) -> np.ndarray:
@@ -59,13 +62,20 @@ def sst2_dev(data_dir: str | None = None):
 
 
 def sst2_workload(tokenizer, dev, max_length: int, limit: int | None = None, task: str = "sst2") -> Workload:
-    """The first `limit` examples of the dev split `dev` (`sst2_dev`, or another task's), unpadded, with
-    their labels."""
+    """The first `limit` examples of the dev split `dev` (`sst2_dev`, or another task's; sentence pairs with
+    their token types), unpadded, with their labels, encoded by the library's one tokenisation rule
+    (`serving.tokenization.encode_rows`: what the models were trained and are served with)."""
+    from adapler_export.serving.tokenization import encode_rows
+
     texts, labels = dev.texts[:limit], dev.labels[:limit]
-    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-    examples = [np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]
+    pairs = None if dev.pairs is None else dev.pairs[:limit]
+    rows = encode_rows(tokenizer, texts, max_length, pairs)
+    examples = [np.asarray(ids, dtype=np.int32) for ids in rows.ids]
+    type_ids = None if rows.type_ids is None else [np.asarray(t, dtype=np.int32) for t in rows.type_ids]
+    what = "sentence pairs" if pairs is not None else "examples"
     return Workload(f"{task}-dev", examples, labels, max_length,
-                    f"{task} dev examples ({dev.source}), tokenized with max_length {max_length}, dataset order")
+                    f"{task} dev {what} ({dev.source}), tokenized with max_length {max_length}, dataset order",
+                    type_ids)
 
 
 def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
@@ -97,8 +107,9 @@ def workloads_from_args(args, ckpt, long_max_length: int = LONG_MAX) -> list:
 def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length: int, max_positions: int,
                          sst2_examples: int | None = None, long_examples: int = 32,
                          long_max_length: int = LONG_MAX) -> list:
-    """The comma-separated workloads of a bench command line ("sst2", "long") from the SST-2 dev split in
-    `data_dir`; long texts are capped at the model's position embeddings."""
+    """The comma-separated workloads of a bench command line ("sst2", "long" from the SST-2 dev split in
+    `data_dir`; "imdb", "mrpc", "rte" from those tasks' dev splits); long texts are capped at the model's
+    position embeddings. A single-text workload runs on a pair model with all token types 0."""
     workloads = []
     for name in [n for n in names.split(",") if n]:
         if name == "sst2":
@@ -112,14 +123,39 @@ def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length
 
             workloads.append(sst2_workload(tokenizer, load_dev("imdb"), min(max_length, max_positions),
                                            long_examples, task="imdb"))
+        elif name in PAIR_WORKLOADS:  # a GLUE sentence-pair task's dev split (a pair model's own task)
+            from adapler_export.data import load_dev
+
+            workloads.append(sst2_workload(tokenizer, load_dev(name), min(max_length, max_positions), sst2_examples,
+                                           task=name))
         else:
-            raise SystemExit(f"unknown workload {name!r} (sst2, long, imdb)")
+            raise SystemExit(f"unknown workload {name!r} (sst2, long, imdb, {', '.join(PAIR_WORKLOADS)})")
     return workloads
 
 
+class Batch(tuple):
+    """One padded batch. Unpacks as ``(input_ids, attention_mask, example indices)``, as single-text code reads
+    it; ``inputs`` is what a model's ``run`` takes: (ids, mask) and, for sentence pairs, the token types."""
+
+    def __new__(cls, ids, mask, index, types=None):
+        batch = super().__new__(cls, (ids, mask, index))
+        batch.types = types
+        return batch
+
+    @property
+    def inputs(self) -> tuple:
+        return self[:2] + (() if self.types is None else (self.types,))
+
+
+def batch_inputs(batch) -> tuple:
+    """The model inputs of a `Batch`, or of a plain (ids, mask, index) tuple (e.g. bench_gpu's device copies)."""
+    return batch.inputs if isinstance(batch, Batch) else tuple(batch[:2])
+
+
 def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False) -> list:
-    """[(input_ids [B,S], attention_mask [B,S], example indices)], right-padded to the batch maximum.
-    Dataset order by default (what a server sees); `sort` groups similar lengths (less padding)."""
+    """[Batch(input_ids [B,S], attention_mask [B,S], example indices[, token types [B,S]])], right-padded to the
+    batch maximum (token types padded with 0). Dataset order by default (what a server sees); `sort` groups
+    similar lengths (less padding)."""
     order = np.argsort(workload.lengths, kind="stable") if sort else np.arange(len(workload.examples))
     batches = []
     for start in range(0, len(order), batch):
@@ -128,10 +164,13 @@ def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), pad_id, dtype=np.int32)
         mask = np.zeros((len(rows), width), dtype=np.int32)
+        types = None if workload.type_ids is None else np.zeros((len(rows), width), dtype=np.int32)
         for r, row in enumerate(rows):
             ids[r, : len(row)] = row
             mask[r, : len(row)] = 1
-        batches.append((ids, mask, index))
+            if types is not None:
+                types[r, : len(row)] = workload.type_ids[index[r]]
+        batches.append(Batch(ids, mask, index, types))
     return batches
 
 
@@ -140,7 +179,8 @@ def fp32_specs(model) -> list:
     """The `SegmentSpec`s of the model's fp32 segment graphs (what the exports below contain)."""
     from adapler_export.specs import segment_specs
 
-    return segment_specs(model.num_layers, model.config.hidden_size, model.config.num_labels, "fp32")
+    return segment_specs(model.num_layers, model.config.hidden_size, model.config.num_labels, "fp32",
+                         model.text_pair)
 
 
 def onnxruntime_chain(model, segment_paths: list, threads: int | None):
@@ -220,14 +260,14 @@ class PairTiming:
 
 
 def perf_counter_timer(sync=None):
-    """`timer(run, ids, mask) -> seconds` on the host clock; `sync()` (e.g. CUDA synchronisation) is called
+    """`timer(run, *inputs) -> seconds` on the host clock; `sync()` (e.g. CUDA synchronisation) is called
     before each clock read."""
     sync = sync or (lambda: None)
 
-    def timed(run, ids, mask):
+    def timed(run, *inputs):
         sync()
         start = time.perf_counter()
-        run(ids, mask)
+        run(*inputs)
         sync()
         return time.perf_counter() - start
     return timed
@@ -236,17 +276,16 @@ def perf_counter_timer(sync=None):
 def time_round_robin(runners: dict, batches: list, repeats: int, warmup: int, sync=None, timer=None) -> dict:
     """{name: [repeats, batches] seconds}: warm up, then time every batch by every runner `repeats` times,
     the runner that goes first rotating batch by batch and repeat by repeat, so drift (thermal, other load)
-    hits all alike. `timer(run, ids, mask) -> seconds` (default: `perf_counter_timer(sync)`); `sync()` also
-    ends the warm-up. The GC is paused while timing."""
+    hits all alike. `timer(run, *inputs) -> seconds` (inputs: `batch_inputs`; default: `perf_counter_timer(sync)`);
+    `sync()` also ends the warm-up. The GC is paused while timing."""
     names = list(runners)
     sync = sync or (lambda: None)
     timer = timer or perf_counter_timer(sync)
     # Warm-up: the first `warmup` batches plus the largest one (arenas grow to their peak size now).
     largest = max(range(len(batches)), key=lambda i: math.prod(batches[i][0].shape))
     for i in sorted(set(range(min(warmup, len(batches)))) | {largest}):
-        ids, mask, _ = batches[i]
         for name in names:
-            runners[name](ids, mask)
+            runners[name](*batch_inputs(batches[i]))
     sync()
     times = {name: np.zeros((repeats, len(batches))) for name in names}
     enabled = gc.isenabled()
@@ -254,10 +293,10 @@ def time_round_robin(runners: dict, batches: list, repeats: int, warmup: int, sy
     gc.disable()
     try:
         for r in range(repeats):
-            for i, (ids, mask, _) in enumerate(batches):
+            for i, batch in enumerate(batches):
                 first = (r + i) % len(names)
                 for name in names[first:] + names[:first]:
-                    times[name][r, i] = timer(runners[name], ids, mask)
+                    times[name][r, i] = timer(runners[name], *batch_inputs(batch))
     finally:
         if enabled:
             gc.enable()
@@ -463,7 +502,8 @@ def add_workload_args(p: argparse.ArgumentParser, long_examples: int, repeats: i
     """--workloads, --batches (a list), --sst2-examples, --long-examples, --repeats, --warmup."""
     p.add_argument("--workloads", default="sst2,long")
     p.add_argument("--batches", type=int_list, default="1,8,32")
-    p.add_argument("--sst2-examples", type=int, default=None, help="first N dev sentences (default all 872)")
+    p.add_argument("--sst2-examples", type=int, default=None,
+                   help="first N dev examples of sst2 and of the pair tasks' workloads (default: all)")
     p.add_argument("--long-examples", type=int, default=long_examples)
     p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--warmup", type=int, default=warmup, help="warm-up batches (plus the largest batch)")

@@ -311,3 +311,43 @@ def test_full_model_baseline_takes_the_token_types(pair_checkpoint, tmp_path):
         assert full.takes_token_types
         np.testing.assert_allclose(full.run(*inputs).logits, want, atol=1e-5)
     np.testing.assert_allclose(PyTorchFullBackend(ckpt.model).run(*inputs).logits, want, atol=1e-6)
+
+
+# ----- benchmarks -----------------------------------------------------------------------------------------------
+def test_bench_one_graph_times_a_pair_model_on_its_pairs(pair_checkpoint, tmp_path):
+    """The CPU benchmark's pair workloads: batches carry the token types of the one tokenisation rule, and
+    bench_one_graph times the three forms of a pair model on MRPC dev pairs (the one graph keeping exactly the
+    chain's tokens on every batch, which the script checks before timing)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from adapler_export.data import load_dev
+
+    pair_dir("mrpc")
+    bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    import common
+
+    ckpt = load_checkpoint(pair_checkpoint)
+    dev = load_dev("mrpc")
+    workload = common.workloads_from_names("mrpc", ckpt.tokenizer, None, ckpt.config.max_length,
+                                           ckpt.model.config.max_position_embeddings, sst2_examples=6)[0]
+    batches = common.make_batches(workload, 4, common.pad_id(ckpt.tokenizer))
+    want = serving_encode(ckpt.tokenizer, dev.texts[:4], ckpt.config.max_length, pairs=dev.pairs[:4])
+    ids, mask, index = batches[0]  # single-text code unpacks a batch as before
+    np.testing.assert_array_equal(ids, want.input_ids)
+    assert batches[0].types is not None and batches[0].types.any()
+    np.testing.assert_array_equal(batches[0].types, want.token_type_ids)
+    assert [a.shape for a in common.batch_inputs(batches[0])] == [ids.shape] * 3
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(bench / "bench_one_graph.py"), "--ckpt", str(pair_checkpoint),
+                           "--quick", "--workloads", "mrpc", "--sst2-examples", "8", "--batches", "1,4",
+                           "--threads", "1", "--output-dir", str(out), "--no-plot", "--work-dir",
+                           str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(next(out.glob("*-one-graph.json")).read_text())
+    assert [(r["workload"], r["batch"]) for r in result["rows"]] == [("mrpc-dev", 1), ("mrpc-dev", 4)]
+    assert "sentence pairs" in result["workloads"][0]["description"]
+    assert all(r["max_abs_logit_diff_one_graph_vs_chain"] < 1e-4 for r in result["rows"])
