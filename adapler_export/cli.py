@@ -131,21 +131,10 @@ def _require_texts(args) -> None:
 def _text_inputs(args, text_pair: bool) -> tuple:
     """(texts, pairs) to classify: the texts given as arguments, each with its --pair for a sentence-pair artifact,
     then --file's lines (one text a line; for a sentence-pair artifact the two texts separated by a tab).
-    pairs is None for a single-text artifact."""
-    from .data import read_text_pairs, read_texts
+    pairs is None for a single-text artifact (`data.text_inputs`)."""
+    from .data import text_inputs
 
-    texts, pairs = list(args.texts), list(args.pair)
-    if text_pair and len(pairs) != len(texts):
-        raise AdaplerError(f"this artifact classifies sentence pairs: {len(texts)} texts need {len(texts)} --pair "
-                           f"texts, got {len(pairs)}")
-    if not text_pair and pairs:
-        raise AdaplerError("this artifact classifies single texts: --pair is for sentence-pair artifacts")
-    if args.file and text_pair:
-        more_texts, more_pairs = read_text_pairs(args.file)
-        texts, pairs = texts + more_texts, pairs + more_pairs
-    elif args.file:
-        texts += read_texts(args.file)
-    return texts, pairs if text_pair else None
+    return text_inputs(args.texts, args.pair, args.file, text_pair)
 
 
 def cmd_predict(args) -> int:

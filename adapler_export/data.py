@@ -275,15 +275,74 @@ def read_texts(path, limit: int | None = None, column: str = "sentence") -> list
     return texts[:limit] if limit else texts
 
 
+# The two text columns of the sentence-pair tasks' own files (GLUE's MRPC: `#1 String`, `#2 String`; RTE: `sentence1`,
+# `sentence2`): a `.tsv` of pairs whose header names them is read as such a table.
+PAIR_COLUMNS = tuple((spec["text_column"], spec["pair_column"]) for spec in TASKS.values() if "pair_column" in spec)
+
+
+def _pair_table_columns(handle) -> tuple | None:
+    """(first, second) column indices where the file's first line is a header naming a pair task's two text
+    columns (the line is consumed); else None (and the handle is back at its start)."""
+    header = [cell.strip() for cell in handle.readline().rstrip("\r\n").split("\t")]
+    for first, second in PAIR_COLUMNS:
+        if first in header and second in header:
+            return header.index(first), header.index(second)
+    handle.seek(0)
+    return None
+
+
 def read_text_pairs(path, limit: int | None = None) -> tuple:
     """(texts, pairs) from a plain file with one sentence pair a line, the two texts separated by a tab (the
-    first tab of the line; no header). Line N of the input is result N."""
-    lines = _read_file(path, lambda handle: handle.read().splitlines())
+    first tab of the line; no header). Line N of the input is result N.
+
+    A `.tsv` whose first line is a header naming a sentence-pair task's two text columns (`PAIR_COLUMNS`: GLUE's
+    own MRPC or RTE file, e.g. ../shared/data/mrpc/dev.tsv) gives those two columns of its rows instead, read as
+    `load_task` reads them (quoting disabled, blank rows skipped)."""
+    path = Path(path)
+
+    def read(handle):  # (line number, first text, tab, second text) per example
+        columns = _pair_table_columns(handle) if path.suffix.lower() == ".tsv" else None
+        if columns is None:
+            return [(number, *line.partition("\t")) for number, line in enumerate(handle.read().splitlines(), 1)]
+        rows = []
+        for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) <= max(columns):
+                raise AdaplerError(f"{path}:{number}: expected at least {max(columns) + 1} fields, got {len(row)}")
+            rows.append((number, row[columns[0]], "\t", row[columns[1]]))
+        return rows
+
     texts, pairs = [], []
-    for number, line in enumerate(lines[:limit] if limit else lines, start=1):
-        text, tab, pair = line.partition("\t")
+    items = _read_file(path, read)
+    for number, text, tab, pair in items[:limit] if limit else items:
         if not tab:
             raise AdaplerError(f"{path}:{number}: expected two texts separated by a tab (a sentence pair)")
         texts.append(text)
         pairs.append(pair)
     return texts, pairs
+
+
+def read_inputs(path, text_pair: bool, limit: int | None = None) -> tuple:
+    """(texts, pairs) of a texts file, the one rule for every command that classifies a file: for a sentence-pair
+    model `read_text_pairs` (one pair a line, tab-separated), else `read_texts` and pairs None."""
+    if text_pair:
+        return read_text_pairs(path, limit)
+    return read_texts(path, limit), None
+
+
+def text_inputs(texts, pairs, file, text_pair: bool, subject: str = "this artifact") -> tuple:
+    """(texts, pairs) to classify: `texts` (given as arguments), each with its `pairs` entry (`--pair`) for a
+    sentence-pair model, then `file`'s (`read_inputs`). pairs is None for a single-text model. `subject` names
+    the model in the errors."""
+    texts, pairs = list(texts), list(pairs or [])
+    if text_pair and len(pairs) != len(texts):
+        raise AdaplerError(f"{subject} classifies sentence pairs: {len(texts)} texts need {len(texts)} --pair "
+                           f"texts, got {len(pairs)}")
+    if not text_pair and pairs:
+        raise AdaplerError(f"{subject} classifies single texts: --pair is for sentence-pair artifacts")
+    if file:
+        more_texts, more_pairs = read_inputs(file, text_pair)
+        texts += more_texts
+        pairs += more_pairs or []
+    return texts, pairs if text_pair else None

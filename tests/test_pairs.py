@@ -100,6 +100,37 @@ def test_read_text_pairs(tmp_path):
     assert read_text_pairs(path) == (["first", ""], ["second\twith a tab", ""])
 
 
+@pytest.mark.parametrize("task", ["mrpc", "rte"])
+def test_read_text_pairs_reads_the_tasks_glue_file(task, tmp_path):
+    """A `.tsv` whose header names a pair task's two text columns (GLUE's own dev.tsv) gives those columns, as
+    `load_task` reads them; a row without them is one line of error; the same header in a `.txt` is a pair."""
+    dev = load_task(task, pair_dir(task), splits=("dev",))["dev"]
+    assert read_text_pairs(pair_dir(task) / "dev.tsv") == (dev.texts, dev.pairs)
+    assert read_text_pairs(pair_dir(task) / "dev.tsv", limit=3) == (dev.texts[:3], dev.pairs[:3])
+    first, second = TASKS[task]["text_column"], TASKS[task]["pair_column"]
+    table = tmp_path / "pairs.tsv"
+    table.write_text(f"\ufeffid\t{first}\t{second}\r\n1\ta\tb\r\n\r\n2\tc\n", encoding="utf-8")
+    with pytest.raises(AdaplerError, match="pairs.tsv:4: expected at least 3 fields, got 2"):
+        read_text_pairs(table)
+    table.with_suffix(".txt").write_text(f"{first}\t{second}\nx\ty\n", encoding="utf-8")
+    assert read_text_pairs(table.with_suffix(".txt")) == ([first, "x"], [second, "y"])
+
+
+def test_text_inputs_one_rule(tmp_path):
+    """Texts with their --pair, then the file's (pairs: tab-separated lines; single texts: one a line)."""
+    from adapler_export.data import read_inputs, text_inputs
+
+    path = tmp_path / "pairs.txt"
+    path.write_text("c\td\n", encoding="utf-8")
+    assert text_inputs(["a"], ["b"], path, True) == (["a", "c"], ["b", "d"])
+    assert text_inputs(["a"], [], path, False) == (["a", "c\td"], None)
+    assert read_inputs(path, True) == (["c"], ["d"]) and read_inputs(path, False) == (["c\td"], None)
+    with pytest.raises(AdaplerError, match="^model m classifies sentence pairs: 1 texts need 1 --pair"):
+        text_inputs(["a"], [], None, True, "model m")
+    with pytest.raises(AdaplerError, match="^this artifact classifies single texts: --pair is for"):
+        text_inputs(["a"], ["b"], None, False)
+
+
 # ----- tokenisation -------------------------------------------------------------------------------------------
 def test_pair_encoding_is_hugging_faces(tmp_path):
     """`encode` with pairs = `tokenizer(texts, pairs, truncation=True)` (longest_first), token types included, at

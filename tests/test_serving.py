@@ -796,6 +796,10 @@ def pair_artifact(tmp_path_factory):
     return F.make_tiny_artifact(checkpoint, home / "artifact", task="mrpc")
 
 
+PAIR_EXAMPLES = [("a charming film .", "the story is good ."), ("it was dull", "a boring , bleak movie"),
+                 ("", "only the second text")]
+
+
 def _mrpc_dev_pairs(limit: int) -> tuple:
     from adapler_export.data import load_task
 
@@ -859,13 +863,125 @@ def test_pair_server_onnx_ensemble_is_the_library(pair_server, pair_artifact):
     _assert_ensemble_is_the_library(pair_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts, pairs=pairs)
 
 
-def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
-    """examples/triton_client.py --file: line N is result N, blank lines flagged like `predict --file`."""
+def _example_client():
+    """examples/triton_client.py, imported."""
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     try:
         import triton_client
     finally:
         sys.path.remove(str(REPO_ROOT / "examples"))
+    return triton_client
+
+
+def test_pair_server_bounded_load(pair_server):
+    """run_load on a pair model sends TEXT_PAIR with every text (0 failures, both protocols); without pairs it
+    stops before any request with one line, as it does with pairs for a single-text model."""
+    from adapler_export.serving.load import run_load
+
+    texts, pairs = _mrpc_dev_pairs(12)
+    for protocol in ("http", "grpc"):
+        res = run_load(pair_server.url(protocol), texts, pairs=pairs, protocol=protocol, concurrency=2,
+                       requests_per_client=4, batch_size=3, max_seconds=120, warmup=1)
+        assert (res.failures, res.ok, res.errors) == (0, 8, []), res.summary()
+    with pytest.raises(AdaplerError, match=f"{C.TEXT_MODEL} takes {C.TEXT_PAIR_INPUT} .*needs pairs"):
+        run_load(pair_server.http_url, texts)
+    with pytest.raises(ValueError, match="every text needs its pair"):
+        run_load(pair_server.http_url, texts, pairs=pairs[:3])
+    assert pair_server.is_ready()
+
+
+def test_serve_load_sends_pairs(pair_artifact, capsys):
+    """`serve --artifact PAIR --load`: the load sends sentence pairs, by default its task's dev pairs (MRPC
+    dev), and every request succeeds over HTTP and gRPC."""
+    from adapler_export.cli import main
+
+    _need_triton()
+    code = main(["serve", "--artifact", str(pair_artifact), "--load", "--protocol", "both", "--concurrency", "2",
+                 "--requests", "3", "--batch-size", "2", "--load-texts", "10", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
+    assert [(r["protocol"], r["ok"], r["failures"]) for r in report["load"]] == [("http", 6, 0), ("grpc", 6, 0)]
+
+
+def test_serve_load_refuses_a_pair_file_without_tabs(pair_artifact, tiny_artifact, tmp_path, capsys, monkeypatch):
+    """A pair artifact (or a repository whose adapler_text takes TEXT_PAIR) given --texts with a line holding no
+    tab: one line, exit 2, and no server started. A single-text artifact reads the same file as texts."""
+    from adapler_export.cli import main
+    from adapler_export.serving import cli_commands
+
+    def no_server(self, *args, **kwargs):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(TritonServer, "start", no_server)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a charming film .\tthe story is good .\nno second text here\n", encoding="utf-8")
+    repo = tmp_path / "repo"
+    R.write_model_repository(pair_artifact, repo)
+    for source in (["--artifact", str(pair_artifact)], ["--repo", str(repo)]):
+        assert main(["serve", *source, "--load", "--texts", str(texts)]) == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"adapler-export: error: {texts}:2: expected two texts separated by a tab "
+                                    "(a sentence pair)"], err
+    args = _parser().parse_args(["serve", "--artifact", str(tiny_artifact), "--load", "--texts", str(texts)])
+    manifest = read_manifest(tiny_artifact)
+    assert cli_commands._load_inputs(args, manifest) == (["a charming film .\tthe story is good .",
+                                                           "no second text here"], None)
+
+
+def test_serve_load_inputs_follow_the_task(pair_artifact, tiny_artifact, tmp_path):
+    """--load's default: a pair artifact's own task's dev pairs (MRPC dev for MRPC), a single-text artifact's
+    SST-2 dev as before; --texts for pairs: "first<TAB>second" lines, or the task's GLUE .tsv."""
+    from adapler_export.data import load_dev
+    from adapler_export.serving import cli_commands
+
+    parser = _parser()
+    pair_manifest, single_manifest = read_manifest(pair_artifact), read_manifest(tiny_artifact)
+    dev = load_dev("mrpc")
+    args = parser.parse_args(["serve", "--artifact", "a", "--load", "--load-texts", "5"])
+    assert cli_commands._load_inputs(args, pair_manifest) == (dev.texts[:5], dev.pairs[:5])
+    assert cli_commands._load_inputs(args, single_manifest) == (read_texts(SST2_DEV, limit=5), None)
+    glue = parser.parse_args(["serve", "--artifact", "a", "--load", "--texts", str(F.DATA_DIR / "mrpc" / "dev.tsv")])
+    assert cli_commands._load_inputs(glue, pair_manifest) == (dev.texts, dev.pairs)
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("one\ttwo\nthree\tfour\n", encoding="utf-8")
+    args = parser.parse_args(["serve", "--artifact", "a", "--load", "--texts", str(lines)])
+    assert cli_commands._load_inputs(args, pair_manifest) == (["one", "three"], ["two", "four"])
+
+
+def test_client_example_classifies_pairs(pair_server, pair_artifact, tmp_path, capsys):
+    """examples/triton_client.py on a pair model (it finds TEXT_PAIR in the model's metadata): texts with their
+    --pair and --file lines "first<TAB>second", answered as the library classifies the pairs; the ensemble too;
+    a text without its pair or a line without a tab is one line of error."""
+    triton_client = _example_client()
+    texts, pairs = [t for t, _ in PAIR_EXAMPLES], [p for _, p in PAIR_EXAMPLES]
+    want = TextClassifier(pair_artifact).classify(texts, pairs)
+    url = pair_server.http_url
+    file = tmp_path / "pairs.txt"
+    file.write_text("".join(f"{t}\t{p}\n" for t, p in PAIR_EXAMPLES[1:]), encoding="utf-8")
+    argv = ["--url", url, PAIR_EXAMPLES[0][0], "--pair", PAIR_EXAMPLES[0][1], "--file", str(file), "--json"]
+    assert triton_client.main(argv) == 0
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["text"], r["pair"]) for r in results] == PAIR_EXAMPLES
+    assert [r["label_id"] for r in results] == [p.label_id for p in want]
+    assert [r["kept_positions"] for r in results] == [p.kept_positions for p in want]
+    assert triton_client.main(["--url", pair_server.grpc_url, "--protocol", "grpc", "--model", C.ONNX_ENSEMBLE_MODEL,
+                               "--file", str(file), "--json"]) == 0
+    graph = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [int(np.argmax(r["logits"])) for r in graph] == [p.label_id for p in want[1:]]
+    assert triton_client.main(["--url", url, PAIR_EXAMPLES[0][0], "--pair", PAIR_EXAMPLES[0][1]]) == 0
+    assert f"{PAIR_EXAMPLES[0][0]!r} + {PAIR_EXAMPLES[0][1]!r}" in capsys.readouterr().out
+    file.write_text("a film\tanother\nno tab\n", encoding="utf-8")
+    for bad, message in ((["--file", str(file)], f"{file}:2: expected two texts separated by a tab"),
+                         (["a film"], f"model {C.TEXT_MODEL} classifies sentence pairs: 1 texts need 1 --pair")):
+        with pytest.raises(SystemExit) as exit_:
+            triton_client.main(["--url", url, *bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
+    """examples/triton_client.py --file: line N is result N, blank lines flagged like `predict --file`."""
+    triton_client = _example_client()
     texts = tmp_path / "texts.txt"
     texts.write_text("a charming film .\n\n   \na dull one .\n", encoding="utf-8")
     assert triton_client.main(["--url", tiny_server.http_url, "--file", str(texts), "--json"]) == 0

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from ..data import default_texts_file, read_texts
+from ..data import default_texts_file, load_dev, read_inputs, read_texts
 from ..errors import AdaplerError
 
 
@@ -147,6 +147,7 @@ def cmd_serve(args) -> int:
 
 def _serve(args, cleanup: contextlib.ExitStack) -> int:
     """The serve command; everything it makes is registered on ``cleanup`` (unwound on any way out)."""
+    from ..artifact import read_manifest
     from .load import run_load
     from .repository import repository_artifacts, write_model_repository
     from .server import TritonServer, log_error_summary
@@ -155,8 +156,13 @@ def _serve(args, cleanup: contextlib.ExitStack) -> int:
         repo = pathlib.Path(args.repo)
         if not repo.is_dir():
             raise AdaplerError(f"no model repository at {repo}; write one with `adapler-export triton`")
-        repository_artifacts(repo)  # configs and artifact digests: fail here, not in the server log
+        artifacts = repository_artifacts(repo)  # configs and artifact digests: fail here, not in the server log
+        manifest = read_manifest(artifacts[0]) if artifacts else None  # adapler_text's artifact
     else:
+        manifest = read_manifest(args.artifact)
+    if args.load:  # the texts (pairs for a sentence-pair artifact) first: a bad file fails before any work
+        texts, pairs = _load_inputs(args, manifest)
+    if not args.repo:
         repo = pathlib.Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="adapler-serve-"))) / "repo"
         # Only what this server runs: the pytriton wheel ships no onnxruntime backend for the one-graph model.
         write_model_repository(args.artifact, repo, max_batch=args.max_batch, artifact_mode="reference",
@@ -176,11 +182,10 @@ def _serve(args, cleanup: contextlib.ExitStack) -> int:
         code = server.proc.returncode if server.proc is not None else None
         reason = log_error_summary(server.log_tail(200000))
         raise AdaplerError(f"tritonserver exited with code {code}" + (f": {reason}" if reason else ""))
-    texts = read_texts(args.texts or default_texts_file() or _missing_texts(), limit=args.load_texts)
     protocols = ["http", "grpc"] if args.protocol == "both" else [args.protocol]
     results = []
     for proto in protocols:
-        res = run_load(server.url(proto), texts, protocol=proto, concurrency=args.concurrency,
+        res = run_load(server.url(proto), texts, pairs=pairs, protocol=proto, concurrency=args.concurrency,
                        requests_per_client=args.requests, max_seconds=args.duration, batch_size=args.batch_size)
         results.append(res)
         if not args.json:
@@ -188,6 +193,24 @@ def _serve(args, cleanup: contextlib.ExitStack) -> int:
     if args.json:
         print(json.dumps({"server": info, "load": [r.as_dict() for r in results]}, indent=2))
     return 0 if all(r.failures == 0 for r in results) else 1
+
+
+def _load_inputs(args, manifest) -> tuple:
+    """(texts, pairs) for --load. A sentence-pair artifact (whose adapler_text takes TEXT_PAIR) gets pairs: --texts
+    FILE read as `predict --file` reads it for pairs (`data.read_inputs`: one pair a line, tab-separated, or the
+    task's GLUE .tsv), by default its task's dev split (`data.load_dev`: MRPC dev for an MRPC artifact). A
+    single-text artifact gets texts (pairs None): --texts FILE, by default SST-2 dev."""
+    if manifest is None or not manifest.text_pair:
+        return read_texts(args.texts or default_texts_file() or _missing_texts(), limit=args.load_texts), None
+    if args.texts:
+        return read_inputs(args.texts, True, limit=args.load_texts)
+    try:
+        dev = load_dev(manifest.task)
+    except AdaplerError as exc:
+        raise AdaplerError(f"no sentence pairs for --load ({exc}): pass --texts FILE (one pair a line, the two "
+                           "texts separated by a tab)") from None
+    limit = args.load_texts or None
+    return list(dev.texts[:limit]), list(dev.pairs[:limit])
 
 
 def _missing_texts():
@@ -210,7 +233,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                                       "on exit)")
     p.add_argument("--timeout", type=float, default=300.0, help="readiness timeout (s)")
     p.add_argument("--load", action="store_true", help="run a bounded load test, print it, stop")
-    p.add_argument("--texts", help="texts for --load (default: SST-2 dev from the data folder)")
+    p.add_argument("--texts", help="texts for --load: one a line, or a .tsv with a sentence column (default: SST-2 "
+                                   "dev from the data folder); for a sentence-pair artifact (mrpc, rte) one pair a "
+                                   "line, the two texts separated by a tab, or the task's GLUE .tsv (default: the "
+                                   "artifact's task's dev split)")
     p.add_argument("--load-texts", type=int, default=None, help="use only the first N texts")
     p.add_argument("--protocol", choices=["http", "grpc", "both"], default="http")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")

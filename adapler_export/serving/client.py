@@ -7,7 +7,8 @@
  {'label': ..., 'empty_input': True, 'tokens': ['[CLS]', '[SEP]'], ...}]
 
 Each result has the keys and meaning of ``runtime.Prediction.as_dict()`` (what `predict --json` prints). A
-sentence-pair artifact's models take the second texts too: ``classify(texts, pairs)``, ``run_graph(texts, pairs)``.
+sentence-pair artifact's models take the second texts too: ``classify(texts, pairs)``, ``run_graph(texts, pairs)``;
+``text_pair`` says (from the model's metadata) whether a model does.
 The ensembles (``adapler_onnx_ensemble``, ``adapler_ensemble``: tokenizer -> whole-model graph) answer with
 the graph's outputs, which ``run_graph`` returns per text: ``{"logits", "kept_positions", "empty_input"}``.
 Server-side errors surface as ``tritonclient.utils.InferenceServerException``. Light on purpose:
@@ -52,6 +53,7 @@ class AdaplerClient:
         self._mod = mod
         self._max_batch = max_batch
         self._graph_outputs: list | None = None
+        self._metadata: dict | None = None
 
     # -- plumbing --------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -110,14 +112,26 @@ class AdaplerClient:
         return ((texts[start:start + n], None if pairs is None else pairs[start:start + n])
                 for start in range(0, len(texts), n))
 
+    def metadata(self) -> dict:
+        """The model's metadata (``name``, ``inputs``, ``outputs``: each ``{"name", "datatype", "shape"}``), the
+        same dict over HTTP and gRPC; asked once."""
+        if self._metadata is None:
+            if self.protocol == "http":
+                self._metadata = self._client.get_model_metadata(self.model_name)
+            else:
+                self._metadata = self._client.get_model_metadata(self.model_name, as_json=True)
+        return self._metadata
+
+    @property
+    def text_pair(self) -> bool:
+        """Whether the model takes ``TEXT_PAIR`` (a sentence-pair artifact's models: ``classify(texts, pairs)``),
+        from its metadata."""
+        return any(i["name"] == TEXT_PAIR_INPUT for i in self.metadata()["inputs"])
+
     def graph_outputs(self) -> list:
         """The model's ``logits`` and ``kept_positions_<k>`` outputs, in link order (from its metadata)."""
         if self._graph_outputs is None:
-            if self.protocol == "http":
-                meta = self._client.get_model_metadata(self.model_name)
-            else:
-                meta = self._client.get_model_metadata(self.model_name, as_json=True)
-            names = {o["name"] for o in meta["outputs"]}
+            names = {o["name"] for o in self.metadata()["outputs"]}
             kept = []
             while kept_output(len(kept)) in names:
                 kept.append(kept_output(len(kept)))

@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import AdaplerError
 from .client import AdaplerClient, _strip_scheme
-from .contract import TEXT_MODEL
+from .contract import TEXT_MODEL, TEXT_PAIR_INPUT
 
 
 @dataclasses.dataclass
@@ -66,6 +67,7 @@ def run_load(
     url: str,
     texts: Sequence[str],
     *,
+    pairs: Sequence[str] | None = None,
     protocol: str = "http",
     concurrency: int = 8,
     requests_per_client: int = 200,
@@ -76,18 +78,34 @@ def run_load(
     allow_remote: bool = False,
 ) -> LoadResult:
     """``concurrency`` threads, each with its own client, send up to ``requests_per_client`` requests of
-    ``batch_size`` texts (cycling through ``texts``), all stopping at ``max_seconds``. Latency is per
-    request, wall clock at the client. ``warmup`` requests (not counted) go first, one client."""
+    ``batch_size`` texts (cycling through ``texts``, and for a sentence-pair model through ``pairs`` alike: text
+    i goes with pair i), all stopping at ``max_seconds``. Latency is per request, wall clock at the client.
+    ``warmup`` requests (not counted) go first, one client. The model's metadata must agree with ``pairs``: a
+    model taking ``TEXT_PAIR`` needs them, another takes none (``AdaplerError`` before any request)."""
     if not texts:
         raise ValueError("run_load needs texts")
+    if pairs is not None and len(pairs) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs: every text needs its pair")
     if concurrency < 1 or requests_per_client < 1 or batch_size < 1:
         raise ValueError("concurrency, requests_per_client and batch_size must be >= 1")
     if not allow_remote and not is_loopback(url):
         raise ValueError(f"{url} is not a loopback address (pass allow_remote=True to load it anyway)")
     texts = list(texts)
+    pairs = None if pairs is None else list(pairs)
+
+    def batch_at(j: int) -> tuple:
+        """``batch_size`` texts (and their pairs) from position ``j``, cycling."""
+        rows = [(j + k) % len(texts) for k in range(batch_size)]
+        return [texts[i] for i in rows], None if pairs is None else [pairs[i] for i in rows]
+
     with AdaplerClient(url, protocol, model_name, max_batch=batch_size) as c:
+        if c.text_pair != (pairs is not None):
+            raise AdaplerError(f"{model_name} takes {TEXT_PAIR_INPUT} (a sentence-pair model): the load needs pairs"
+                               if c.text_pair else
+                               f"{model_name} takes no {TEXT_PAIR_INPUT} (a single-text model): pairs are for "
+                               "sentence-pair models")
         for i in range(warmup):
-            c.classify(texts[i % len(texts): i % len(texts) + batch_size] or texts[:batch_size])
+            c.classify(*batch_at(i % len(texts)))
 
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     failures = [0] * concurrency
@@ -105,11 +123,10 @@ def run_load(
                 if time.monotonic() >= deadline_box[0]:
                     timed_out.set()
                     break
-                j = (w * requests_per_client + r) * batch_size
-                batch = [texts[(j + k) % len(texts)] for k in range(batch_size)]
+                batch, pair_batch = batch_at((w * requests_per_client + r) * batch_size)
                 t0 = time.perf_counter()
                 try:
-                    client.infer_raw(batch)
+                    client.infer_raw(batch, pairs=pair_batch)
                     latencies[w].append(time.perf_counter() - t0)
                 except Exception as e:  # noqa: BLE001 - counted, first messages kept
                     failures[w] += 1
