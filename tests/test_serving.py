@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import pathlib
@@ -930,8 +931,8 @@ def test_serve_load_refuses_a_pair_file_without_tabs(pair_artifact, tiny_artifac
 
 
 def test_serve_load_inputs_follow_the_task(pair_artifact, tiny_artifact, tmp_path):
-    """--load's default: a pair artifact's own task's dev pairs (MRPC dev for MRPC), a single-text artifact's
-    SST-2 dev as before; --texts for pairs: "first<TAB>second" lines, or the task's GLUE .tsv."""
+    """--load's default: an artifact's own task's dev examples (MRPC dev pairs for MRPC, IMDB reviews for IMDB),
+    SST-2 dev for an SST-2 artifact as before; --texts for pairs: "first<TAB>second" lines, or the task's GLUE .tsv."""
     from adapler_export.data import load_dev
     from adapler_export.serving import cli_commands
 
@@ -941,6 +942,10 @@ def test_serve_load_inputs_follow_the_task(pair_artifact, tiny_artifact, tmp_pat
     args = parser.parse_args(["serve", "--artifact", "a", "--load", "--load-texts", "5"])
     assert cli_commands._load_inputs(args, pair_manifest) == (dev.texts[:5], dev.pairs[:5])
     assert cli_commands._load_inputs(args, single_manifest) == (read_texts(SST2_DEV, limit=5), None)
+    imdb_dev = F.DATA_DIR / "imdb" / "dev.tsv"  # a single-text artifact of another task: that task's dev texts
+    if imdb_dev.is_file():
+        imdb_manifest = dataclasses.replace(single_manifest, task="imdb")
+        assert cli_commands._load_inputs(args, imdb_manifest) == (read_texts(imdb_dev, limit=5), None)
     glue = parser.parse_args(["serve", "--artifact", "a", "--load", "--texts", str(F.DATA_DIR / "mrpc" / "dev.tsv")])
     assert cli_commands._load_inputs(glue, pair_manifest) == (dev.texts, dev.pairs)
     lines = tmp_path / "pairs.txt"

@@ -199,9 +199,11 @@ def _load_inputs(args, manifest) -> tuple:
     """(texts, pairs) for --load. A sentence-pair artifact (whose adapler_text takes TEXT_PAIR) gets pairs: --texts
     FILE read as `predict --file` reads it for pairs (`data.read_inputs`: one pair a line, tab-separated, or the
     task's GLUE .tsv), by default its task's dev split (`data.load_dev`: MRPC dev for an MRPC artifact). A
-    single-text artifact gets texts (pairs None): --texts FILE, by default SST-2 dev."""
+    single-text artifact gets texts (pairs None): --texts FILE, by default its task's dev file (IMDB reviews for an
+    IMDB artifact), SST-2 dev where the task has no data folder here."""
     if manifest is None or not manifest.text_pair:
-        return read_texts(args.texts or default_texts_file() or _missing_texts(), limit=args.load_texts), None
+        default = (manifest is not None and default_texts_file(manifest.task)) or default_texts_file()
+        return read_texts(args.texts or default or _missing_texts(), limit=args.load_texts), None
     if args.texts:
         return read_inputs(args.texts, True, limit=args.load_texts)
     try:
@@ -233,10 +235,10 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                                       "on exit)")
     p.add_argument("--timeout", type=float, default=300.0, help="readiness timeout (s)")
     p.add_argument("--load", action="store_true", help="run a bounded load test, print it, stop")
-    p.add_argument("--texts", help="texts for --load: one a line, or a .tsv with a sentence column (default: SST-2 "
-                                   "dev from the data folder); for a sentence-pair artifact (mrpc, rte) one pair a "
-                                   "line, the two texts separated by a tab, or the task's GLUE .tsv (default: the "
-                                   "artifact's task's dev split)")
+    p.add_argument("--texts", help="texts for --load: one a line, or a .tsv with a sentence column (default: the "
+                                   "artifact's task's dev file, else SST-2 dev, from the data folder); for a "
+                                   "sentence-pair artifact (mrpc, rte) one pair a line, the two texts separated by a "
+                                   "tab, or the task's GLUE .tsv (default: the artifact's task's dev split)")
     p.add_argument("--load-texts", type=int, default=None, help="use only the first N texts")
     p.add_argument("--protocol", choices=["http", "grpc", "both"], default="http")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
