@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import AdaplerError
 from .link import check_eta
+from .serving.tokenization import HEAD, Cut, check_truncation
 from .specs import TOKEN_TYPE_IDS, SegmentSpec
 from .storage import artifacts_dir, sha256_file, write_text_atomic
 
@@ -75,6 +76,9 @@ class Manifest:
     segments: list  # SegmentSpec.to_dict() per segment 0..L
     single_graph: dict  # {"file", "link_op", "outputs"}: links as adapler::TokenCompact (full TensorRT + plugin)
     one_graph: dict | None = None  # {"file", "outputs"}: the whole model in standard ONNX ops; None: not built
+    # How a text longer than max_length is cut (serving.tokenization.TRUNCATIONS): the checkpoint's rule.
+    # Manifests written before the rule existed lack the key: their models were all cut by "head".
+    truncation: str = HEAD
     engines: EnginesRecord = field(default_factory=EnginesRecord)
     tools: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)  # form ("onnxruntime", "polygraphy_segments", ...) -> report
@@ -93,6 +97,11 @@ class Manifest:
         """A sentence-pair model: segment 0 (and so every whole-model graph) takes token_type_ids. Artifacts
         built before pairs existed take ids and mask only, as a single-text model's do."""
         return TOKEN_TYPE_IDS in self.segments[0]["inputs"]
+
+    @property
+    def cut(self) -> Cut:
+        """How the model's inputs are cut: max_length and the truncation rule (what every consumer encodes by)."""
+        return Cut(self.max_length, self.truncation)
 
     def segment_paths(self, artifact_dir) -> list:
         return [Path(artifact_dir) / "onnx" / s["file"] for s in self.segments]
@@ -132,6 +141,10 @@ class Manifest:
             self.specs()
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{where}: a segment record is malformed ({exc})") from None
+        try:
+            check_truncation(self.truncation, self.text_pair)
+        except ValueError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         if not isinstance(self.checkpoint, dict) or set(self.checkpoint) != {"path", "digest"}:
             raise ManifestError(f"{where}: checkpoint must be {{'path', 'digest'}}, got {self.checkpoint!r}")
         if not isinstance(self.files, dict):

@@ -100,7 +100,7 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
                                              opt_batch=options.opt_batch, log=log)
 
         log("checking every segment graph with polygraphy (ONNX Runtime vs recorded PyTorch outputs)")
-        inputs = encode(ckpt.tokenizer, texts[:POLYGRAPHY_EXAMPLES], config.max_length,
+        inputs = encode(ckpt.tokenizer, texts[:POLYGRAPHY_EXAMPLES], config.cut,
                         None if pairs is None else pairs[:POLYGRAPHY_EXAMPLES])
         records = capture_segment_io(model, options.precision, *inputs)
         segment_check = polygraphy_segment_check(onnx_dir, specs, records, options.precision,
@@ -112,6 +112,7 @@ def build_artifact(ckpt_name: str, output: str | None = None, options: BuildOpti
         manifest = Manifest(
             checkpoint={"path": str(ckpt.path), "digest": checkpoint_digest(ckpt.path)},
             backbone=config.backbone, task=config.task, labels=list(config.labels), max_length=config.max_length,
+            truncation=config.truncation,
             num_layers=model.num_layers, hidden_size=model.config.hidden_size, eta=etas,
             precision=options.precision, opset=OPSET, segments=[s.to_dict() for s in specs],
             single_graph={"file": "single.onnx", "link_op": f"{LINK_DOMAIN}::{LINK_OP}",

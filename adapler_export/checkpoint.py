@@ -2,7 +2,8 @@
 
 Layout (flat, so `AutoModelForSequenceClassification.from_pretrained(ckpt)` still loads the backbone):
     config.json, model.safetensors, tokenizer files   -- the backbone classifier (save_pretrained)
-    adapler_config.json                               -- eta, theta, lambda, labels, max length, hashes, metrics
+    adapler_config.json                               -- eta, theta, lambda, labels, max length and truncation
+                                                         rule, hashes, metrics
     adapler_heads.safetensors                         -- CP weights, eta, theta (the exact values)
 Names resolve under $ADAPLER_HOME/checkpoints (default ~/.cache/adapler); paths work anywhere.
 """
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import AdaplerError
 from .modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
+from .serving.tokenization import HEAD, Cut
 from .storage import atomic_directory, checkpoints_dir, sha256_file
 
 ADAPLER_CONFIG = "adapler_config.json"
@@ -83,6 +85,9 @@ class AdapLeRConfig:
     max_length: int = 64
     task: str = "sst2"
     text_pair: bool = False  # trained on sentence pairs (token types 0/1); False in checkpoints made before pairs
+    # How texts longer than max_length were cut in training (serving.tokenization.TRUNCATIONS); checkpoints made
+    # before the rule existed were all cut by "head".
+    truncation: str = HEAD
     eta: list = field(default_factory=list)
     theta: list = field(default_factory=list)
     lambda_final: float = 0.0
@@ -96,6 +101,11 @@ class AdapLeRConfig:
     def from_dict(cls, data: dict) -> "AdapLeRConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def cut(self) -> Cut:
+        """How the model's inputs are cut: max_length and the truncation rule it was trained with."""
+        return Cut(self.max_length, self.truncation)
 
 
 @dataclass

@@ -60,19 +60,40 @@ def _lambda_schedule(text: str):
     return base, mult
 
 
+def evaluation_cut(config, truncation: str | None):
+    """How `evaluate` cuts the dev texts: the checkpoint's max length by its own rule, or by `truncation` (a
+    one-line note on stderr when that is not the rule the checkpoint was trained with)."""
+    import dataclasses
+
+    from .serving.tokenization import check_truncation
+
+    cut = config.cut
+    if truncation is None or truncation == cut.truncation:
+        return cut
+    try:
+        check_truncation(truncation, config.text_pair)
+    except ValueError as exc:
+        raise AdaplerError(f"--truncation {truncation}: {exc}") from None
+    _log(f"note: evaluating with truncation {truncation}; the checkpoint was trained with {cut.truncation}")
+    return dataclasses.replace(cut, truncation=truncation)
+
+
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import load_dev, task_metrics
     from .evaluation import evaluate_adaptive
 
     ckpt = load_checkpoint(args.ckpt)
+    cut = evaluation_cut(ckpt.config, args.truncation)
     dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
-    result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, ckpt.config.max_length,
+    result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, cut,
                                progress=_progress, pairs=dev.pairs, metrics=task_metrics(ckpt.config.task))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps({**result.to_dict(), "max_length": cut.max_length, "truncation": cut.truncation},
+                         indent=2))
     else:
         print(f"checkpoint      {ckpt.path}")
+        print(f"inputs          at most {cut}")
         print(f"dev accuracy    {result.accuracy:.4f}  ({result.examples} examples)")
         if result.f1 is not None:
             print(f"dev F1          {result.f1:.4f}  (class 1, {ckpt.config.labels[1]})")
@@ -145,7 +166,8 @@ def cmd_predict(args) -> int:
     texts, pairs = _text_inputs(args, classifier.text_pair)
     for number, (text, prediction) in enumerate(zip(texts, classifier.classify(texts, pairs)), start=1):
         if prediction.truncated:
-            _log(f"warning: text {number} truncated to {classifier.max_length} wordpieces: {text[:60]!r}...")
+            _log(f"warning: text {number} truncated to {classifier.max_length} wordpieces "
+                 f"({classifier.truncation}): {text[:60]!r}...")
         if prediction.empty_input:
             _log(f"warning: text {number} is empty (no token): its label is the model's prior, not a prediction")
         record = prediction.as_dict()
@@ -206,6 +228,7 @@ def _add_text_options(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS  # the registry: every runtime form is a --backend choice
+    from .serving.tokenization import TRUNCATIONS
 
     parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
@@ -226,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-samples", type=int)
     p.add_argument("--max-length", type=int, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, "
                                                   "128 MRPC, 256 RTE)")
+    p.add_argument("--truncation", choices=TRUNCATIONS,
+                   help="how a longer text is cut to --max-length: its head, or head+tail (the first quarter and "
+                        "last three quarters of the wordpieces, Sun et al. 2019; single texts only); default: the "
+                        "task's (head for every task); recorded in the checkpoint and its artifacts")
     p.add_argument("--batch-size", type=int, help="both trained stages (official 32)")
     p.add_argument("--epochs-stage1", type=int, help="fine-tuning epochs (official 5)")
     p.add_argument("--lr-stage1", type=float, help="fine-tuning learning rate (official 2e-5)")
@@ -260,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="dev accuracy (and F1 for mrpc), tokens kept per layer and FLOPs speedup")
     p.add_argument("--ckpt", required=True)
+    p.add_argument("--truncation", choices=TRUNCATIONS,
+                   help="cut over-long dev texts by this rule instead of the one the checkpoint was trained with")
     p.add_argument("--data-dir")
     p.add_argument("--samples", type=int)
     p.add_argument("--json", action="store_true")

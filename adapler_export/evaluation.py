@@ -10,6 +10,7 @@ import torch
 from .flops import flops_speedup
 from .modeling_adapler import AdapLeRForSequenceClassification
 from .serving import tokenization
+from .serving.tokenization import Cut
 
 ACCURACY, F1 = "accuracy", "f1"
 
@@ -36,19 +37,23 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def encode(tokenizer, texts, max_length: int, pairs=None) -> tuple:
+def encode(tokenizer, texts, cut: Cut | int, pairs=None) -> tuple:
     """The arrays a backend's `run` takes for `texts` (and their `pairs`), padded to the longest row:
     (input_ids, attention_mask), and token_type_ids for sentence pairs. The library's one tokenisation rule
-    (`serving.tokenization.encode`)."""
-    return tokenization.encode(tokenizer, list(texts), max_length, pairs=pairs).model_inputs()
+    (`serving.tokenization.encode`); `cut`: the model's max length and truncation rule (`AdapLeRConfig.cut`,
+    `Manifest.cut`), or a bare max length, cut by `head`. Every function below that takes `cut` passes it here."""
+    cut = Cut.of(cut)
+    return tokenization.encode(tokenizer, list(texts), cut.max_length, pairs=pairs,
+                               truncation=cut.truncation).model_inputs()
 
 
-def encoded_batches(tokenizer, texts, max_length: int, batch_size: int, pairs=None, progress=None, desc: str = ""):
+def encoded_batches(tokenizer, texts, cut: Cut | int, batch_size: int, pairs=None, progress=None, desc: str = ""):
     """`encode` of consecutive batches of `texts` (and `pairs`): what evaluation and parity loop over."""
+    cut = Cut.of(cut)
     starts = range(0, len(texts), batch_size)
     for start in (progress(starts, desc) if progress else starts):
         end = start + batch_size
-        yield encode(tokenizer, texts[start:end], max_length, None if pairs is None else pairs[start:end])
+        yield encode(tokenizer, texts[start:end], cut, None if pairs is None else pairs[start:end])
 
 
 def classification_scores(predictions, labels, metrics=(ACCURACY,)) -> dict:
@@ -73,12 +78,12 @@ def _tensors(inputs, device) -> list:
 
 
 @torch.no_grad()
-def evaluate_adaptive(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, max_length: int,
+def evaluate_adaptive(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, cut: Cut | int,
                       batch_size: int = 64, progress=None, pairs=None, metrics=(ACCURACY,)) -> EvalResult:
     model.eval()
     device = model_device(model)
     predictions, input_lengths, kept = [], [], []
-    for inputs in encoded_batches(tokenizer, texts, max_length, batch_size, pairs, progress, "evaluate"):
+    for inputs in encoded_batches(tokenizer, texts, cut, batch_size, pairs, progress, "evaluate"):
         out = model.forward_hard(*_tensors(inputs, device))
         predictions.append(out.logits.argmax(-1).cpu().numpy())
         input_lengths.append(inputs[1].sum(1))
@@ -101,17 +106,17 @@ def evaluate_adaptive(model: AdapLeRForSequenceClassification, tokenizer, texts,
 
 
 @torch.no_grad()
-def evaluate_full_scores(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, max_length: int,
+def evaluate_full_scores(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, cut: Cut | int,
                          batch_size: int = 64, pairs=None, metrics=(ACCURACY,)) -> dict:
     """`classification_scores` of the backbone classifier with no removal."""
     model.eval()
     device = model_device(model)
     predictions = [model.forward_full(*_tensors(inputs, device)).argmax(-1).cpu().numpy()
-                   for inputs in encoded_batches(tokenizer, texts, max_length, batch_size, pairs)]
+                   for inputs in encoded_batches(tokenizer, texts, cut, batch_size, pairs)]
     return classification_scores(np.concatenate(predictions), labels, metrics)
 
 
-def evaluate_full(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, max_length: int,
+def evaluate_full(model: AdapLeRForSequenceClassification, tokenizer, texts, labels, cut: Cut | int,
                   batch_size: int = 64, pairs=None) -> float:
     """Accuracy of the backbone classifier with no removal."""
-    return evaluate_full_scores(model, tokenizer, texts, labels, max_length, batch_size, pairs)[ACCURACY]
+    return evaluate_full_scores(model, tokenizer, texts, labels, cut, batch_size, pairs)[ACCURACY]

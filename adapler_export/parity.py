@@ -23,6 +23,7 @@ import numpy as np
 from .backends import Backend
 from .errors import BackendUnavailable, ParityError
 from .evaluation import encoded_batches
+from .serving.tokenization import Cut
 from .tolerances import Tolerances
 
 
@@ -96,17 +97,17 @@ def link_decisions(kept: list, mask: np.ndarray) -> list:
     return out
 
 
-def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, max_length: int, precision: str,
+def compare_backends(reference: Backend, candidate: Backend, tokenizer, texts, cut: Cut | int, precision: str,
                      batch_size: int = 32, tolerances: Tolerances | None = None, progress=None,
                      pairs=None) -> ParityReport:
     """End-to-end parity on `texts` (with their `pairs`: sentence pairs, token types fed). A link's flip rate is
     over the decisions made *at that link*: the tokens that reached it in the reference or in the candidate (a
     token dropped earlier by both is no decision of a later link, so it neither dilutes nor inflates that
-    link's rate)."""
+    link's rate). `cut`: how the texts are cut to length (`Manifest.cut`; a bare max length: `head`)."""
     tolerances = tolerances or Tolerances.for_precision(precision)
     diffs, agree = [], 0
     flips = decisions = kept_ref = kept_cand = None
-    for inputs in encoded_batches(tokenizer, texts, max_length, batch_size, pairs, progress,
+    for inputs in encoded_batches(tokenizer, texts, cut, batch_size, pairs, progress,
                                   f"parity {candidate.name}"):
         mask = inputs[1]
         ref, cand = reference.run(*inputs), candidate.run(*inputs)
@@ -297,7 +298,7 @@ def compare_artifact_backends(artifact_dir, manifest, kinds, reference: Backend,
             not_run[kind] = str(exc)
             continue
         with candidate:
-            reports[kind] = compare_backends(reference, candidate, tokenizer, texts, manifest.max_length,
+            reports[kind] = compare_backends(reference, candidate, tokenizer, texts, manifest.cut,
                                              manifest.precision, batch_size=batch_size, tolerances=tolerances,
                                              progress=progress, pairs=pairs)
     return reports, not_run

@@ -94,6 +94,7 @@ class Explanation:
     kept_per_layer: tuple  # tokens read by layer 1..L
     truncated: bool
     empty_input: bool
+    truncation: str = "head"  # how an over-long text was cut (the artifact's rule, tokenization.TRUNCATIONS)
 
     @property
     def markers(self) -> list:
@@ -102,7 +103,11 @@ class Explanation:
     def notes(self) -> list:
         """What a reader must know to read the shading right (every view states these)."""
         notes = []
-        if self.truncated:
+        if self.truncated and self.truncation == "head+tail":
+            notes.append(f"Truncated: the model reads at most {self.max_length} wordpieces (markers included), "
+                         f"the beginning and the end of the text (head+tail); the middle was not read and is not "
+                         f"shown.")
+        elif self.truncated:
             notes.append(f"Truncated: the model reads at most {self.max_length} wordpieces (markers included); "
                          f"the rest of the text was not read and is not shown.")
         if self.empty_input:
@@ -114,8 +119,9 @@ class Explanation:
         return notes
 
 
-def explain(prediction, num_layers: int, max_length: int) -> Explanation:
-    """The :class:`Explanation` of one prediction of ``TextClassifier.classify``."""
+def explain(prediction, num_layers: int, max_length: int, truncation: str = "head") -> Explanation:
+    """The :class:`Explanation` of one prediction of ``TextClassifier.classify`` (``max_length`` and
+    ``truncation``: the classifier's, how an over-long text was cut)."""
     depths = token_depths(prediction, num_layers)
     # encode() puts the markers first and last ([CLS] ... [SEP]); an empty text is just the two
     markers = {0, len(depths) - 1}
@@ -126,7 +132,8 @@ def explain(prediction, num_layers: int, max_length: int) -> Explanation:
                        probability=float(prediction.probabilities[prediction.label_id]), num_layers=num_layers,
                        max_length=max_length, tokens=views,
                        kept_per_layer=tuple(len(kept) for kept in prediction.kept_positions),
-                       truncated=bool(prediction.truncated), empty_input=bool(prediction.empty_input))
+                       truncated=bool(prediction.truncated), empty_input=bool(prediction.empty_input),
+                       truncation=truncation)
 
 
 def _continues(token: str) -> bool:
@@ -332,7 +339,7 @@ def render_png(explanations: Sequence[Explanation], path, max_tokens: int = PNG_
 def explain_texts(classifier, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
     """One :class:`Explanation` per text (per sentence pair, with ``pairs``), from a ``TextClassifier``'s
     predictions."""
-    return [explain(prediction, classifier.manifest.num_layers, classifier.max_length)
+    return [explain(prediction, classifier.manifest.num_layers, classifier.max_length, classifier.truncation)
             for prediction in classifier.classify(texts, pairs)]
 
 

@@ -462,6 +462,7 @@ def main(argv=None) -> int:
         "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "backbone": ckpt.config.backbone,
                        "task": ckpt.config.task, "num_layers": model.num_layers,
                        "hidden_size": model.config.hidden_size, "max_length": ckpt.config.max_length,
+                       "truncation": ckpt.config.truncation,
                        "eta": [float(e) for e in model.eta.detach()],
                        "dev_metrics": {k: ckpt.config.metrics.get(k) for k in ("accuracy", "flops_speedup")}},
         **common.run_circumstances(run, load_end),

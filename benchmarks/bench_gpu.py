@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     result = {
         **common.result_header(name, "bench_gpu.py", argv, args.quick),
         "checkpoint": {"path": str(ckpt.path), "backbone": ckpt.config.backbone, "num_layers": model.num_layers,
-                       "max_length": ckpt.config.max_length, "eta": [float(e) for e in model.eta.detach().cpu()]},
+                       "max_length": ckpt.config.max_length, "truncation": ckpt.config.truncation,
+                       "eta": [float(e) for e in model.eta.detach().cpu()]},
         "machine": {**common.machine_info(), "gpu": gpu_info(device) if device.type == "cuda" else None},
         "link": link_info, "load_average_start": load_start, "load_average_end": common.load_average(),
         "seconds": round(time.time() - started, 1),

@@ -217,7 +217,8 @@ def main(argv=None) -> int:
         **common.result_header(run.name, "bench_one_graph.py", argv, args.quick),
         "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "backbone": ckpt.config.backbone,
                        "task": ckpt.config.task, "num_layers": model.num_layers, "eta": etas,
-                       "hidden_size": model.config.hidden_size, "max_length": ckpt.config.max_length},
+                       "hidden_size": model.config.hidden_size, "max_length": ckpt.config.max_length,
+                       "truncation": ckpt.config.truncation},
         **common.run_circumstances(run, load_end),
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": thread_counts,
                      "batches": batch_sizes, "session_options": "backends.onnxruntime.session_options(threads) for "

@@ -61,21 +61,23 @@ def sst2_dev(data_dir: str | None = None):
     return load_dev("sst2", data_dir)
 
 
-def sst2_workload(tokenizer, dev, max_length: int, limit: int | None = None, task: str = "sst2") -> Workload:
+def sst2_workload(tokenizer, dev, cut, limit: int | None = None, task: str = "sst2") -> Workload:
     """The first `limit` examples of the dev split `dev` (`sst2_dev`, or another task's; sentence pairs with
     their token types), unpadded, with their labels, encoded by the library's one tokenisation rule
-    (`serving.tokenization.encode_rows`: what the models were trained and are served with)."""
-    from adapler_export.serving.tokenization import encode_rows
+    (`serving.tokenization.encode_rows`: what the models were trained and are served with); `cut`: the
+    checkpoint's max length and truncation rule (`config.cut`), or a bare max length (cut by "head")."""
+    from adapler_export.serving.tokenization import Cut, encode_rows
 
+    cut = Cut.of(cut)
     texts, labels = dev.texts[:limit], dev.labels[:limit]
     pairs = None if dev.pairs is None else dev.pairs[:limit]
-    rows = encode_rows(tokenizer, texts, max_length, pairs)
+    rows = encode_rows(tokenizer, texts, cut.max_length, pairs, cut.truncation)
     examples = [np.asarray(ids, dtype=np.int32) for ids in rows.ids]
     type_ids = None if rows.type_ids is None else [np.asarray(t, dtype=np.int32) for t in rows.type_ids]
     what = "sentence pairs" if pairs is not None else "examples"
-    return Workload(f"{task}-dev", examples, labels, max_length,
-                    f"{task} dev {what} ({dev.source}), tokenized with max_length {max_length}, dataset order",
-                    type_ids)
+    return Workload(f"{task}-dev", examples, labels, cut.max_length,
+                    f"{task} dev {what} ({dev.source}), tokenized with max_length {cut.max_length} "
+                    f"({cut.truncation}), dataset order", type_ids)
 
 
 def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, max_len: int = LONG_MAX,
@@ -99,21 +101,28 @@ def long_workload(tokenizer, texts: list, count: int, min_len: int = LONG_MIN, m
 
 def workloads_from_args(args, ckpt, long_max_length: int = LONG_MAX) -> list:
     """`workloads_from_names` for the options of `add_workload_args` and a checkpoint."""
-    return workloads_from_names(args.workloads, ckpt.tokenizer, args.data_dir, ckpt.config.max_length,
+    return workloads_from_names(args.workloads, ckpt.tokenizer, args.data_dir, ckpt.config.cut,
                                 ckpt.model.config.max_position_embeddings, args.sst2_examples, args.long_examples,
                                 long_max_length)
 
 
-def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length: int, max_positions: int,
+def workloads_from_names(names: str, tokenizer, data_dir: str | None, cut, max_positions: int,
                          sst2_examples: int | None = None, long_examples: int = 32,
                          long_max_length: int = LONG_MAX) -> list:
     """The comma-separated workloads of a bench command line ("sst2", "long" from the SST-2 dev split in
     `data_dir`; "imdb", "mrpc", "rte" from those tasks' dev splits); long texts are capped at the model's
-    position embeddings. A single-text workload runs on a pair model with all token types 0."""
+    position embeddings. A single-text workload runs on a pair model with all token types 0. `cut`: the
+    checkpoint's max length and truncation rule (`config.cut`; a bare max length: "head")."""
+    import dataclasses
+
+    from adapler_export.serving.tokenization import Cut
+
+    cut = Cut.of(cut)
+    capped = dataclasses.replace(cut, max_length=min(cut.max_length, max_positions))
     workloads = []
     for name in [n for n in names.split(",") if n]:
         if name == "sst2":
-            workloads.append(sst2_workload(tokenizer, sst2_dev(data_dir), max_length, sst2_examples))
+            workloads.append(sst2_workload(tokenizer, sst2_dev(data_dir), cut, sst2_examples))
         elif name == "long":
             max_len = min(long_max_length, max_positions)
             workloads.append(long_workload(tokenizer, sst2_dev(data_dir).texts, long_examples, min(LONG_MIN, max_len),
@@ -121,13 +130,11 @@ def workloads_from_names(names: str, tokenizer, data_dir: str | None, max_length
         elif name == "imdb":  # real long documents: the first `long_examples` IMDB dev reviews
             from adapler_export.data import load_dev
 
-            workloads.append(sst2_workload(tokenizer, load_dev("imdb"), min(max_length, max_positions),
-                                           long_examples, task="imdb"))
+            workloads.append(sst2_workload(tokenizer, load_dev("imdb"), capped, long_examples, task="imdb"))
         elif name in PAIR_WORKLOADS:  # a GLUE sentence-pair task's dev split (a pair model's own task)
             from adapler_export.data import load_dev
 
-            workloads.append(sst2_workload(tokenizer, load_dev(name), min(max_length, max_positions), sst2_examples,
-                                           task=name))
+            workloads.append(sst2_workload(tokenizer, load_dev(name), capped, sst2_examples, task=name))
         else:
             raise SystemExit(f"unknown workload {name!r} (sst2, long, imdb, {', '.join(PAIR_WORKLOADS)})")
     return workloads

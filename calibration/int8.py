@@ -56,6 +56,7 @@ import numpy as np
 
 from adapler_export.chain import SCORES
 from adapler_export.errors import AdaplerError, ParityError
+from adapler_export.serving.tokenization import Cut
 from calibration.sweep import check_options
 
 CALIBRATION_METHODS = ("minmax", "minmax-moving-average")
@@ -131,14 +132,14 @@ class SegmentFeeds:
         self.reader = _Reader(list(feeds))
 
 
-def record_segment_inputs(model, tokenizer, texts, max_length: int, batch: int = 1, pairs=None) -> list:
+def record_segment_inputs(model, tokenizer, texts, cut: Cut | int, batch: int = 1, pairs=None) -> list:
     """Per segment, the list of input feeds it sees when the fp32 reference pipeline (the PyTorch segments,
     the reference link, the model's eta) runs on `texts` (with their `pairs` for a sentence-pair task)."""
     from adapler_export.evaluation import encoded_batches
     from adapler_export.parity import capture_segment_io
 
     per_segment = None
-    for inputs in encoded_batches(tokenizer, texts, max_length, batch, pairs):
+    for inputs in encoded_batches(tokenizer, texts, cut, batch, pairs):
         records = capture_segment_io(model, "fp32", *inputs)
         per_segment = per_segment or [[] for _ in records]
         for k, (feeds, _) in enumerate(records):
@@ -300,7 +301,7 @@ class _Recording:
         return float((np.concatenate(self.logits).argmax(-1) == np.asarray(labels)).mean())
 
 
-def bench_chains(fp32, int8, tokenizer, texts, max_length, repeats=5, batches=(1, 32), pairs=None) -> dict:
+def bench_chains(fp32, int8, tokenizer, texts, cut: Cut | int, repeats=5, batches=(1, 32), pairs=None) -> dict:
     """Two ONNX Runtime chains (int8 vs fp32, same thresholds and threads): median ms per sentence."""
     from adapler_export.evaluation import encoded_batches
     from calibration.measure import time_round_robin
@@ -308,7 +309,7 @@ def bench_chains(fp32, int8, tokenizer, texts, max_length, repeats=5, batches=(1
     result = {"backend": "onnxruntime (CPU)", "repeats": repeats, "sentences": len(texts),
               "statistic": "median round, ms per sentence"}
     for batch in batches:
-        inputs = list(encoded_batches(tokenizer, texts, max_length, batch, pairs))
+        inputs = list(encoded_batches(tokenizer, texts, cut, batch, pairs))
         timings = time_round_robin({"fp32": fp32.run, "int8": int8.run}, inputs, repeats=repeats)
         scale = len(inputs) / len(texts)  # time_round_robin divides by the number of batches
         fp32_ms, int8_ms = timings["fp32"]["median_ms"] * scale, timings["int8"]["median_ms"] * scale
@@ -362,13 +363,13 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
         raise AdaplerError(f"checkpoint {checkpoint.path} (digest {digest}) is not the one {source_dir} was built "
                            f"from ({source.checkpoint['digest']}); pass --ckpt with that checkpoint")
     model, tokenizer = checkpoint.model, checkpoint.tokenizer
-    specs, etas, max_length = source.specs(), list(source.eta), source.max_length
+    specs, etas, cut = source.specs(), list(source.eta), source.cut  # the manifest's max length and rule
     calib, dev = _load_calibration_data(source.task, options)
     started = time.time()
 
     log(f"recording segment inputs: {len(calib)} {options.calib_split} sentences through the fp32 reference "
         f"pipeline (eta {' '.join(f'{e:.3f}' for e in etas)})")
-    feeds = record_segment_inputs(model, tokenizer, calib.texts, max_length, batch=options.calib_batch,
+    feeds = record_segment_inputs(model, tokenizer, calib.texts, cut, batch=options.calib_batch,
                                   pairs=calib.pairs)
     with atomic_directory(out, kind="artifact", force=options.force, inputs=[source_dir]) as tmp:
         onnx_dir = tmp / "onnx"
@@ -415,7 +416,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
         with load_backend(tmp, kind="onnxruntime", check_files=False, device="cpu",
                           threads=options.threads) as int8_graphs:
             candidate = _Recording(int8_graphs, "onnxruntime-int8")
-            report = compare_backends(reference, candidate, tokenizer, dev.texts, max_length, "int8",
+            report = compare_backends(reference, candidate, tokenizer, dev.texts, cut, "int8",
                                       batch_size=options.batch_size, progress=progress, pairs=dev.pairs)
         if not report.passed:  # the report is the result (QuantizeResult.parity); on failure, the diagnosis
             log(report.table())
@@ -428,7 +429,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             with OnnxRuntimeBackend(source.segment_paths(source_dir), specs, etas, "cpu", options.threads) as fp32, \
                     OnnxRuntimeBackend(manifest.segment_paths(tmp), specs, etas, "cpu", options.threads) as int8:
                 bench_pairs = None if dev.pairs is None else dev.pairs[: options.bench_samples]
-                bench = bench_chains(fp32, int8, tokenizer, dev.texts[: options.bench_samples], max_length,
+                bench = bench_chains(fp32, int8, tokenizer, dev.texts[: options.bench_samples], cut,
                                      repeats=options.bench_repeats, pairs=bench_pairs)
             quantization["speed"] = {**bench, "threads": options.threads}
         parity = {"end_to_end": {"onnxruntime": report.to_dict()}, "not_run": {}, "accuracy": accuracy,
@@ -443,7 +444,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
             trt_paths = [trt_dir / s.file_name for s in specs]
             with OnnxRuntimeBackend(trt_paths, specs, etas, "cpu", options.threads) as trt_graphs:
                 trt_candidate = _Recording(trt_graphs, "onnxruntime-int8-symmetric (TensorRT graphs)")
-                trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts, max_length,
+                trt_report = compare_backends(PyTorchBackend(model), trt_candidate, tokenizer, dev.texts, cut,
                                               "int8", batch_size=options.batch_size, pairs=dev.pairs)
             log(f"TensorRT graphs via ONNX Runtime: label agreement {trt_report.label_agreement * 100:.2f}%, keep "
                 f"decisions flipped {trt_report.flip_rate * 100:.3f}%: {'passed' if trt_report.passed else 'FAILED'}")
@@ -453,7 +454,7 @@ def quantize_artifact(artifact_dir, output=None, options: QuantizeOptions | None
                                                "accuracy": trt_candidate.accuracy(dev.labels)}
             if trt_report.passed:
                 manifest.engines = build_int8_engines(tmp, trt_dir, specs, options.max_batch,
-                                                      options.max_seq or max_length, log=log)
+                                                      options.max_seq or cut.max_length, log=log)
             else:  # engines from graphs that miss the int8 bounds would only fail `verify` on the GPU
                 reason = "the symmetric int8 graphs fail parity: " + "; ".join(trt_report.failures)
                 manifest.engines = EnginesRecord(not_built={"segments": reason, "single": reason})

@@ -27,6 +27,7 @@ import numpy as np
 from adapler_export.backends import SegmentChainBackend
 from adapler_export.evaluation import encoded_batches
 from adapler_export.link import check_eta
+from adapler_export.serving.tokenization import Cut
 
 
 def with_thresholds(backend: SegmentChainBackend, etas) -> SegmentChainBackend:
@@ -39,9 +40,9 @@ def with_thresholds(backend: SegmentChainBackend, etas) -> SegmentChainBackend:
     return variant
 
 
-def encode_single(tokenizer, texts, max_length: int, pairs=None) -> list:
+def encode_single(tokenizer, texts, cut: Cut | int, pairs=None) -> list:
     """Batch-1 inputs (no padding), int32: the arrays a backend's `run` takes, per text (per pair)."""
-    return list(encoded_batches(tokenizer, texts, max_length, 1, pairs))
+    return list(encoded_batches(tokenizer, texts, cut, 1, pairs))
 
 
 def time_round_robin(configs: dict, inputs: list, repeats: int = 5, warmup: int = 1) -> dict:
@@ -62,7 +63,7 @@ def time_round_robin(configs: dict, inputs: list, repeats: int = 5, warmup: int 
             for name, v in rounds.items()}
 
 
-def measure_points(model, tokenizer, texts, max_length: int, points: list, samples: int = 64, repeats: int = 5,
+def measure_points(model, tokenizer, texts, cut: Cut | int, points: list, samples: int = 64, repeats: int = 5,
                    threads: int = 1, log=print, pairs=None) -> dict:
     """Attach measured_ms / measured_speedup / measured_speedup_vs_full_graph to `points` (in place).
     `pairs`: the second texts of a sentence-pair task."""
@@ -72,7 +73,7 @@ def measure_points(model, tokenizer, texts, max_length: int, points: list, sampl
     from adapler_export.baseline import FullModelBackend, export_full_onnx
     from adapler_export.segments import export_segments
 
-    inputs = encode_single(tokenizer, list(texts)[:samples], max_length, None if pairs is None else pairs[:samples])
+    inputs = encode_single(tokenizer, list(texts)[:samples], cut, None if pairs is None else pairs[:samples])
     with tempfile.TemporaryDirectory(prefix="adapler-measure-") as tmp:
         tmp = Path(tmp)
         log(f"measuring: exporting the fp32 segments once (thresholds are runtime parameters), {len(inputs)} "

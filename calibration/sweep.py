@@ -48,7 +48,7 @@ from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, checkpoint
 from adapler_export.data import load_dev
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
-from adapler_export.serving.tokenization import encode_rows
+from adapler_export.serving.tokenization import Cut, encode_rows
 from adapler_export.link import ETA_RANGE
 from adapler_export.progress import progress
 from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
@@ -237,11 +237,12 @@ class Evaluator:
     """Evaluates threshold settings on a fixed set of examples, caching by eta. Silent: the points are
     results, printed once as a table by the caller (progress bars show on a terminal)."""
 
-    def __init__(self, model, tokenizer, texts, labels, max_length: int, batch_size: int = 64, pairs=None):
-        self.model, self.tokenizer, self.max_length, self.batch_size = model, tokenizer, max_length, batch_size
+    def __init__(self, model, tokenizer, texts, labels, cut: Cut | int, batch_size: int = 64, pairs=None):
+        self.model, self.tokenizer, self.cut, self.batch_size = model, tokenizer, Cut.of(cut), batch_size
         self.base_eta = [float(e) for e in model.eta.detach()]
         # Sort by token length so batches carry little padding (results do not depend on the order).
-        lengths = [len(ids) for ids in encode_rows(tokenizer, texts, max_length, pairs).ids]
+        lengths = [len(ids) for ids in encode_rows(tokenizer, texts, self.cut.max_length, pairs,
+                                                   self.cut.truncation).ids]
         order = np.argsort(lengths, kind="stable")
         self.texts = [texts[i] for i in order]
         self.pairs = None if pairs is None else [pairs[i] for i in order]
@@ -254,7 +255,7 @@ class Evaluator:
         key = tuple(eta)
         if key not in self.cache:
             with temporary_eta(self.model, eta):
-                result = evaluate_adaptive(self.model, self.tokenizer, self.texts, self.labels, self.max_length,
+                result = evaluate_adaptive(self.model, self.tokenizer, self.texts, self.labels, self.cut,
                                            batch_size=self.batch_size, pairs=self.pairs)
             self.cache[key] = result
             self.evaluations += 1
@@ -514,7 +515,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         scales = [0.0] + scales
     log(f"calibrating {source} on {len(dev)} dev examples ({dev.source}); learned eta "
         f"{' '.join(f'{e:.3f}' for e in base_eta)}; {len(scales)} global scales")
-    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.max_length, options.batch_size,
+    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.cut, options.batch_size,
                           pairs=dev.pairs)
     points = global_sweep(evaluator, scales)
     ref_acc = reference_accuracy(points, options.reference)
@@ -534,7 +535,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
 
         to_measure = [p for p in points if p.kind != "refined"] + ([chosen] if chosen and chosen.kind == "refined"
                                                                    else [])
-        measurement = measure_points(model, ckpt.tokenizer, dev.texts, config.max_length, to_measure,
+        measurement = measure_points(model, ckpt.tokenizer, dev.texts, config.cut, to_measure,
                                      samples=options.measure_samples, repeats=options.measure_repeats,
                                      threads=options.threads, log=log, pairs=dev.pairs)
 

@@ -9,6 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapler_export.serving.tokenization import HEAD
+
+
+def work_settings(settings: dict) -> dict:
+    """A stage config's settings (a dict) as its work-directory key takes them: without `truncation` where it is
+    "head", so that runs started before the truncation rule existed (all "head") keep their work directories
+    and resume; "head+tail" is part of the key (other inputs, other models)."""
+    return {k: v for k, v in settings.items() if not (k == "truncation" and v in (None, HEAD))}
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

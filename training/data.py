@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from adapler_export.data import Split
-from adapler_export.serving.tokenization import encode_rows
+from adapler_export.serving.tokenization import Cut, encode_rows
 
 # Length grouping sorts the examples of this many batches at a time by length: batches of similar lengths
 # (little padding) while the data order stays random at the scale of an epoch (as in HF's length grouping).
@@ -35,8 +35,9 @@ class EncodedDataset(torch.utils.data.Dataset):
     """Pre-tokenised examples (unpadded; sentence pairs with their token types); `collate` pads each batch to
     its own longest row."""
 
-    def __init__(self, tokenizer, split: Split, max_length: int, saliency: list | None = None):
-        rows = encode_rows(tokenizer, split.texts, max_length, split.pairs)
+    def __init__(self, tokenizer, split: Split, cut: Cut | int, saliency: list | None = None):
+        cut = Cut.of(cut)  # the max length and truncation rule (a bare max length: "head")
+        rows = encode_rows(tokenizer, split.texts, cut.max_length, split.pairs, cut.truncation)
         self.input_ids, self.token_type_ids = rows.ids, rows.type_ids
         self.labels = split.labels
         self.saliency = saliency

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-from adapler_export.data import TaskData, load_task, task_max_length, task_metrics
+from adapler_export.data import TaskData, load_task, task_max_length, task_metrics, task_reads_pairs, task_truncation
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive, scores_text
 from adapler_export.storage import adapler_home
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
+from adapler_export.serving.tokenization import Cut, check_truncation
 
-from .common import epoch_model_path, load_model_state, seed_everything
+from .common import epoch_model_path, load_model_state, seed_everything, work_settings
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
 from .stage3_adapler import Stage3Config, check_selection_fallback, run_stage3
@@ -34,6 +35,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     max_length: int | None = None  # None: the task's (64 for SST-2, 512 for IMDB)
+    truncation: str | None = None  # how a longer text is cut to max_length ("head", "head+tail"); None: the task's
     seed: int = 42
     # Stage 3 starts from the pre-trained backbone (the official run: the fine-tuned model only produces
     # the saliencies) or from the best fine-tuned epoch ("finetuned").
@@ -47,7 +49,8 @@ class TrainConfig:
     def stage_keys(self) -> tuple:
         """Work-directory keys: stages 1-2 depend on the data, backbone and stage-1 settings only, so a
         changed stage-3 setting reuses the fine-tuned model and its saliencies."""
-        settings = dataclasses.asdict(self)
+        settings = work_settings(dataclasses.asdict(self))
+        settings["stage1"] = work_settings(settings["stage1"])
         settings.pop("stage3")
         stage3 = self.stage3.work_key()
         settings.pop("stage3_init")
@@ -89,7 +92,7 @@ def apply_setting(cfg: TrainConfig, name: str) -> TrainConfig:
 
 # Options that set one config field each (the CLI's dest -> the field's dotted path).
 OPTION_FIELDS = {
-    "max_length": "max_length", "seed": "seed", "stage3_init": "stage3_init",
+    "max_length": "max_length", "truncation": "truncation", "seed": "seed", "stage3_init": "stage3_init",
     "max_train_samples": "max_train_samples", "max_eval_samples": "max_eval_samples",
     "stage3_train_samples": "stage3_train_samples",
     "epochs_stage1": "stage1.epochs", "lr_stage1": "stage1.lr", "saliency_epochs": "stage1.keep_best_epochs",
@@ -135,6 +138,11 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.stage3_init not in STAGE3_INITS:
         raise AdaplerError(f"unknown stage-3 start {cfg.stage3_init!r} (choose from {', '.join(STAGE3_INITS)})")
     check_selection_fallback(cfg.stage3.selection_fallback)
+    if cfg.truncation is not None:
+        try:
+            check_truncation(cfg.truncation, task_reads_pairs(cfg.task))
+        except ValueError as exc:
+            raise AdaplerError(f"task {cfg.task}: {exc}") from None
     for name, value in (("max length", cfg.max_length), ("batch size", cfg.stage1.batch_size),
                         ("stage-1 epochs", cfg.stage1.epochs), ("stage-3 epochs", cfg.stage3.epochs),
                         ("saliency epochs", cfg.stage1.keep_best_epochs)):
@@ -156,6 +164,8 @@ def data_record(data: TaskData, stage3_train_examples: int) -> dict:
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:
     if cfg.max_length is None:
         cfg.max_length = task_max_length(cfg.task)
+    if cfg.truncation is None:
+        cfg.truncation = task_truncation(cfg.task)
     check_config(cfg)
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data_dir)
@@ -165,11 +175,13 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
         if len(data[split]) == 0:
             raise AdaplerError(f"the {split} split is empty")
     cfg.stage1.max_length = cfg.stage3.max_length = cfg.max_length
+    cfg.stage1.truncation = cfg.stage3.truncation = cfg.truncation
     cfg.stage1.seed = cfg.stage3.seed = cfg.seed
     work_dir = work_dir or adapler_home() / "work" / Path(output).name
     key1, key3 = cfg.stage_keys()
+    cut = Cut(cfg.max_length, cfg.truncation)
     log(f"training {cfg.task}: {len(data['train'])} train / {len(data['dev'])} dev examples, "
-        f"backbone {cfg.backbone}, work dir {work_dir}")
+        f"backbone {cfg.backbone}, inputs at most {cut}, work dir {work_dir}")
 
     id2label = dict(enumerate(data.labels))
     backbone, tokenizer = load_backbone(cfg.backbone, len(data.labels), id2label)
@@ -188,7 +200,7 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     subset = "" if cfg.stage3_train_samples is None else f"-n{len(stage3_data['train'])}"
     stage1_dir = work_dir / f"stage1-{key1}"
     checkpoints = {epoch: epoch_model_path(stage1_dir, epoch) for epoch in stage1["best_epochs"]}
-    saliencies = run_stage2(model, tokenizer, stage3_data, cfg.max_length, checkpoints,
+    saliencies = run_stage2(model, tokenizer, stage3_data, cut, checkpoints,
                             work_dir / f"stage2-{key1}{subset}", log=log)
     if cfg.stage3_init == "pretrained":
         seed_everything(cfg.seed)  # the same fresh classifier head on every run
@@ -200,13 +212,13 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
                         stage1["dev_accuracy"], log=log)
 
     dev, finetuned_f1 = data["dev"], stage1_f1(stage1)
-    final = evaluate_adaptive(model, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+    final = evaluate_adaptive(model, tokenizer, dev.texts, dev.labels, cut, pairs=dev.pairs,
                               metrics=task_metrics(cfg.task))
     log(f"AdapLeR {scores_text(final.accuracy, final.f1)} (stage 1: {scores_text(stage1['dev_accuracy'], finetuned_f1)}"
         f"), FLOPs speedup {final.flops_speedup:.2f}x")
     config = AdapLeRConfig(
         backbone=cfg.backbone, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
-        labels=data.labels, max_length=cfg.max_length, task=cfg.task,
+        labels=data.labels, max_length=cfg.max_length, truncation=cfg.truncation, task=cfg.task,
         lambda_final=stage3["lambda_final"],
         data=data_record(data, len(stage3_data["train"])),
         training={"config": dataclasses.asdict(cfg), "stage1": stage1, "stage3": stage3,

@@ -15,6 +15,7 @@ import torch
 from adapler_export.data import task_metrics
 from adapler_export.evaluation import F1, evaluate_full_scores, scores_text
 from adapler_export.progress import progress
+from adapler_export.serving.tokenization import HEAD, Cut
 
 from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
                      save_model_state, write_json_atomic)
@@ -31,9 +32,14 @@ class Stage1Config:
     warmup_ratio: float = 0.06
     adam_eps: float = 1e-8
     max_length: int = 64
+    truncation: str = HEAD  # how a text longer than max_length is cut (tokenization.TRUNCATIONS)
     seed: int = 42
     keep_best_epochs: int = 3  # the saliency targets average this many best epochs (official: 3)
     length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
+
+    @property
+    def cut(self) -> Cut:
+        return Cut(self.max_length, self.truncation)
 
 
 def best_epochs(history: list, count: int) -> list:
@@ -53,7 +59,7 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
         return done
 
     accelerator = make_accelerator(cfg.seed)
-    train = EncodedDataset(tokenizer, data["train"], cfg.max_length)
+    train = EncodedDataset(tokenizer, data["train"], cfg.cut)
     dev = data["dev"]
     steps_per_epoch = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
     optimizer, scheduler = adamw_with_warmup(model.backbone.named_parameters(), cfg.lr, cfg.weight_decay,
@@ -87,7 +93,7 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
             running += loss.detach()  # a tensor: no per-step wait for the GPU
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running / (step + 1):.4f}")
-        scores = evaluate_full_scores(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+        scores = evaluate_full_scores(unwrapped, tokenizer, dev.texts, dev.labels, cfg.cut, pairs=dev.pairs,
                                       metrics=task_metrics(data.task))
         accuracy = scores["accuracy"]
         history.append({"epoch": epoch, "train_loss": float(running) / max(1, len(loader)), "dev_accuracy": accuracy,

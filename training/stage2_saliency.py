@@ -15,15 +15,17 @@ import torch
 
 from adapler_export.evaluation import model_device
 from adapler_export.progress import progress
+from adapler_export.serving.tokenization import Cut
 
 from .common import load_model_state, read_marker, write_json_atomic
 from .data import EncodedDataset
 
 
-def compute_saliencies(model, tokenizer, split, max_length: int, batch_size: int = 64, show=True) -> list:
+def compute_saliencies(model, tokenizer, split, cut: Cut | int, batch_size: int = 64, show=True) -> list:
+    """One saliency vector per example of `split`, encoded as stages 1 and 3 encode it (`cut`)."""
     model.eval()  # dropout off: the saliency of the model as it predicts
     device = model_device(model)
-    dataset = EncodedDataset(tokenizer, split, max_length)
+    dataset = EncodedDataset(tokenizer, split, cut)
     saliencies = [None] * len(dataset)
     # Length-grouped batches pad little; every example's saliency is its own, whatever batch it is in.
     batches = dataset.loader(batch_size, shuffle=False, length_grouped=True)
@@ -53,7 +55,7 @@ def load_saliencies(path: Path) -> list:
     return np.split(stored["values"], stored["offsets"][1:-1])
 
 
-def run_stage2(model, tokenizer, data, max_length: int, checkpoints: dict, stage_dir: Path, log=print) -> list:
+def run_stage2(model, tokenizer, data, cut: Cut | int, checkpoints: dict, stage_dir: Path, log=print) -> list:
     """Saliencies of `data["train"]` averaged over `checkpoints` ({stage-1 epoch: weights path}).
     The model is left with the weights of the last checkpoint it loaded (the caller reloads what it needs)."""
     path = stage_dir / "saliency.npz"
@@ -68,7 +70,7 @@ def run_stage2(model, tokenizer, data, max_length: int, checkpoints: dict, stage
             per_epoch.append(load_saliencies(epoch_path))
             continue
         load_model_state(model, weights)
-        per_epoch.append(compute_saliencies(model, tokenizer, data["train"], max_length))
+        per_epoch.append(compute_saliencies(model, tokenizer, data["train"], cut))
         save_saliencies(epoch_path, per_epoch[-1])
         log(f"stage 2: saliencies of stage-1 epoch {epoch} ({len(per_epoch)}/{len(checkpoints)})")
     saliencies = [np.mean(vectors, axis=0).astype(np.float32) for vectors in zip(*per_epoch)]

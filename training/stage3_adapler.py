@@ -31,9 +31,10 @@ from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive, scores_text
 from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
+from adapler_export.serving.tokenization import HEAD, Cut
 
 from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
-                     save_model_state, warmup_then_linear_decay, write_json_atomic)
+                     save_model_state, warmup_then_linear_decay, work_settings, write_json_atomic)
 from .data import EncodedDataset
 
 SELECTION_FALLBACKS = ("none", "most-accurate")
@@ -60,6 +61,7 @@ class Stage3Config:
     gamma: float = 0.005  # KL weight (official SST-2 README value)
     phi: float = 0.0005  # length-loss weight (official SST-2 README value)
     max_length: int = 64
+    truncation: str = HEAD  # how a text longer than max_length is cut (tokenization.TRUNCATIONS)
     seed: int = 42
     length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
     selection_tolerance: float = 0.01
@@ -75,9 +77,13 @@ class Stage3Config:
             return self.lambda_first_step
         return self.lam(epoch)
 
+    @property
+    def cut(self) -> Cut:
+        return Cut(self.max_length, self.truncation)
+
     def work_key(self) -> dict:
         """The settings that change what training produces (selection settings excluded)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in SELECTION_ONLY_FIELDS}
+        return work_settings({k: v for k, v in dataclasses.asdict(self).items() if k not in SELECTION_ONLY_FIELDS})
 
 
 def saliency_target(saliency, mask, theta_l) -> torch.Tensor:
@@ -200,7 +206,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
         return done
 
     accelerator = make_accelerator(cfg.seed)
-    train = EncodedDataset(tokenizer, data["train"], cfg.max_length, saliency=saliencies)
+    train = EncodedDataset(tokenizer, data["train"], cfg.cut, saliency=saliencies)
     dev = data["dev"]
     batches = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
     steps_per_epoch = batches if cfg.max_train_samples_per_epoch is None else \
@@ -247,7 +253,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
                 bar.set_postfix(ce=f"{totals['ce'] / steps:.4f}", length=f"{totals['length'] / steps:.1f}",
                                 eta=f"{unwrapped.eta.mean().item():.3f}")
         seconds = time.time() - started
-        result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.max_length, pairs=dev.pairs,
+        result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.cut, pairs=dev.pairs,
                                    metrics=task_metrics(data.task))
         record = {"epoch": epoch, "lambda": cfg.lam(epoch), "steps": steps, "train_seconds": round(seconds, 1),
                   **{k: float(v) / max(1, steps) for k, v in totals.items()},

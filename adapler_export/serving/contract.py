@@ -9,7 +9,7 @@ which runs where ``adapler_export`` need not be installed.
   ``LABEL``          BYTES  label name
   ``LABEL_ID``       INT32
   ``PROBABILITIES``  FP32 [C]
-  ``TRUNCATED``      BOOL   the text was cut to the artifact's max_length wordpieces
+  ``TRUNCATED``      BOOL   the text was cut to the artifact's max_length wordpieces (by its truncation rule)
   ``EMPTY_INPUT``    BOOL   the text holds no token (empty, whitespace, or only characters the tokenizer
                             drops): the label is the model's prior for no evidence, not a reading
   ``RATIONALE``      BYTES  JSON {"tokens", "kept_positions", "kept_tokens"} (see runtime.Prediction)

@@ -20,7 +20,8 @@ Tensors: ``serving/contract.py`` (``TEXT``, and ``TEXT_PAIR`` for a sentence-pai
 request may carry several rows, and the dynamic batcher joins requests):
   * undecodable (non-UTF-8) ``TEXT`` / ``TEXT_PAIR``, or a ``TEXT_PAIR`` of another row count than ``TEXT``
     -> that request alone gets an ``INVALID_ARG`` error;
-  * over-long text -> truncated to ``max_length`` wordpieces, warning logged, ``TRUNCATED`` true;
+  * over-long text -> truncated to ``max_length`` wordpieces by the artifact's rule (``manifest.truncation``:
+    ``head`` or ``head+tail``), warning logged, ``TRUNCATED`` true;
   * empty or whitespace-only text -> classified as ``[CLS] [SEP]``, ``EMPTY_INPUT`` true;
   * a backend failure on the joined batch -> each request is retried alone, so one bad request cannot
     fail the others; the model instance stays up.
@@ -79,7 +80,7 @@ class TritonPythonModel:
         )
         pb_utils.Logger.log_info(
             f"adapler_text: artifact {self.classifier.artifact_dir}, backend {self.classifier.backend_name}, "
-            f"max_length {self.classifier.max_length}, labels {self.classifier.labels}"
+            f"max_length {self.classifier.max_length} ({self.classifier.truncation}), labels {self.classifier.labels}"
         )
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class TritonPythonModel:
         for text, p in zip(columns[0], predictions):
             if p.truncated:
                 pb_utils.Logger.log_warn(f"adapler_text: input of {len(text)} characters truncated to "
-                                         f"{self.classifier.max_length} wordpieces")
+                                         f"{self.classifier.max_length} wordpieces ({self.classifier.truncation})")
         return predictions
 
     def _failure(self, texts):

@@ -59,6 +59,7 @@ from ..errors import AdaplerError
 from ..storage import OUTPUT_MARKERS, atomic_directory
 from ..engines import PLUGIN_LIBRARY as PLUGIN_LIB
 from ..specs import model_output_names
+from .tokenization import Cut
 from .contract import (EMPTY_INPUT, ENSEMBLE_MODEL, ONNX_ENSEMBLE_MODEL, ONNX_MODEL, PLAN_MODEL, TEXT_MODEL,
                        TEXT_OUTPUTS, TEXT_PAIR_INPUT, TOKENIZER_MODEL, text_inputs, tokenizer_outputs)
 
@@ -513,7 +514,7 @@ def write_model_repository(
                                         instance_kind=instance_kind, params=params, text_pair=manifest.text_pair),
                       tmp / TEXT_MODEL / "config.pbtxt")
         if graphs:
-            _write_graph_models(tmp, artifact_dir, graphs, max_batch=max_batch, max_length=manifest.max_length,
+            _write_graph_models(tmp, artifact_dir, graphs, max_batch=max_batch, cut=manifest.cut,
                                 max_queue_delay_us=max_queue_delay_us, instances=instances,
                                 pad_to_multiple_of=pad_to_multiple_of, artifact_mode=artifact_mode)
             models += [g.name for g in graphs] + [TOKENIZER_MODEL] + [g.ensemble for g in graphs]
@@ -525,18 +526,19 @@ def write_model_repository(
         (tmp / REPOSITORY_MARKER).write_text(json.dumps({
             "artifact": str(artifact_dir), "artifact_mode": artifact_mode, "models": models,
             "max_batch": max_batch, "max_queue_delay_us": max_queue_delay_us, "precision": manifest.precision,
-            "labels": manifest.labels, "max_length": manifest.max_length,
+            "labels": manifest.labels, "max_length": manifest.max_length, "truncation": manifest.truncation,
         }, indent=2) + "\n", encoding="utf-8")
     return RepositoryInfo(repo, models, artifact_dir, artifact_mode, want_plan, want_onnx, command, onnx_command)
 
 
 def _write_graph_models(tmp: pathlib.Path, artifact_dir: pathlib.Path, graphs: list, *, max_batch: int,
-                        max_length: int, max_queue_delay_us: int, instances: int, pad_to_multiple_of: int,
+                        cut: Cut, max_queue_delay_us: int, instances: int, pad_to_multiple_of: int,
                         artifact_mode: str) -> None:
     """Each graph's model and its ensemble, the tokenizer in front of them, plugins/ where a graph needs one.
 
-    One tokenizer serves every ensemble: it truncates to the shortest sequence any graph takes (the engine's
-    profile may end before max_length) and its max_batch_size is the largest graph's."""
+    One tokenizer serves every ensemble: it truncates, by the artifact's rule (``cut.truncation``), to the
+    shortest sequence any graph takes (the engine's profile may end before max_length) and its
+    max_batch_size is the largest graph's."""
     batches = {g.name: min(max_batch, g.max_batch or max_batch) for g in graphs}
     for g in graphs:
         (tmp / g.name / "1").mkdir(parents=True)
@@ -554,10 +556,10 @@ def _write_graph_models(tmp: pathlib.Path, artifact_dir: pathlib.Path, graphs: l
     for name in TOKENIZER_MODEL_FILES:
         shutil.copy2(_HERE / name, version / name)
     shutil.copytree(artifact_dir / "tokenizer", version / "tokenizer")
-    max_seq = min([max_length] + [g.max_seq for g in graphs])
+    max_seq = min([cut.max_length] + [g.max_seq for g in graphs])
     _write_config(tokenizer_model_config(max_batch=max(batches.values()), max_queue_delay_us=max_queue_delay_us,
                                          instances=instances,
-                                         params={"max_length": str(max_seq),
+                                         params={"max_length": str(max_seq), "truncation": cut.truncation,
                                                  "pad_to_multiple_of": str(pad_to_multiple_of)},
                                          text_pair=graphs[0].text_pair),
                   tmp / TOKENIZER_MODEL / "config.pbtxt")
@@ -603,15 +605,16 @@ def _readme(repo: pathlib.Path, artifact_dir: pathlib.Path, manifest: Manifest, 
 
     Written by `adapler_export.serving.write_model_repository` from `{artifact_dir}`.
     Models: {", ".join(f"`{m}`" for m in models)}. Labels: {", ".join(manifest.labels)}. max_length:
-    {manifest.max_length} wordpieces. Artifact used by `adapler_text`: {art}.
+    {manifest.max_length} wordpieces; a longer text is cut by the rule `{manifest.truncation}` (the model's
+    training rule, `adapler_export/serving/tokenization.py`). Artifact used by `adapler_text`: {art}.
 
     ## `adapler_text` (Python backend; `load_backend` auto: the one graph on CPU, TensorRT segments on GPU)
     Input `TEXT` (BYTES, shape [batch, 1], batch <= {max_batch}, UTF-8){pair}. Outputs per row: `LABEL` (BYTES,
     label name), `LABEL_ID` (INT32), `PROBABILITIES` (FP32 [{len(manifest.labels)}]), `TRUNCATED` (BOOL: cut to
-    {manifest.max_length} wordpieces, warning in the server log), `EMPTY_INPUT` (BOOL: the text holds no
-    token, e.g. empty or whitespace; its label is the model's prior, not a reading), `RATIONALE` (BYTES: JSON
-    `{{"tokens", "kept_positions", "kept_tokens"}}`; `kept_tokens[k]` = the wordpieces that enter encoder
-    layer k). Non-UTF-8 text gets an error for that request only.
+    {manifest.max_length} wordpieces by `{manifest.truncation}`, warning in the server log), `EMPTY_INPUT` (BOOL:
+    the text holds no token, e.g. empty or whitespace; its label is the model's prior, not a reading),
+    `RATIONALE` (BYTES: JSON `{{"tokens", "kept_positions", "kept_tokens"}}`; `kept_tokens[k]` = the wordpieces
+    that enter encoder layer k). Non-UTF-8 text gets an error for that request only.
 
     Needs, in the Python that runs the backend stub: numpy, transformers, onnxruntime and the
     `adapler_export` package (the config's `python_path` parameter puts its folder on `sys.path`; so do

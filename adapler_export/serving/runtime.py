@@ -11,8 +11,11 @@ Documented behaviour
 * **Empty input** (empty, whitespace only, or only characters the tokenizer drops, such as control
   characters): encoded as ``[CLS] [SEP]`` and classified so that result N is text N, and flagged with
   ``empty_input = True``: its label is the model's prior for no evidence, not a reading of the text.
-* **Over-long text**: cut to the artifact's ``max_length`` wordpieces (``[CLS]`` + the first
-  ``max_length - 2`` wordpieces + ``[SEP]``, the tokenizer's own truncation), flagged ``truncated = True``.
+* **Over-long text**: cut to the artifact's ``max_length`` wordpieces by the rule the model was trained with
+  (``manifest.truncation``, ``truncation`` here): ``head``, ``[CLS]`` + the first ``max_length - 2``
+  wordpieces + ``[SEP]`` (the tokenizer's own truncation); ``head+tail``, ``[CLS]`` + the first quarter and
+  the last three quarters of those ``max_length - 2`` + ``[SEP]`` (``tokenization.py`` says why); flagged
+  ``truncated = True``.
 * **Sentence pairs** (artifacts of a pair task, ``manifest.text_pair``: MRPC, RTE): ``classify(texts, pairs)``
   with one second text per text, encoded ``[CLS] text [SEP] pair [SEP]`` with token types 0 / 1; an over-long
   pair is cut by Hugging Face's default ``longest_first`` rule (the longer text gives up wordpieces first).
@@ -103,6 +106,7 @@ class TextClassifier:
             raise AdaplerError(f"artifact {self.artifact_dir}: cannot load its tokenizer "
                                f"({str(exc).splitlines()[0]})") from exc
         self.max_length = self.manifest.max_length
+        self.truncation = self.manifest.truncation  # how an over-long text is cut (tokenization.TRUNCATIONS)
         self.labels = list(self.manifest.labels)
         self.text_pair = self.manifest.text_pair
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -137,7 +141,7 @@ class TextClassifier:
             return []
         try:
             enc = encode(self.tokenizer, texts, self.max_length, self.pad_to_multiple_of,
-                         None if pairs is None else list(pairs))
+                         None if pairs is None else list(pairs), truncation=self.truncation)
         except TextInputError as exc:
             raise AdaplerError(str(exc)) from None
         out = self.backend.run(*enc.model_inputs())

@@ -13,12 +13,24 @@ calibration call :func:`encode` / :func:`encode_rows` too (through ``evaluation.
 served exactly as it was trained and checked.
 
 Rules (documented for users in ``runtime.py``):
-* ``[CLS] … [SEP]``, cut to ``max_length`` wordpieces by the tokenizer's own truncation (``truncated``);
-  texts are first cut to :data:`MAX_TEXT_CHARS` characters, a bound on tokenizer work far beyond what
-  ``max_length`` wordpieces cover.
+* ``[CLS] … [SEP]``, at most ``max_length`` wordpieces, the special tokens included; a text with more is cut
+  (``truncated``) by the model's truncation rule (:data:`TRUNCATIONS`; a model records it beside
+  ``max_length``: the task table, the checkpoint's config, the artifact's manifest, the Triton parameters):
+
+  - ``head`` (the default): the first ``max_length - 2`` wordpieces, the tokenizer's own truncation;
+  - ``head+tail``: the first ``budget // 4`` and the last ``budget - budget // 4`` wordpieces (``budget`` =
+    ``max_length`` less the special tokens: 127 + 383 at 512), joined. Sun et al. 2019, "How to Fine-Tune
+    BERT for Text Classification" (§5.3.1, "Dealing with long texts"), found head+tail (the first 128 and last
+    382 wordpieces) better than head-only on IMDB, where a review often states its verdict at the end. A
+    quarter of the budget for the head lets the rule scale with ``max_length``; at 512 it is one wordpiece off
+    their split. Wordpieces, not words: either cut may fall inside a word, as ``head``'s does.
+
+  Texts are first cut to :data:`MAX_TEXT_CHARS` characters, a bound on tokenizer work far beyond what
+  ``max_length`` wordpieces cover (``head+tail`` then keeps the tail of that prefix).
 * Sentence pairs (``pairs``: the second text of each row): ``[CLS] text [SEP] pair [SEP]`` with token types 0
   for ``[CLS] text [SEP]`` and 1 for ``pair [SEP]`` (the tokenizer's own template: all 0 for RoBERTa-style
-  tokenizers), cut by Hugging Face's default pair truncation, ``longest_first`` (:func:`pair_lengths`).
+  tokenizers), cut by Hugging Face's default pair truncation, ``longest_first`` (:func:`pair_lengths`): the
+  ``head`` rule of pairs. ``head+tail`` is for single texts; with pairs it is refused (ValueError).
 * ``empty``: the text (and its pair) holds no token (empty, whitespace, or only characters the tokenizer
   drops such as control characters); it is still encoded (``[CLS] [SEP]``) so that result N is text N.
 * Rows are padded to the longest, rounded up to ``pad_to_multiple_of`` and never past ``max_length``;
@@ -33,10 +45,48 @@ from typing import Sequence
 import numpy as np
 
 MAX_TEXT_CHARS = 1 << 20  # 1 Mi characters
+HEAD, HEAD_TAIL = "head", "head+tail"
+TRUNCATIONS = (HEAD, HEAD_TAIL)  # how an over-long text is cut (the module docstring's Rules)
 
 
 class TextInputError(ValueError):
     """A text that cannot be tokenized: not a string, not valid Unicode / UTF-8 (one line)."""
+
+
+def check_truncation(rule, pairs: bool = False) -> str:
+    """``rule`` if it is one of :data:`TRUNCATIONS` (and applies to sentence pairs where ``pairs``), else a
+    ValueError naming the rules."""
+    if rule not in TRUNCATIONS:
+        raise ValueError(f"unknown truncation rule {rule!r}: the rules are {', '.join(TRUNCATIONS)}")
+    if pairs and rule != HEAD:
+        raise ValueError(f"truncation {rule!r} cuts single texts; sentence pairs are cut by longest_first "
+                         f"(truncation {HEAD!r})")
+    return rule
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """How a model's inputs are cut to length: at most ``max_length`` wordpieces (special tokens included), an
+    over-long text cut by the rule ``truncation``. A model is trained, checked and served with one Cut
+    (``AdapLeRConfig.cut``, ``Manifest.cut``); the library's encoding functions take it where they took
+    ``max_length``."""
+    max_length: int
+    truncation: str = HEAD
+
+    def __post_init__(self):
+        check_truncation(self.truncation)
+
+    @classmethod
+    def of(cls, cut) -> "Cut":
+        """``cut`` as a Cut: a Cut, or a bare ``max_length`` (int), which is cut by ``head``."""
+        if isinstance(cut, cls):
+            return cut
+        if isinstance(cut, bool) or not isinstance(cut, (int, np.integer)):
+            raise TypeError(f"expected a Cut or a max_length (int), got {type(cut).__name__}")
+        return cls(int(cut))
+
+    def __str__(self) -> str:
+        return f"{self.max_length} wordpieces ({self.truncation})"
 
 
 @dataclasses.dataclass
@@ -140,13 +190,40 @@ def pair_lengths(first: int, second: int, budget: int) -> tuple:
     return (long, short) if first > second else (short, long)
 
 
-def encode_rows(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None) -> Rows:
-    """Tokenize ``texts`` (and their ``pairs``; all checked with :func:`check_text`) by the rules above, unpadded.
+def keep_ends(encoding, length: int, direction: str) -> None:
+    """Cut ``encoding`` (in place) to its first (``direction`` "right") or last ("left") ``length`` wordpieces.
+
+    In two steps, so that what the cut leaves in ``encoding.overflowing`` is one wordpiece rather than the rest
+    of the text in ``length``-sized pieces (``truncate`` replaces the overflowing parts each time):
+    ``Encoding.merge`` joins every overflowing piece of one part with every piece of the other, and
+    ``post_process`` processes them all, which costs ten times the tokenization of a long review."""
+    encoding.truncate(length + 1, direction=direction)
+    encoding.truncate(length, direction=direction)
+
+
+def head_and_tail(encoding, budget: int):
+    """``encoding`` (content wordpieces only, more than ``budget``) cut by ``head+tail``: its first
+    ``budget // 4`` and last ``budget - budget // 4`` wordpieces, ids, tokens and offsets alike."""
+    from tokenizers import Encoding
+
+    head = budget // 4
+    tail = Encoding.merge([encoding], growing_offsets=False)  # a copy
+    keep_ends(encoding, head, "right")
+    keep_ends(tail, budget - head, "left")
+    return Encoding.merge([encoding, tail], growing_offsets=False)  # offsets stay those of the text
+
+
+def encode_rows(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequence[str] | None = None,
+                truncation: str = HEAD) -> Rows:
+    """Tokenize ``texts`` (and their ``pairs``; all checked with :func:`check_text`) by the rules above, unpadded;
+    an over-long text is cut by the rule ``truncation`` (:data:`TRUNCATIONS`; a ValueError for another name,
+    or for ``head+tail`` with pairs).
 
     One tokenizer pass per text, on the Rust tokenizer itself: content tokens, then the tokenizer's own
-    truncation (``Encoding.truncate``, by :func:`pair_lengths` for pairs) and special tokens
-    (``post_process``), which is what a truncating ``tokenizer(texts, pairs, ...)`` call does, except that it
-    also tells which rows were cut."""
+    truncation (``Encoding.truncate``, by :func:`pair_lengths` for pairs; :func:`head_and_tail` for
+    ``head+tail``) and special tokens (``post_process``), which is what a truncating
+    ``tokenizer(texts, pairs, ...)`` call does for ``head``, except that it also tells which rows were cut."""
+    check_truncation(truncation, pairs is not None)
     texts = [check_text(text, i) for i, text in enumerate(texts)]
     if not texts:
         raise TextInputError("encode() needs at least one text")
@@ -173,8 +250,11 @@ def encode_rows(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequenc
         keep = (min(lengths[0], budget),) if second is None else pair_lengths(*lengths, budget)
         rows.empty.append(sum(lengths) == 0)
         rows.truncated.append(keep != lengths)
-        for encoding, length in zip((first, second), keep):
-            encoding.truncate(length)
+        if truncation == HEAD_TAIL and keep != lengths:
+            first = head_and_tail(first, budget)
+        else:
+            for encoding, length in zip((first, second), keep):
+                encoding.truncate(length)
         row = backend.post_process(first, second, True)
         rows.ids.append(row.ids)
         rows.tokens.append(list(row.tokens))
@@ -184,10 +264,10 @@ def encode_rows(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequenc
 
 
 def encode(tokenizer, texts: Sequence[str], max_length: int, pad_to_multiple_of: int = 1,
-           pairs: Sequence[str] | None = None) -> Encoded:
+           pairs: Sequence[str] | None = None, truncation: str = HEAD) -> Encoded:
     """:func:`encode_rows`, padded: int32 arrays of the longest row, rounded up to ``pad_to_multiple_of`` and
     never past ``max_length``."""
-    rows = encode_rows(tokenizer, texts, max_length, pairs)
+    rows = encode_rows(tokenizer, texts, max_length, pairs, truncation)
     longest = max(len(ids) for ids in rows.ids)
     multiple = max(1, int(pad_to_multiple_of))
     seq = min(-(-longest // multiple) * multiple, max(max_length, longest))

@@ -42,9 +42,10 @@ def main(argv=None) -> int:
     import torch
 
     from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-    from adapler_export.data import load_task, task_max_length
+    from adapler_export.data import load_task, task_max_length, task_truncation
     from adapler_export.evaluation import evaluate_adaptive
     from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
+    from adapler_export.serving.tokenization import TRUNCATIONS, Cut
     from adapler_export.storage import resolve_output_dir
     from training.pipeline import data_record
     from training.stage3_adapler import Stage3Config, select_epoch
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--task", required=True)
     ap.add_argument("--output", required=True)
     ap.add_argument("--epochs-planned", type=int, default=Stage3Config().epochs)
+    ap.add_argument("--truncation", choices=TRUNCATIONS, help="the run's truncation rule (default: the task's)")
     a = ap.parse_args(argv)
 
     progress = json.loads(a.progress.read_text())
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
     if selected["epoch"] != record["epoch"]:
         raise SystemExit(f"the weights are epoch {record['epoch'] + 1}'s; the selection rule picks epoch "
                          f"{selected['epoch'] + 1}")
-    max_length = task_max_length(a.task)
-    final = evaluate_adaptive(model, tokenizer, data["dev"].texts, data["dev"].labels, max_length)
+    cut = Cut(task_max_length(a.task), a.truncation or task_truncation(a.task))  # what the run trained with
+    final = evaluate_adaptive(model, tokenizer, data["dev"].texts, data["dev"].labels, cut)
     print(f"dev accuracy {final.accuracy:.4f} (stage 1 {stage1['dev_accuracy']:.4f}), FLOPs speedup "
           f"{final.flops_speedup:.2f}x, kept per layer {[round(k, 1) for k in final.kept_per_layer]}")
     stopped = (f"stage 3 stopped after {len(progress['history'])} of {a.epochs_planned} epochs (the lent GPU's "
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
                "fp16, by docs/results/gpu/assemble_checkpoint.py")
     config = AdapLeRConfig(
         backbone=DEFAULT_BACKBONE, num_layers=model.num_layers, hidden_size=model.config.hidden_size,
-        labels=data.labels, max_length=max_length, task=a.task, lambda_final=selected["lambda"],
+        labels=data.labels, max_length=cut.max_length, truncation=cut.truncation, task=a.task,
+        lambda_final=selected["lambda"],
         data=data_record(data, len(data["train"])),
         training={"config": "official recipe (every option at its default) on one NVIDIA H100", "note": stopped,
                   "stage1": stage1,

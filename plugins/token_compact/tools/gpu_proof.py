@@ -548,7 +548,7 @@ def end_to_end(checks: Checks, ckpt: str, link_fn, device, samples: int, label: 
     rows = []
     for precision in ("fp32", "fp16"):  # a copy on the device: the reference stays on the CPU
         candidate = PyTorchSegmentsBackend(copy.deepcopy(loaded.model), precision, device, link=link_fn)
-        report = compare_backends(reference, candidate, loaded.tokenizer, texts, loaded.config.max_length, precision,
+        report = compare_backends(reference, candidate, loaded.tokenizer, texts, loaded.config.cut, precision,
                                   pairs=pairs)
         line = (f"[e2e {label}] {precision}: {report.examples} dev sentences, max |dlogit| "
                 f"{report.max_abs_logit_diff:.3g}, label agreement {report.label_agreement:.4f}, "
