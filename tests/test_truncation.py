@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from adapler_export.serving import tokenization
 from adapler_export.serving.tokenization import HEAD, HEAD_TAIL, TRUNCATIONS, Cut, encode, encode_rows
 
+REPO = Path(__file__).resolve().parents[1]
 TAIL_MARK = "zebra"  # a whole word in MiniLM's vocabulary, only at the end of the long text
 
 
@@ -513,3 +515,31 @@ def test_calibration_and_quantization_encode_by_the_rule(head_tail_artifact, tmp
         data_dir=str(SST2_DIR), calib_samples=8, samples=16, bench_samples=4, bench_repeats=1), log=lambda m: None)
     assert rules and set(rules) == {HEAD_TAIL}
     assert read_manifest(result.path).cut == Cut(48, HEAD_TAIL)
+
+
+def test_truncation_rules_benchmark_measures_the_long_examples(tmp_path):
+    """benchmarks/truncation_rules.py evaluates both rules on exactly the dev examples longer than max_length,
+    and its whole-split difference is the difference in correct long examples."""
+    from tiny_models import TINY_MAX_LENGTH, make_tiny_checkpoint
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import truncation_rules
+
+    data = tmp_path / "imdb"
+    data.mkdir()
+    long_text = " ".join(["a good film"] * 30 + ["but dull in the end ."] * 10)
+    rows = [(long_text, 1), ("short and fine", 1), (long_text.replace("good", "bad"), 0), ("bad", 0),
+            (" ".join(["it was great ."] * 40), 1)]
+    for split in ("train", "dev"):
+        (data / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows),
+                                           encoding="utf-8")
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", task="imdb")
+    output = tmp_path / "out" / "rules"
+    assert truncation_rules.main(["--ckpt", str(checkpoint), "--data-dir", str(data), "--output", str(output)]) == 0
+    result = json.loads(output.with_suffix(".json").read_text())
+    assert (result["dev_examples"], result["long_examples"], result["max_length"]) == (5, 3, TINY_MAX_LENGTH)
+    assert set(result["rules"]) == set(TRUNCATIONS)
+    for name in ("adaptive", "full"):
+        gained = result["rules"][HEAD_TAIL][f"{name}_correct_long"] - result["rules"][HEAD][f"{name}_correct_long"]
+        assert result["head_tail_vs_head"][f"{name}_correct_gained"] == gained
+        assert result["head_tail_vs_head"][f"{name}_points_whole_dev"] == round(100 * gained / 5, 3)
