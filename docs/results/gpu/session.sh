@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lent-GPU session, in two device calls on one warm machine; prepared and smoke-tested on the CPU
 # (GPU_SMOKE=1 runs the same steps at toy sizes on any machine).
-#   PHASE=train  the official training recipe on IMDB, then SST-2 (TASKS, TRAIN_S each);
+#   PHASE=train  the official training recipe on IMDB, then SST-2 (TASKS, TRAIN_S each; TRAIN_ARGS: more
+#                `train` options, e.g. "--truncation head+tail");
 #                each checkpoint packed for the trip back (fp16 weights, docs/results/gpu/transfer.py),
 #                unpacked and evaluated on the machine: the numbers are those of the weights that come
 #                back. The IMDB checkpoint comes back with this call (a call brings back 64 MiB at most).
@@ -57,7 +58,7 @@ if [ "$PHASE" = train ]; then
   for task in ${TASKS:-imdb sst2}; do
     extra=$SIZES; [ $task = imdb ] && extra="$SIZES $IMDB_LEN"
     timeout "$TRAIN_S" $PY -m adapler_export train --task $task --output $task-gpu \
-      --selection-fallback most-accurate $extra > "$LOGS/train-$task.log" 2>&1
+      --selection-fallback most-accurate $extra ${TRAIN_ARGS:-} > "$LOGS/train-$task.log" 2>&1
     say "train $task rc $?: $(tail -1 "$LOGS/train-$task.log")"
   done
   for task in sst2 imdb; do
