@@ -36,6 +36,8 @@ def rows_for(task: str, model: str, config: dict, bench: dict | None, stage1_acc
             "accuracy_drop_points": round(100 * (stage1_accuracy - metrics["accuracy"]), 2),
             "flops_speedup": metrics["flops_speedup"], "kept_per_layer": metrics["kept_per_layer"],
             "eta": config.get("eta"), "dev_examples": metrics["examples"]}
+    if metrics.get("f1") is not None:  # tasks whose papers report F1 (MRPC) beside accuracy
+        base["f1"] = metrics["f1"]
     if bench is None:
         return [{**base, "backend": None, "batch": None, "wallclock_speedup": None}]
     rows = []
@@ -58,10 +60,12 @@ def main(argv=None) -> int:
     ap.add_argument("--output", required=True, help="path without suffix")
     a = ap.parse_args(argv)
 
-    stage1_accuracy = checkpoint_metrics(a.stage1_from)["metrics"]["stage1_dev_accuracy"]
+    stage1 = checkpoint_metrics(a.stage1_from)["metrics"]
+    stage1_accuracy = stage1["stage1_dev_accuracy"]
     rows = [{"task": a.task, "model": "stage1", "accuracy": stage1_accuracy, "accuracy_drop_points": 0.0,
              "flops_speedup": 1.0, "kept_per_layer": None, "backend": None, "batch": None,
-             "wallclock_speedup": 1.0, "note": "the fine-tuned backbone, no token removal (the speed baseline)"}]
+             "wallclock_speedup": 1.0, "note": "the fine-tuned backbone, no token removal (the speed baseline)",
+             **({"f1": stage1["stage1_dev_f1"]} if stage1.get("stage1_dev_f1") is not None else {})}]
     memory = {}
     for spec in a.model:
         name, _, rest = spec.partition("=")
@@ -82,7 +86,8 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
         wall = "-" if r.get("wallclock_speedup") is None else f"{r['wallclock_speedup']:.2f}x"
-        print(f"{r['model']:<20} acc {r['accuracy']:.4f} drop {r['accuracy_drop_points']:+.2f} pt  FLOPs "
+        f1 = f" F1 {r['f1']:.3f}" if r.get("f1") is not None else ""
+        print(f"{r['model']:<20} acc {r['accuracy']:.4f}{f1} drop {r['accuracy_drop_points']:+.2f} pt  FLOPs "
               f"{r['flops_speedup']:.2f}x  threads {r.get('threads', '-')}  B={r['batch']}  wall {wall}"
               + (f" ({r['wallclock_to_flops']:.2f} of FLOPs)" if r.get("wallclock_to_flops") else ""))
     print(f"written {out}")
