@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import AdaplerError
+from .serving.tokenization import HEAD, HEAD_TAIL
 from .storage import atomic_file, write_text_atomic
 
 CONTINUATION = "##"  # a WordPiece that continues the previous one (BERT-family tokenizers)
@@ -94,7 +95,7 @@ class Explanation:
     kept_per_layer: tuple  # tokens read by layer 1..L
     truncated: bool
     empty_input: bool
-    truncation: str = "head"  # how an over-long text was cut (the artifact's rule, tokenization.TRUNCATIONS)
+    truncation: str = HEAD  # how an over-long text was cut (the artifact's rule, tokenization.TRUNCATIONS)
 
     @property
     def markers(self) -> list:
@@ -103,7 +104,7 @@ class Explanation:
     def notes(self) -> list:
         """What a reader must know to read the shading right (every view states these)."""
         notes = []
-        if self.truncated and self.truncation == "head+tail":
+        if self.truncated and self.truncation == HEAD_TAIL:
             notes.append(f"Truncated: the model reads at most {self.max_length} wordpieces (markers included), "
                          f"the beginning and the end of the text (head+tail); the middle was not read and is not "
                          f"shown.")
@@ -119,7 +120,7 @@ class Explanation:
         return notes
 
 
-def explain(prediction, num_layers: int, max_length: int, truncation: str = "head") -> Explanation:
+def explain(prediction, num_layers: int, max_length: int, truncation: str = HEAD) -> Explanation:
     """The :class:`Explanation` of one prediction of ``TextClassifier.classify`` (``max_length`` and
     ``truncation``: the classifier's, how an over-long text was cut)."""
     depths = token_depths(prediction, num_layers)

@@ -61,7 +61,7 @@ def sst2_dev(data_dir: str | None = None):
     return load_dev("sst2", data_dir)
 
 
-def sst2_workload(tokenizer, dev, cut, limit: int | None = None, task: str = "sst2") -> Workload:
+def dev_workload(tokenizer, dev, cut, limit: int | None = None, task: str = "sst2") -> Workload:
     """The first `limit` examples of the dev split `dev` (`sst2_dev`, or another task's; sentence pairs with
     their token types), unpadded, with their labels, encoded by the library's one tokenisation rule
     (`serving.tokenization.encode_rows`: what the models were trained and are served with); `cut`: the
@@ -122,7 +122,7 @@ def workloads_from_names(names: str, tokenizer, data_dir: str | None, cut, max_p
     workloads = []
     for name in [n for n in names.split(",") if n]:
         if name == "sst2":
-            workloads.append(sst2_workload(tokenizer, sst2_dev(data_dir), cut, sst2_examples))
+            workloads.append(dev_workload(tokenizer, sst2_dev(data_dir), cut, sst2_examples))
         elif name == "long":
             max_len = min(long_max_length, max_positions)
             workloads.append(long_workload(tokenizer, sst2_dev(data_dir).texts, long_examples, min(LONG_MIN, max_len),
@@ -130,11 +130,11 @@ def workloads_from_names(names: str, tokenizer, data_dir: str | None, cut, max_p
         elif name == "imdb":  # real long documents: the first `long_examples` IMDB dev reviews
             from adapler_export.data import load_dev
 
-            workloads.append(sst2_workload(tokenizer, load_dev("imdb"), capped, long_examples, task="imdb"))
+            workloads.append(dev_workload(tokenizer, load_dev("imdb"), capped, long_examples, task="imdb"))
         elif name in PAIR_WORKLOADS:  # a GLUE sentence-pair task's dev split (a pair model's own task)
             from adapler_export.data import load_dev
 
-            workloads.append(sst2_workload(tokenizer, load_dev(name), capped, sst2_examples, task=name))
+            workloads.append(dev_workload(tokenizer, load_dev(name), capped, sst2_examples, task=name))
         else:
             raise SystemExit(f"unknown workload {name!r} (sst2, long, imdb, {', '.join(PAIR_WORKLOADS)})")
     return workloads

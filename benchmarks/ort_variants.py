@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     exports = common.export_models(ckpt, Path(args.work_dir) if args.work_dir else adapler_home() / "bench")
     dev = common.sst2_dev(args.data_dir)
     if args.workload == "sst2":
-        workload = common.sst2_workload(ckpt.tokenizer, dev, ckpt.config.cut, args.examples or 400)
+        workload = common.dev_workload(ckpt.tokenizer, dev, ckpt.config.cut, args.examples or 400)
     else:
         workload = common.long_workload(ckpt.tokenizer, dev.texts, args.examples or 32)
     batches = common.make_batches(workload, args.batch, common.pad_id(ckpt.tokenizer))
