@@ -51,9 +51,9 @@ class ContributionPredictor(nn.Module):
 
 
 def with_cls_live(mask: torch.Tensor) -> torch.Tensor:
-    """The mask with slot 0 ([CLS]) forced to 1, as a float tensor."""
-    mask = mask.to(torch.float32)
-    return torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
+    """The mask with slot 0 ([CLS]) forced to 1, as a float tensor (a pad, not a concatenation with ones:
+    two ONNX nodes instead of six, in every segment)."""
+    return nn.functional.pad(mask.to(torch.float32)[:, 1:], (1, 0), value=1.0)
 
 
 def cp_distribution(cp_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def cp_distribution(cp_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     """
     weights = with_cls_live(mask)
     logits = cp_logits.to(torch.float32)
-    logits = torch.where(weights > 0, logits, torch.full_like(logits, ATTENTION_MASK_VALUE))
+    logits = torch.where(weights > 0, logits, ATTENTION_MASK_VALUE)
     exp = torch.exp(logits - logits.amax(dim=-1, keepdim=True)) * weights
     return exp / exp.sum(dim=-1, keepdim=True)
 
@@ -104,10 +104,37 @@ def scale_cls(distribution: torch.Tensor, weight) -> torch.Tensor:
 
 
 def attention_bias_from_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive key bias [B,1,1,S]: log(mask) for soft masks, 0 / -10000 for hard ones."""
-    mask = mask.to(torch.float32)
-    bias = torch.where(mask > 0, torch.log(mask.clamp_min(1e-30)), torch.full_like(mask, ATTENTION_MASK_VALUE))
+    """Additive key bias [B,1,1,S]: log(mask) for soft (floating) masks, 0 / -10000 for hard ones.
+
+    An integer mask is hard (the inference forward, the segments, the full model): its bias is written
+    without the log, (mask - 1) * 10000, the same values in three nodes instead of ten per segment.
+    """
+    if not mask.is_floating_point():
+        return ((mask[:, None, None, :].to(torch.float32) - 1.0) * -ATTENTION_MASK_VALUE).to(dtype)
+    bias = torch.where(mask > 0, torch.log(mask.clamp_min(1e-30)), ATTENTION_MASK_VALUE)
     return bias.clamp_min(ATTENTION_MASK_VALUE).to(dtype)[:, None, None, :]
+
+
+class _ReshapeTail(torch.autograd.Function):
+    """`x` [B, S, ...] reshaped to [B, S, *tail]; exported as ONE Reshape node whose target shape
+    [0, -1, *tail] copies B (ONNX's 0) and infers S, instead of the Shape/Gather/Unsqueeze/Concat chain
+    that `view(batch, seq, ...)` traces to: ten nodes less per layer, each a fixed cost at batch 1.
+    (Not [0, 0, *tail]: the TorchScript exporter's shape inference asserts on a 0 without a -1.)"""
+
+    @staticmethod
+    def forward(ctx, x, tail):
+        return x.reshape(*x.shape[:2], *tail)
+
+    @staticmethod
+    def symbolic(g, x, tail):
+        return g.op("Reshape", x, g.op("Constant", value_t=torch.tensor([0, -1, *tail], dtype=torch.int64)))
+
+
+def reshape_tail(x: torch.Tensor, *tail: int) -> torch.Tensor:
+    """x.reshape(B, S, *tail); in ONNX export, one Reshape with a constant shape (`_ReshapeTail`)."""
+    if torch.onnx.is_in_onnx_export():
+        return _ReshapeTail.apply(x, tail)
+    return x.reshape(*x.shape[:2], *tail)
 
 
 class LayerParts(NamedTuple):
@@ -196,16 +223,15 @@ def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor, la
     hidden dropout follows the module's train/eval mode.
     """
     part = layout.parts(layer)
-    batch, seq, _ = hidden.shape
     heads, head_dim = part.heads, part.head_size
 
     def split(x):
-        return x.view(batch, seq, heads, head_dim).transpose(1, 2)
+        return reshape_tail(x, heads, head_dim).transpose(1, 2)
 
     query, key, value = split(part.query(hidden)), split(part.key(hidden)), split(part.value(hidden))
     logits = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + bias
     probs = torch.softmax(logits.float(), dim=-1).to(value.dtype)
-    context = torch.matmul(probs, value).transpose(1, 2).reshape(batch, seq, heads * head_dim)
+    context = reshape_tail(torch.matmul(probs, value).transpose(1, 2), heads * head_dim)
     hidden = part.attention_norm(part.attention_dropout(part.attention_dense(context)) + hidden)
     inter = part.activation(part.ffn_in(hidden))
     return part.output_norm(part.ffn_dropout(part.ffn_out(inter)) + hidden)

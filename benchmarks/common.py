@@ -217,7 +217,7 @@ def export_models(ckpt, work_dir: Path, log=print) -> dict:
 
     model = ckpt.model
     stamp = {"digest": checkpoint_digest(ckpt.path), "torch": torch.__version__, "onnx": onnx.__version__,
-             "onnxruntime": onnxruntime.__version__, "format": 1}
+             "onnxruntime": onnxruntime.__version__, "format": 2}
     work_dir = Path(work_dir) / stamp["digest"]
     stamp_path = work_dir / "stamp.json"
     specs = fp32_specs(model)

@@ -5,7 +5,7 @@ import torch
 from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, load_checkpoint, save_checkpoint
 from adapler_export.flops import flops_speedup, layer_flops
 from adapler_export.link import keep_mask_torch
-from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, cp_distribution
+from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution
 
 from conftest import tiny_model
 
@@ -35,6 +35,37 @@ def test_cp_distribution_is_masked_softmax_with_cls_forced_live():
     want = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), -1)
     torch.testing.assert_close(s[0, :3], want)
     assert s[0, 3].item() == 0.0
+
+
+def test_hard_mask_bias_equals_the_soft_rule_on_zero_one_masks():
+    """An integer mask takes the short formula (no log): exactly the soft rule's values on 0 / 1."""
+    mask = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0]], dtype=torch.int32)
+    for dtype in (torch.float32, torch.float16):
+        hard, soft = attention_bias_from_mask(mask, dtype), attention_bias_from_mask(mask.float(), dtype)
+        assert hard.shape == soft.shape == (2, 1, 1, 5) and hard.dtype == soft.dtype == dtype
+        assert torch.equal(hard, soft) and set(hard.unique().tolist()) == {0.0, -10000.0}
+
+
+def test_exported_layer_segment_computes_no_shapes_and_no_log(tmp_path):
+    """The ONNX of one layer segment: heads split by one Reshape with a constant [0, -1, heads, size] (no
+    Shape/Gather/Concat chain) and the hard-mask bias without Log: per-node costs dominate at batch 1."""
+    import onnx
+
+    from adapler_export.segments import export_segments
+
+    model = tiny_model(seed=2, layers=2)
+    export_segments(model, tmp_path, "fp32")
+    nodes = onnx.load(str(tmp_path / "segment_01.onnx")).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("MatMul") >= 6
+    for op in ("Shape", "Gather", "Log"):
+        assert op not in ops, f"segment_01.onnx computes {op}: {sorted(set(ops))}"
+    constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t).tolist() for n in nodes
+                 if n.op_type == "Constant" and n.attribute[0].name == "value"}
+    head_reshapes = [constants.get(n.input[1]) for n in nodes if n.op_type == "Reshape"
+                     and constants.get(n.input[1], [None])[:2] == [0, -1]]
+    heads, size = model.config.num_attention_heads, model.config.hidden_size
+    assert head_reshapes == [[0, -1, heads, size // heads]] * 3 + [[0, -1, size]]  # q, k, v split; merge
 
 
 def test_hard_removal_drops_tokens_and_reports_positions():
