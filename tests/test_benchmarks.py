@@ -179,3 +179,19 @@ def test_ort_variants_agree_bit_for_bit(bench_ckpt, exports, tmp_path):
     variants = json.loads(out.read_text())["variants"]
     assert set(variants) == {"reference", "fast-link", "fast-link+raw", "full", "threads=1", "full threads=1"}
     assert all(v["ms_per_example"] > 0 for v in variants.values())
+
+
+def test_graph_pairs_times_graphs_against_each_other(bench_ckpt, exports, tmp_path):
+    """graph_pairs.py: whole-model graphs (here full.onnx under two names) on the same batches; a ratio
+    names two --graph names; an unknown name is one line of error (exit 2)."""
+    full = exports["full"]
+    out = tmp_path / "pairs.json"
+    cmd = [sys.executable, str(BENCH / "graph_pairs.py"), "--ckpt", str(bench_ckpt), "--graph", f"a={full}",
+           "--graph", f"b={full}", "--ratio", "a/b", "--threads", "1", "--examples", "6", "--repeats", "2",
+           "--warmup", "1", "--data-dir", str(sst2_dir()), "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["examples"] == 6 and set(row["ms_per_example"]) == {"a", "b"} and row["ratios"]["a/b"] > 0
+    bad = subprocess.run(cmd[:-2] + ["--ratio", "a/c"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--ratio a/c: both must be --graph names" in bad.stderr
