@@ -200,7 +200,8 @@ def onnxruntime_chain(model, segment_paths: list, threads: int | None):
 
 
 def full_graph_inputs(session) -> list:
-    """The input names of a full.onnx session, read off the graph: (input_ids, attention_mask) in export order."""
+    """The input names of a whole-model graph session (full.onnx, model.onnx), read off the graph: (input_ids,
+    attention_mask[, token_type_ids]) in export order."""
     return [i.name for i in session.get_inputs()]
 
 

@@ -71,16 +71,16 @@ def open_runner(path: Path, threads: int):
     from adapler_export.backends.onnxruntime import session_options
 
     session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    names = common.full_graph_inputs(session)
     return lambda *inputs: session.run(None, dict(zip(names, inputs)))
 
 
 def main(argv=None) -> int:
-    from adapler_export.checkpoint import load_checkpoint, resolve_checkpoint
+    from adapler_export.checkpoint import load_checkpoint
     from adapler_export.data import load_dev
 
     args = parse_args(argv)
-    ckpt = load_checkpoint(resolve_checkpoint(args.ckpt))
+    ckpt = load_checkpoint(args.ckpt)  # a name under $ADAPLER_HOME/checkpoints or a path
     task = ckpt.config.task
     workload = common.dev_workload(ckpt.tokenizer, load_dev(task, args.data_dir), ckpt.config.cut, args.examples, task)
     batches = common.make_batches(workload, args.batch, common.pad_id(ckpt.tokenizer))
