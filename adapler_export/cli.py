@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "last three quarters of the wordpieces, Sun et al. 2019; single texts only); default: the "
                         "task's (head for every task); recorded in the checkpoint and its artifacts")
     p.add_argument("--batch-size", type=int, help="both trained stages (official 32)")
+    p.add_argument("--grad-accumulation", type=int,
+                   help="batches averaged per optimiser step, both trained stages (default 1): the effective batch "
+                        "is batch size x this, e.g. the official 32 as --batch-size 8 --grad-accumulation 4 with "
+                        "a quarter of the activation memory (512-wordpiece documents)")
     p.add_argument("--epochs-stage1", type=int, help="fine-tuning epochs (official 5)")
     p.add_argument("--lr-stage1", type=float, help="fine-tuning learning rate (official 2e-5)")
     p.add_argument("--saliency-epochs", type=int,

@@ -195,3 +195,18 @@ def test_graph_pairs_times_graphs_against_each_other(bench_ckpt, exports, tmp_pa
     assert row["examples"] == 6 and set(row["ms_per_example"]) == {"a", "b"} and row["ratios"]["a/b"] > 0
     bad = subprocess.run(cmd[:-2] + ["--ratio", "a/c"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--ratio a/c: both must be --graph names" in bad.stderr
+
+
+def test_accumulation_memory_measures_each_configuration_in_its_own_process(tmp_path):
+    """accumulation_memory.py: one row per (stage, BxN) from the real stage code, every configuration stepping
+    on the same number of examples; a malformed configuration is one line of error (exit 2)."""
+    out = tmp_path / "memory"
+    cmd = [sys.executable, str(BENCH / "accumulation_memory.py"), "--task", "sst2", "--data-dir", str(sst2_dir()),
+           "--examples", "4", "--configs", "4x1,2x2", "--stages", "3", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(r["stage"], r["batch"], r["accumulation"]) for r in rows] == [(3, 4, 1), (3, 2, 2)]
+    assert all(r["examples_per_step"] == 4 and r["peak_mb"] >= r["resident_before_mb"] > 0 for r in rows)
+    bad = subprocess.run(cmd[:-2] + ["--configs", "8by4"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'8by4' is not BATCHxACCUMULATION" in bad.stderr

@@ -1,5 +1,5 @@
 """Stage 3 as the method defines it (issue 11): gradient routing, the length term, the mask update, the
-lambda schedule, the selection rule, saliency averaging and length-grouped batches. Tiny random BERT models
+lambda schedule, the selection rule, saliency averaging, length-grouped batches and gradient accumulation. Tiny random BERT models
 (tests/tiny_models.py): seconds, no download."""
 import math
 
@@ -11,6 +11,7 @@ from adapler_export.data import Split, TaskData
 from adapler_export.errors import AdaplerError
 from adapler_export.modeling_adapler import soft_mask_update, soft_removal_exponent, with_cls_live
 from tiny_models import LABELS, make_tiny_tokenizer, tiny_model
+from training.common import accumulation_groups, work_settings
 from training.data import length_grouped_batches
 from training.stage1_finetune import Stage1Config, best_epochs, run_stage1
 from training.pipeline import TrainConfig, apply_setting
@@ -207,6 +208,36 @@ def test_length_grouped_batches_partition_the_data_with_little_padding():
     assert len(set(first_lengths)) > 1, "batch order is shuffled, not sorted by length"
 
 
+# ----- gradient accumulation -------------------------------------------------------------------------------
+def test_accumulation_groups_draw_capped_batches_in_steps():
+    assert [len(g) for g in accumulation_groups(range(7), 3)] == [3, 3, 1]
+    assert [g for g in accumulation_groups(range(7), 2, batches=5)] == [[0, 1], [2, 3], [4]]
+    assert [g for g in accumulation_groups(range(3), 1)] == [[0], [1], [2]]
+
+
+def test_two_half_batches_leave_the_gradient_of_the_whole_batch():
+    """Both of stage 3's gradient computations add up over an accumulated step: two halves at scale 1/2 give
+    every trained parameter (theta's proxy gradient included) the gradient of the whole batch."""
+    batch = tiny_batch(batch=8)
+    whole, halves = opinionated_model(), opinionated_model()
+    compute_gradients(whole, batch, LAMBDA, Stage3Config())
+    for rows in (slice(0, 4), slice(4, 8)):
+        compute_gradients(halves, {k: v[rows] for k, v in batch.items()}, LAMBDA, Stage3Config(), scale=0.5)
+    expected = {n: p.grad for n, p in whole.named_parameters() if p.grad is not None}
+    got = {n: p.grad for n, p in halves.named_parameters() if p.grad is not None}
+    assert expected.keys() == got.keys() and {"eta", "theta"} <= got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_accumulation_is_in_the_work_key_only_when_it_changes_the_steps():
+    """Work directories written before the option existed (no accumulation) keep their keys and resume."""
+    assert work_settings(vars(Stage3Config())) == work_settings({**vars(Stage3Config()), "grad_accumulation": 1})
+    assert "grad_accumulation" not in Stage3Config().work_key()
+    assert Stage3Config(grad_accumulation=2).work_key()["grad_accumulation"] == 2
+    assert TrainConfig().stage_keys() != TrainConfig(stage1=Stage1Config(grad_accumulation=2)).stage_keys()
+
+
 # ----- the stages glued together on a tiny model -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
@@ -238,6 +269,16 @@ def test_stage2_averages_the_saliencies_of_the_best_stage1_epochs(tiny_task, tmp
     assert not np.allclose(per_epoch[0][0], per_epoch[1][0]), "the epochs' saliencies differ"
 
 
+def test_saliencies_do_not_depend_on_the_batch_they_are_computed_in(tiny_task):
+    """Stage 2 runs at the training batch size (memory at 512 wordpieces): every example's vector is its own."""
+    tokenizer, data = tiny_task
+    model = tiny_model(vocab_size=len(tokenizer), layers=2)
+    small = compute_saliencies(model, tokenizer, data["train"], 32, batch_size=4, show=False)
+    large = compute_saliencies(model, tokenizer, data["train"], 32, batch_size=64, show=False)
+    for a, b in zip(small, large):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_stage3_with_nothing_selectable_says_so_and_a_fallback_reuses_the_epochs(tiny_task, tmp_path):
     tokenizer, data = tiny_task
     model = tiny_model(vocab_size=len(tokenizer), layers=2, cp_gain=1.0)
@@ -256,3 +297,37 @@ def test_stage3_with_nothing_selectable_says_so_and_a_fallback_reuses_the_epochs
     assert "fallback" in result["selection"] and len(result["history"]) == 2
     assert all(h["steps"] == 3 for h in result["history"])  # 48 examples in batches of 16
     assert not (tmp_path / "last").exists()
+
+
+def without_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_batches_of_8_accumulated_twice_train_what_batches_of_16_train(stage, tiny_task, tmp_path):
+    """One optimiser step per accumulated group, with the group's mean gradient: with the same example order
+    (plain random batches, no dropout) batch 8 x 2 ends with the weights (eta and theta too) of batch 16."""
+    tokenizer, data = tiny_task
+    trained = []
+    for batch_size, accumulation in ((16, 1), (8, 2)):
+        model = without_dropout(tiny_model(vocab_size=len(tokenizer), layers=2, cp_gain=1.0))
+        work = tmp_path / f"b{batch_size}"
+        options = dict(epochs=2, batch_size=batch_size, grad_accumulation=accumulation, max_length=32,
+                       length_grouped=False)
+        if stage == 1:
+            result = run_stage1(model, tokenizer, data, Stage1Config(lr=1e-3, **options), work, log=lambda m: None)
+            assert len(result["history"]) == 2
+        else:
+            saliencies = compute_saliencies(model, tokenizer, data["train"], 32, show=False)
+            result = run_stage3(model, tokenizer, data, saliencies, Stage3Config(selection_fallback="most-accurate",
+                                **options), work, finetuned_accuracy=0.0, log=lambda m: None)
+            assert [h["steps"] for h in result["history"]] == [3, 3]  # 48 examples, 16 per step either way
+        trained.append(model.state_dict())
+    assert trained[0].keys() == trained[1].keys()
+    moved = tiny_model(vocab_size=len(tokenizer), layers=2, cp_gain=1.0).state_dict()
+    assert any(not torch.allclose(trained[0][k].float(), moved[k].float()) for k in moved), "training moved weights"
+    for name in trained[0]:
+        torch.testing.assert_close(trained[1][name], trained[0][name], rtol=1e-4, atol=1e-5, msg=name)

@@ -12,11 +12,39 @@ import torch
 from adapler_export.serving.tokenization import HEAD
 
 
+# Settings added after work directories existed, with the values every earlier run had: a setting at one of
+# these values stays out of the work-directory key, so earlier runs keep their directories and resume.
+KEY_NEUTRAL_VALUES = {"truncation": (None, HEAD), "grad_accumulation": (1,)}
+
+
 def work_settings(settings: dict) -> dict:
-    """A stage config's settings (a dict) as its work-directory key takes them: without `truncation` where it is
-    "head", so that runs started before the truncation rule existed (all "head") keep their work directories
-    and resume; "head+tail" is part of the key (other inputs, other models)."""
-    return {k: v for k, v in settings.items() if not (k == "truncation" and v in (None, HEAD))}
+    """A stage config's settings (a dict) as its work-directory key takes them: without the settings at their
+    key-neutral values (truncation "head", no gradient accumulation); "head+tail" or accumulating batches
+    are part of the key (other inputs or other steps, other models)."""
+    return {k: v for k, v in settings.items() if not (k in KEY_NEUTRAL_VALUES and v in KEY_NEUTRAL_VALUES[k])}
+
+
+def accumulation_groups(loader, accumulation: int, batches: int | None = None):
+    """The loader's batches in groups of `accumulation`, one group per optimiser step (the last group of an
+    epoch may be shorter); `batches` caps how many batches are drawn. A step averages its group's gradients:
+    each batch's loss is scaled by 1 / len(group), so N batches of B rows step as one batch of N*B rows
+    (exactly, up to rounding, when the batches are the same size)."""
+    group, drawn = [], 0
+    for batch in loader:
+        if batches is not None and drawn >= batches:
+            break
+        group.append(batch)
+        drawn += 1
+        if len(group) == accumulation:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def optimizer_steps(batches: int, accumulation: int) -> int:
+    """Optimiser steps for `batches` batches, `accumulation` batches per step."""
+    return -(-batches // accumulation)
 
 
 def seed_everything(seed: int) -> None:

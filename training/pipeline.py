@@ -105,6 +105,7 @@ OPTION_FIELDS = {
 # Options that set several fields: name -> (the stages, the fields the value fills, in order).
 MULTI_FIELD_OPTIONS = {"batch_size": (("stage1", "stage3"), ("batch_size",)),
                        "length_grouped": (("stage1", "stage3"), ("length_grouped",)),
+                       "grad_accumulation": (("stage1", "stage3"), ("grad_accumulation",)),
                        "lambda_schedule": (("stage3",), ("lambda_base", "lambda_mult"))}
 
 
@@ -144,6 +145,7 @@ def check_config(cfg: TrainConfig) -> None:
         except ValueError as exc:
             raise AdaplerError(f"task {cfg.task}: {exc}") from None
     for name, value in (("max length", cfg.max_length), ("batch size", cfg.stage1.batch_size),
+                        ("gradient accumulation", cfg.stage1.grad_accumulation),
                         ("stage-1 epochs", cfg.stage1.epochs), ("stage-3 epochs", cfg.stage3.epochs),
                         ("saliency epochs", cfg.stage1.keep_best_epochs)):
         if value is not None and value < 1:
@@ -201,7 +203,7 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     stage1_dir = work_dir / f"stage1-{key1}"
     checkpoints = {epoch: epoch_model_path(stage1_dir, epoch) for epoch in stage1["best_epochs"]}
     saliencies = run_stage2(model, tokenizer, stage3_data, cut, checkpoints,
-                            work_dir / f"stage2-{key1}{subset}", log=log)
+                            work_dir / f"stage2-{key1}{subset}", log=log, batch_size=cfg.stage1.batch_size)
     if cfg.stage3_init == "pretrained":
         seed_everything(cfg.seed)  # the same fresh classifier head on every run
         pretrained, _ = load_backbone(cfg.backbone, len(data.labels), id2label)

@@ -17,8 +17,8 @@ from adapler_export.evaluation import F1, evaluate_full_scores, scores_text
 from adapler_export.progress import progress
 from adapler_export.serving.tokenization import HEAD, Cut
 
-from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
-                     save_model_state, write_json_atomic)
+from .common import (accumulation_groups, adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator,
+                     optimizer_steps, read_marker, save_model_state, write_json_atomic)
 from .data import EncodedDataset
 
 
@@ -36,6 +36,7 @@ class Stage1Config:
     seed: int = 42
     keep_best_epochs: int = 3  # the saliency targets average this many best epochs (official: 3)
     length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
+    grad_accumulation: int = 1  # batches per optimiser step (effective batch: batch_size * grad_accumulation)
 
     @property
     def cut(self) -> Cut:
@@ -61,7 +62,8 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
     accelerator = make_accelerator(cfg.seed)
     train = EncodedDataset(tokenizer, data["train"], cfg.cut)
     dev = data["dev"]
-    steps_per_epoch = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
+    steps_per_epoch = optimizer_steps(
+        len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped)), cfg.grad_accumulation)
     optimizer, scheduler = adamw_with_warmup(model.backbone.named_parameters(), cfg.lr, cfg.weight_decay,
                                              steps_per_epoch * cfg.epochs, cfg.warmup_ratio, cfg.adam_eps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -79,24 +81,26 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
         loader = accelerator.prepare_data_loader(
             train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, length_grouped=cfg.length_grouped))
         running = 0.0
-        bar = progress(loader, f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
-                       enabled=accelerator.is_local_main_process)
-        for step, batch in enumerate(bar):
-            logits = unwrapped.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        token_type_ids=batch.get("token_type_ids")).logits
-            loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+        bar = progress(accumulation_groups(loader, cfg.grad_accumulation), f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
+                       total=steps_per_epoch, enabled=accelerator.is_local_main_process)
+        for step, group in enumerate(bar):
             optimizer.zero_grad()
-            accelerator.backward(loss)
+            for batch in group:
+                logits = unwrapped.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                            token_type_ids=batch.get("token_type_ids")).logits
+                loss = torch.nn.functional.cross_entropy(logits, batch["labels"]) / len(group)
+                accelerator.backward(loss)
+                running += loss.detach()  # a tensor: no per-step wait for the GPU
             accelerator.clip_grad_norm_(unwrapped.backbone.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            running += loss.detach()  # a tensor: no per-step wait for the GPU
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{running / (step + 1):.4f}")
         scores = evaluate_full_scores(unwrapped, tokenizer, dev.texts, dev.labels, cfg.cut, pairs=dev.pairs,
                                       metrics=task_metrics(data.task))
         accuracy = scores["accuracy"]
-        history.append({"epoch": epoch, "train_loss": float(running) / max(1, len(loader)), "dev_accuracy": accuracy,
+        history.append({"epoch": epoch, "train_loss": float(running) / max(1, steps_per_epoch),
+                        "dev_accuracy": accuracy,
                         **({"dev_f1": scores[F1]} if F1 in scores else {})})
         log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
             f"{scores_text(accuracy, scores.get(F1))}")

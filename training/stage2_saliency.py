@@ -55,8 +55,11 @@ def load_saliencies(path: Path) -> list:
     return np.split(stored["values"], stored["offsets"][1:-1])
 
 
-def run_stage2(model, tokenizer, data, cut: Cut | int, checkpoints: dict, stage_dir: Path, log=print) -> list:
-    """Saliencies of `data["train"]` averaged over `checkpoints` ({stage-1 epoch: weights path}).
+def run_stage2(model, tokenizer, data, cut: Cut | int, checkpoints: dict, stage_dir: Path, log=print,
+               batch_size: int = 64) -> list:
+    """Saliencies of `data["train"]` averaged over `checkpoints` ({stage-1 epoch: weights path}), computed
+    `batch_size` examples at a time (the pipeline passes the training batch: a saliency is a forward and a
+    backward pass, so a larger batch than training's could need more memory than training did).
     The model is left with the weights of the last checkpoint it loaded (the caller reloads what it needs)."""
     path = stage_dir / "saliency.npz"
     marker = read_marker(stage_dir / "done.json")
@@ -70,7 +73,7 @@ def run_stage2(model, tokenizer, data, cut: Cut | int, checkpoints: dict, stage_
             per_epoch.append(load_saliencies(epoch_path))
             continue
         load_model_state(model, weights)
-        per_epoch.append(compute_saliencies(model, tokenizer, data["train"], cut))
+        per_epoch.append(compute_saliencies(model, tokenizer, data["train"], cut, batch_size=batch_size))
         save_saliencies(epoch_path, per_epoch[-1])
         log(f"stage 2: saliencies of stage-1 epoch {epoch} ({len(per_epoch)}/{len(checkpoints)})")
     saliencies = [np.mean(vectors, axis=0).astype(np.float32) for vectors in zip(*per_epoch)]

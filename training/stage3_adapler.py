@@ -33,8 +33,9 @@ from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
 from adapler_export.serving.tokenization import HEAD, Cut
 
-from .common import (adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator, read_marker,
-                     save_model_state, warmup_then_linear_decay, work_settings, write_json_atomic)
+from .common import (accumulation_groups, adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator,
+                     optimizer_steps, read_marker, save_model_state, warmup_then_linear_decay, work_settings,
+                     write_json_atomic)
 from .data import EncodedDataset
 
 SELECTION_FALLBACKS = ("none", "most-accurate")
@@ -64,6 +65,7 @@ class Stage3Config:
     truncation: str = HEAD  # how a text longer than max_length is cut (tokenization.TRUNCATIONS)
     seed: int = 42
     length_grouped: bool = True  # batches of similar lengths (little padding); not in the official code
+    grad_accumulation: int = 1  # batches per optimiser step (effective batch: batch_size * grad_accumulation)
     selection_tolerance: float = 0.01
     selection_fallback: str = "none"  # "none" (official: nothing kept) or "most-accurate"
     max_train_samples_per_epoch: int | None = None
@@ -122,12 +124,14 @@ def main_parameters(model) -> list:
     return [(n, p) for n, p in model.named_parameters() if n not in ("eta", "theta")]
 
 
-def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None) -> dict:
-    """One soft forward and the two gradient computations; leaves .grad on every trained parameter.
+def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None, scale: float = 1.0) -> dict:
+    """One soft forward and the two gradient computations; adds to .grad of every trained parameter (zero
+    them before a step's first batch).
 
     backbone + CPs <- CE + gamma * KL; eta <- CE + phi * length; theta <- the same loss's gradient with
-    respect to the CP-side [CLS] weight theta_PR (held at 1), divided by theta. `backward(loss, inputs)`
-    is Accelerate's backward (plain `loss.backward` by default).
+    respect to the CP-side [CLS] weight theta_PR (held at 1), divided by theta. Both losses are multiplied
+    by `scale` (1 / the batches accumulated per step). `backward(loss, inputs)` is Accelerate's backward
+    (plain `loss.backward` by default).
     """
     backward = backward or (lambda loss, **kwargs: loss.backward(**kwargs))
     cls_weights = torch.ones(model.num_layers, device=model.eta.device, requires_grad=True)  # theta_PR
@@ -137,10 +141,11 @@ def compute_gradients(model, batch, lam: float, cfg: Stage3Config, backward=None
     kl = kl_term(out, batch["saliency"], model.theta)
     length = length_term(out)
     main = [p for _, p in main_parameters(model)]
-    backward(ce + cfg.gamma * kl, inputs=main, retain_graph=True)
-    backward(ce + cfg.phi * length, inputs=[model.eta, cls_weights])
+    backward(scale * (ce + cfg.gamma * kl), inputs=main, retain_graph=True)
+    backward(scale * (ce + cfg.phi * length), inputs=[model.eta, cls_weights])
     proxy = cls_weights.grad if cls_weights.grad is not None else torch.zeros_like(cls_weights)
-    model.theta.grad = proxy / (model.theta.detach() + 1e-7)
+    theta_grad = proxy / (model.theta.detach() + 1e-7)
+    model.theta.grad = theta_grad if model.theta.grad is None else model.theta.grad + theta_grad
     # Detached tensors, not floats: .item() would wait for the GPU after every step (the caller reads them
     # only every few steps).
     return {"ce": ce.detach(), "kl": kl.detach(), "length": length.detach()}
@@ -209,8 +214,9 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     train = EncodedDataset(tokenizer, data["train"], cfg.cut, saliency=saliencies)
     dev = data["dev"]
     batches = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
-    steps_per_epoch = batches if cfg.max_train_samples_per_epoch is None else \
-        min(batches, -(-cfg.max_train_samples_per_epoch // cfg.batch_size))
+    if cfg.max_train_samples_per_epoch is not None:
+        batches = min(batches, -(-cfg.max_train_samples_per_epoch // cfg.batch_size))
+    steps_per_epoch = optimizer_steps(batches, cfg.grad_accumulation)
     optimizers = make_optimizers(model, cfg, steps_per_epoch * cfg.epochs)
     model, *optimizers = accelerator.prepare(model, *optimizers)
     optimizer, scheduler, threshold_optimizer, threshold_scheduler = optimizers
@@ -230,15 +236,18 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
         loader = accelerator.prepare_data_loader(train.loader(
             cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, length_grouped=cfg.length_grouped))
         totals = {"ce": 0.0, "kl": 0.0, "length": 0.0}  # tensors after the first step (no per-step sync)
-        bar = progress(loader, f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={cfg.lam(epoch):g})",
+        bar = progress(accumulation_groups(loader, cfg.grad_accumulation, batches),
+                       f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={cfg.lam(epoch):g})",
                        total=steps_per_epoch, enabled=accelerator.is_local_main_process)
         started, steps = time.time(), 0
-        for batch in bar:
-            if steps >= steps_per_epoch:
-                break
+        for group in bar:
             optimizer.zero_grad()
             threshold_optimizer.zero_grad()
-            parts = compute_gradients(unwrapped, batch, cfg.step_lambda(epoch, steps), cfg, accelerator.backward)
+            for batch in group:
+                parts = compute_gradients(unwrapped, batch, cfg.step_lambda(epoch, steps), cfg, accelerator.backward,
+                                          scale=1.0 / len(group))
+                for key, value in parts.items():
+                    totals[key] += value / len(group)
             accelerator.clip_grad_norm_(main, cfg.clip_norm)
             accelerator.clip_grad_norm_([unwrapped.eta, unwrapped.theta], cfg.clip_norm)
             optimizer.step()
@@ -247,8 +256,6 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
             threshold_scheduler.step()
             unwrapped.clamp_parameters_()
             steps += 1
-            for key, value in parts.items():
-                totals[key] += value
             if steps % 20 == 0:
                 bar.set_postfix(ce=f"{totals['ce'] / steps:.4f}", length=f"{totals['length'] / steps:.1f}",
                                 eta=f"{unwrapped.eta.mean().item():.3f}")
