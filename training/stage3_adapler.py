@@ -1,6 +1,7 @@
 """Stage 3: train the Contribution Predictors, eta and theta with soft removal (ADAPLER_METHOD.md).
 
-One soft-removal forward per batch, then two gradient computations, as in the official code:
+One soft-removal forward per batch, then two gradient computations, as in the official code (an optimiser
+step averages the gradients of `grad_accumulation` batches; 1 by default, as official):
 - backbone + CPs learn from CE + gamma * sum_l (L - l) * KL(target_l || s~_l) (AdamW, warm-up, weight
   decay, clip-norm 1); the length term never reaches them;
 - eta and theta learn from CE + phi * length, where length = mean over the batch of sum_l (soft live count
