@@ -49,6 +49,19 @@ def test_bad_data_folder(tmp_path, train_text, dev_text, fragment):
     assert_clean_error(result, fragment, tmp_path)
 
 
+@pytest.mark.parametrize("option,fragment", [
+    ("--grad-accumulation", "gradient accumulation must be at least 1 (got 0)"),
+    ("--batch-size", "batch size must be at least 1 (got 0)"),
+])
+def test_training_counts_below_one_are_refused_before_any_work(tmp_path, option, fragment):
+    data = tmp_path / "data"
+    write_split(data, "train.tsv", "sentence\tlabel\ngood\t1\nbad\t0\n")
+    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
+    result = run_cli("train", "--data-dir", str(data), option, "0", "--output", "x", env_home=tmp_path)
+    assert_clean_error(result, fragment, tmp_path)
+    assert not (tmp_path / "work").exists(), "refused before a work directory was made"
+
+
 def test_bad_label(tmp_path):
     data = tmp_path / "data"
     write_split(data, "train.tsv", "sentence\tlabel\ngood movie\tmaybe\n")
