@@ -210,3 +210,37 @@ def test_accumulation_memory_measures_each_configuration_in_its_own_process(tmp_
     assert all(r["examples_per_step"] == 4 and r["peak_mb"] >= r["resident_before_mb"] > 0 for r in rows)
     bad = subprocess.run(cmd[:-2] + ["--configs", "8by4"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "'8by4' is not BATCHxACCUMULATION" in bad.stderr
+
+
+def test_truncation_finetunes_reads_each_runs_stage1_model_with_both_rules(tmp_path):
+    """truncation_finetunes.py: a work directory's selected stage-1 epoch, evaluated on the dev reviews longer
+    than 512 wordpieces under both rules; a directory without a finished stage 1 is one line of error."""
+    from adapler_export.checkpoint import load_backbone
+    from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
+
+    data = tmp_path / "imdb"
+    data.mkdir()
+    words = "a fine film with a story that drags until the end".split()
+    long_review = " ".join(words * 70)  # ~770 wordpieces
+    (data / "dev.tsv").write_text("sentence\tlabel\n" + f"{long_review}\t1\n{long_review} bad\t0\nshort one\t1\n")
+    (data / "train.tsv").write_text("sentence\tlabel\nok\t1\n")
+    work = tmp_path / "work" / "run"
+    stage = work / "stage1-0123456789"
+    (stage / "epoch_1").mkdir(parents=True)
+    torch.manual_seed(0)
+    backbone, _ = load_backbone("minilm", 2)
+    torch.save(AdapLeRForSequenceClassification(backbone).state_dict(), stage / "epoch_1" / "model.pt")
+    (stage / "done.json").write_text(json.dumps({"epoch": 1, "dev_accuracy": 0.5, "history": []}))
+    out = tmp_path / "finetunes"
+    cmd = [sys.executable, str(BENCH / "truncation_finetunes.py"), "--task", "imdb", "--data-dir", str(data),
+           "--run", f"head={work}", "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(out.with_suffix(".json").read_text())["runs"]["head"]
+    assert run["long_examples"] == 2 and run["stage1_epoch"] == 2 and run["dev_examples"] == 3
+    assert {"long_accuracy_read_head", "long_accuracy_read_head+tail"} <= run.keys()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run(cmd[:-4] + ["--run", f"head={empty}", "--output", str(out)], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and "expected one finished stage 1" in bad.stderr and "Traceback" not in bad.stderr
