@@ -667,6 +667,16 @@ REQUIRED_ROW_KEYS = ("backend", "device", "batch", "workload", "wallclock_speedu
                      "adaptive_s", "full_s", "examples", "threads")
 
 
+def write_result(output: str | Path, script: str, argv, fields: dict) -> Path:
+    """`<output>.json`: a script's result fields with what produced them (script, its argv, machine, git
+    revision); logged, and the path returned."""
+    out = Path(output).with_suffix(".json")
+    write_json(out, {"script": f"benchmarks/{script}", "argv": sys.argv[1:] if argv is None else argv, **fields,
+                     "machine": machine_info(), "git": git_revision()})
+    log(f"wrote {out}")
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     from adapler_export.storage import write_text_atomic
 

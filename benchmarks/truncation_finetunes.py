@@ -13,7 +13,6 @@ from the stage's own record. Compare runs whose settings differ only in `--trunc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -89,13 +88,8 @@ def main(argv=None) -> int:
                        f"({time.time() - start:.0f} s)")
         results[name] = row
 
-    result = {"script": "benchmarks/truncation_finetunes.py", "argv": sys.argv[1:] if argv is None else argv,
-              "task": args.task, "max_length": max_length, "runs": results,
-              "machine": common.machine_info(), "git": common.git_revision()}
-    out = Path(args.output).with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    common.log(f"wrote {out}")
+    common.write_result(args.output, "truncation_finetunes.py", argv,
+                        {"task": args.task, "max_length": max_length, "runs": results})
     return 0
 
 

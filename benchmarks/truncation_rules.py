@@ -14,7 +14,6 @@ records the rule it was trained with.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -82,16 +81,10 @@ def main(argv=None) -> int:
         common.log(f"{name}: {TRUNCATIONS[1]} vs {TRUNCATIONS[0]}: {gained:+d} correct of {len(dev.texts)} "
                    f"({100 * gained / len(dev.texts):+.2f} points on the whole dev split)")
 
-    result = {"script": "benchmarks/truncation_rules.py", "argv": sys.argv[1:] if argv is None else argv,
-              "checkpoint": str(ckpt.path), "task": config.task, "max_length": config.max_length,
-              "trained_with": config.truncation, "dev_examples": len(dev.texts), "long_examples": len(long_index),
-              "other_examples": len(dev.texts) - len(long_index), "rules": results,
-              "head_tail_vs_head": gains,
-              "machine": common.machine_info(), "git": common.git_revision()}
-    out = Path(args.output).with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    common.log(f"wrote {out}")
+    common.write_result(args.output, "truncation_rules.py", argv, {
+        "checkpoint": str(ckpt.path), "task": config.task, "max_length": config.max_length,
+        "trained_with": config.truncation, "dev_examples": len(dev.texts), "long_examples": len(long_index),
+        "other_examples": len(dev.texts) - len(long_index), "rules": results, "head_tail_vs_head": gains})
     return 0
 
 
