@@ -75,16 +75,18 @@ def run_child(args) -> dict:
     max_length = task_max_length(args.task)
 
     def pick(split, count, longest):
-        # Tokenise only the longest / shortest candidates by characters (a 25,000-review split takes a minute).
+        """The `count` longest (shortest) examples and their encoded lengths. Only the longest (shortest)
+        candidates by characters are tokenised (a 25,000-review split takes a minute)."""
         chars = np.array([len(t) for t in split.texts])
         candidates = np.argsort(-chars if longest else chars, kind="stable")[:4 * count]
         lengths = np.array([len(ids) for ids in encode_rows(tokenizer, [split.texts[i] for i in candidates],
                                                              max_length).ids])
-        order = candidates[np.argsort(-lengths if longest else lengths, kind="stable")[:count]]
-        return Split([split.texts[i] for i in order], np.asarray(split.labels)[order], split.source, split.sha256), \
-            float(np.sort(lengths)[::-1 if longest else 1][:count].mean())
+        chosen = np.argsort(-lengths if longest else lengths, kind="stable")[:count]
+        order = candidates[chosen]
+        picked = Split([split.texts[i] for i in order], np.asarray(split.labels)[order], split.source, split.sha256)
+        return picked, lengths[chosen]
 
-    train, mean_length = pick(data["train"], args.examples, longest=True)
+    train, train_lengths = pick(data["train"], args.examples, longest=True)
     dev, _ = pick(data["dev"], 8, longest=False)
     task = TaskData(data.task, data.labels, {"train": train, "dev": dev})
     common_options = dict(epochs=1, batch_size=args.batch, grad_accumulation=args.accumulation,
@@ -97,15 +99,14 @@ def run_child(args) -> dict:
                        log=lambda m: None)
         else:
             rng = np.random.default_rng(0)
-            lengths = [len(ids) for ids in encode_rows(tokenizer, train.texts, max_length).ids]
-            saliencies = [rng.random(n).astype(np.float32) + 0.01 for n in lengths]
+            saliencies = [rng.random(n).astype(np.float32) + 0.01 for n in train_lengths]
             run_stage3(model, tokenizer, task, saliencies,
                        Stage3Config(selection_fallback="most-accurate", **common_options), Path(work),
                        finetuned_accuracy=0.0, log=lambda m: None)
     seconds = time.perf_counter() - started
     return {"stage": args.stage, "batch": args.batch, "accumulation": args.accumulation,
             "examples_per_step": args.batch * args.accumulation, "examples": args.examples,
-            "mean_wordpieces": round(mean_length, 1), "resident_before_mb": round(before, 1),
+            "mean_wordpieces": round(float(train_lengths.mean()), 1), "resident_before_mb": round(before, 1),
             "peak_mb": round(peak_mb(), 1), "training_adds_mb": round(peak_mb() - before, 1),
             "seconds": round(seconds, 1)}
 
@@ -160,9 +161,8 @@ def main(argv=None) -> int:
                        f"{row['training_adds_mb']:.0f} MB), {row['seconds']:.1f} s for {args.examples} examples "
                        f"of {row['mean_wordpieces']:.0f} wordpieces")
     if args.output:
-        common.write_json(Path(args.output).with_suffix(".json"),
-                          {"task": args.task, "backbone": args.backbone, "threads": args.threads,
-                           "machine": common.machine_info(), "rows": rows})
+        common.write_result(args.output, "accumulation_memory.py", argv,
+                            {"task": args.task, "backbone": args.backbone, "threads": args.threads, "rows": rows})
     return 0
 
 
