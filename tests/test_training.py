@@ -1,6 +1,6 @@
 """Stage 3 as the method defines it (issue 11): gradient routing, the length term, the mask update, the
-lambda schedule, the selection rule, saliency averaging, length-grouped batches and gradient accumulation. Tiny random BERT models
-(tests/tiny_models.py): seconds, no download."""
+lambda schedule, the selection rule, saliency averaging, length-grouped batches and gradient accumulation.
+Tiny random BERT models (tests/tiny_models.py): seconds, no download."""
 import math
 
 import numpy as np
