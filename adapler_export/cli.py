@@ -228,6 +228,7 @@ def _add_text_options(p) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS  # the registry: every runtime form is a --backend choice
+    from .data import samples_help
     from .serving.tokenization import TRUNCATIONS
 
     parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", choices=TRUNCATIONS,
                    help="cut over-long dev texts by this rule instead of the one the checkpoint was trained with")
     p.add_argument("--data-dir")
-    p.add_argument("--samples", type=int)
+    p.add_argument("--samples", type=int, help=samples_help("to evaluate"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--output", help="artifact name (under $ADAPLER_HOME/artifacts) or path")
     p.add_argument("--data-dir", help="dev data for parity (default: the task's)")
-    p.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
+    p.add_argument("--samples", type=int, help=samples_help("for parity"))
     p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
     p.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
     p.add_argument("--force", action="store_true", help="replace an earlier artifact at --output")
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "run are named, with the reason)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
     p.add_argument("--data-dir")
-    p.add_argument("--samples", type=int)
+    p.add_argument("--samples", type=int, help=samples_help("for parity"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 

@@ -95,6 +95,11 @@ class Split:
         return Split([self.texts[i] for i in order], self.labels[order], self.source, self.sha256, pairs)
 
 
+def samples_help(purpose: str) -> str:
+    """The `--samples` help of every command that reads dev data (they all go through `Split.subset`)."""
+    return f"dev examples {purpose}: a fixed random subset (seed 0), not the first N (default: all)"
+
+
 @dataclass
 class TaskData:
     task: str

@@ -108,6 +108,8 @@ def cmd_quantize(args) -> int:
 
 def add_calibrate_parser(subparsers) -> None:
     """Register ``calibrate`` and ``quantize``."""
+    from adapler_export.data import samples_help
+
     p = subparsers.add_parser("calibrate", help="sweep the keep thresholds on dev data and pick an operating point")
     p.add_argument("--ckpt", required=True, help="checkpoint name or path (never modified)")
     target = p.add_mutually_exclusive_group()
@@ -126,7 +128,7 @@ def add_calibrate_parser(subparsers) -> None:
                    help="replace an earlier calibrated checkpoint (or sweep report) at the output place; "
                         "a folder that is not one is never replaced")
     p.add_argument("--data-dir", help="GLUE-style folder with dev.tsv (default: the task's)")
-    p.add_argument("--samples", type=int, help="dev examples to calibrate on (default: all)")
+    p.add_argument("--samples", type=int, help=samples_help("to calibrate on"))
     p.add_argument("--scales", type=_scales, help="global scales to sweep, e.g. 0,0.5,1,2 (default: ~20 "
                                                   "from 0 to every eta = 1)")
     p.add_argument("--num-scales", type=int, default=20, help="size of the default grid")
@@ -158,7 +160,7 @@ def add_calibrate_parser(subparsers) -> None:
                    help="also quantize the FFN down projection (faster, much less accurate: see README)")
     q.add_argument("--quantize-outputs", action="store_true", help="also Q/DQ on MatMul outputs")
     q.add_argument("--data-dir", help="task data (train for calibration, dev for parity)")
-    q.add_argument("--samples", type=int, help="dev examples for parity (default: all)")
+    q.add_argument("--samples", type=int, help=samples_help("for parity"))
     q.add_argument("--tensorrt", action="store_true",
                    help="also build TensorRT INT8 segment engines (tensorrt, else tensorrt_rtx) from symmetric "
                         "QDQ graphs")
