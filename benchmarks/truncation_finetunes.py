@@ -66,14 +66,15 @@ def main(argv=None) -> int:
     if dev.pairs is not None:
         raise SystemExit(f"{args.task} is a sentence-pair task: pairs are cut by longest_first only")
     max_length = task_max_length(args.task)
+    # One model and one tokenisation of dev for every run: the runs share the backbone's architecture and
+    # tokenizer, and each run's state dict replaces every weight (strict load).
+    backbone, tokenizer = load_backbone(args.backbone or DEFAULT_BACKBONE, 2)
+    model = AdapLeRForSequenceClassification(backbone).eval()
+    long_index = [i for i, cut in enumerate(encode_rows(tokenizer, dev.texts, max_length).truncated) if cut]
+    texts, labels = [dev.texts[i] for i in long_index], np.asarray(dev.labels)[long_index]
     results = {}
     for name, (record, weights) in records.items():
-        backbone, tokenizer = load_backbone(args.backbone or DEFAULT_BACKBONE, 2)
-        model = AdapLeRForSequenceClassification(backbone)
         load_model_state(model, weights)
-        model.eval()
-        long_index = [i for i, cut in enumerate(encode_rows(tokenizer, dev.texts, max_length).truncated) if cut]
-        texts, labels = [dev.texts[i] for i in long_index], np.asarray(dev.labels)[long_index]
         row = {"work_dir": str(runs[name]), "stage1_epoch": record["epoch"] + 1,
                "dev_accuracy": record["dev_accuracy"], "history": record["history"],
                "dev_examples": len(dev.texts), "long_examples": len(long_index)}
