@@ -74,6 +74,10 @@ def task_reads_pairs(task: str) -> bool:
 SPLIT_FILES = {"train": "train", "dev": "dev"}
 
 
+# The seed of `Split.subset` when a command takes `--samples` (its help says so: `samples_help`).
+DEV_SUBSET_SEED = 0
+
+
 @dataclass
 class Split:
     texts: list  # the (first) text of each example
@@ -85,7 +89,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, count: int | None, seed: int = 0) -> "Split":
+    def subset(self, count: int | None, seed: int = DEV_SUBSET_SEED) -> "Split":
         """A deterministic random subset (the same seed always gives the same rows)."""
         if count is None or count >= len(self):
             return self
@@ -97,7 +101,7 @@ class Split:
 
 def samples_help(purpose: str) -> str:
     """The `--samples` help of every command that reads dev data (they all go through `Split.subset`)."""
-    return f"dev examples {purpose}: a fixed random subset (seed 0), not the first N (default: all)"
+    return f"dev examples {purpose}: a fixed random subset (seed {DEV_SUBSET_SEED}), not the first N (default: all)"
 
 
 @dataclass
