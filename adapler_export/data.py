@@ -93,10 +93,27 @@ class Split:
         """A deterministic random subset (the same seed always gives the same rows)."""
         if count is None or count >= len(self):
             return self
-        order = np.random.default_rng(seed).permutation(len(self))[:count]
-        order.sort()
-        pairs = None if self.pairs is None else [self.pairs[i] for i in order]
-        return Split([self.texts[i] for i in order], self.labels[order], self.source, self.sha256, pairs)
+        return self._rows(self._subset_rows(count, seed))
+
+    def complement(self, count: int | None, seed: int = DEV_SUBSET_SEED) -> "Split":
+        """The rows `subset(count, seed)` leaves out, in file order, less those repeating an example it holds
+        (the same text, and second text): a file's duplicates would otherwise let a subset's examples in."""
+        if count is None or count >= len(self):
+            return self._rows(np.zeros(0, dtype=np.int64))
+        inside = self._subset_rows(count, seed)
+        held = {self._example(i) for i in inside}
+        return self._rows(np.array([i for i in np.setdiff1d(np.arange(len(self)), inside)
+                                    if self._example(i) not in held], dtype=np.int64))
+
+    def _example(self, row: int) -> tuple:
+        return self.texts[row], None if self.pairs is None else self.pairs[row]
+
+    def _subset_rows(self, count: int, seed: int) -> np.ndarray:
+        return np.sort(np.random.default_rng(seed).permutation(len(self))[:count])
+
+    def _rows(self, rows: np.ndarray) -> "Split":
+        pairs = None if self.pairs is None else [self.pairs[i] for i in rows]
+        return Split([self.texts[i] for i in rows], self.labels[rows], self.source, self.sha256, pairs)
 
 
 def samples_help(purpose: str) -> str:
@@ -243,6 +260,30 @@ def load_task(task: str, data_dir: str | Path | None = None, splits=tuple(SPLIT_
 def load_dev(task: str, data_dir: str | Path | None = None, samples: int | None = None) -> Split:
     """The dev split alone (evaluate, build, verify, calibrate), optionally a deterministic subset."""
     return load_task(task, data_dir, splits=("dev",))["dev"].subset(samples)
+
+
+def load_unseen_train(task: str, data_dir: str | Path | None, data_record: dict, training: dict,
+                      samples: int | None = None) -> Split:
+    """The training examples a checkpoint never trained on (`calibrate --split unseen-train`): the rows of the
+    train file outside the `--max-train-samples` subset its training drew (`Split.subset` with the recorded
+    count and seed), optionally a deterministic subset of them. `data_record` and `training` are the
+    checkpoint's `AdapLeRConfig.data` and `.training`. The train file must be the one it was trained on (same
+    sha256): another file's rows outside that subset could be rows it trained on."""
+    recorded = (data_record or {}).get("train") or {}
+    settings = (training or {}).get("config") or {}
+    if "sha256" not in recorded or "seed" not in settings:
+        raise AdaplerError("the checkpoint does not record which training examples it was trained on: "
+                           "calibrate on dev (--split dev)")
+    train = load_task(task, data_dir, splits=("train",))["train"]
+    if train.sha256 != recorded["sha256"]:
+        raise AdaplerError(f"{train.source} is not the train file the checkpoint was trained on (sha256 "
+                           f"{train.sha256[:12]}…, recorded {recorded['sha256'][:12]}…): its unseen examples "
+                           "cannot be told apart")
+    unseen = train.complement(settings.get("max_train_samples"), settings["seed"])
+    if len(unseen) == 0:
+        raise AdaplerError(f"the checkpoint was trained on every example of {train.source}: none is unseen; "
+                           "calibrate on dev (--split dev)")
+    return unseen.subset(samples)
 
 
 def parity_texts(task: str, data_dir: str | Path | None, samples: int | None) -> tuple:

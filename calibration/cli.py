@@ -43,7 +43,8 @@ def cmd_calibrate(args) -> int:
     from .sweep import CalibrateOptions, calibrate
 
     options = CalibrateOptions(target_speedup=args.target_speedup, max_accuracy_drop=args.max_accuracy_drop,
-                               reference=args.reference, data_dir=args.data_dir, samples=args.samples,
+                               reference=args.reference, data_dir=args.data_dir, split=args.split,
+                               samples=args.samples,
                                scales=args.scales, num_scales=args.num_scales, refine=not args.no_refine,
                                measure=args.measure, measure_samples=args.measure_samples,
                                measure_repeats=args.repeats, threads=1 if args.threads is None else args.threads,
@@ -128,7 +129,11 @@ def add_calibrate_parser(subparsers) -> None:
                    help="replace an earlier calibrated checkpoint (or sweep report) at the output place; "
                         "a folder that is not one is never replaced")
     p.add_argument("--data-dir", help="GLUE-style folder with dev.tsv (default: the task's)")
-    p.add_argument("--samples", type=int, help=samples_help("to calibrate on"))
+    p.add_argument("--split", choices=["dev", "unseen-train"], default="dev",
+                   help="what to calibrate on: the dev split (default), or the training examples the checkpoint "
+                        "never trained on (those outside its --max-train-samples subset; the same train file), "
+                        "which leaves dev a held-out test")
+    p.add_argument("--samples", type=int, help=samples_help("to calibrate on") + "; of --split")
     p.add_argument("--scales", type=_scales, help="global scales to sweep, e.g. 0,0.5,1,2 (default: ~20 "
                                                   "from 0 to every eta = 1)")
     p.add_argument("--num-scales", type=int, default=20, help="size of the default grid")

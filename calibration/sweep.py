@@ -45,7 +45,7 @@ import torch
 
 from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, checkpoint_digest, load_checkpoint,
                                        resolve_checkpoint)
-from adapler_export.data import load_dev
+from adapler_export.data import load_dev, load_unseen_train
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.serving.tokenization import Cut, encode_rows
@@ -54,6 +54,7 @@ from adapler_export.progress import progress
 from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
 
 REFERENCES = ("no-removal", "checkpoint")
+CALIBRATION_SPLITS = ("dev", "unseen-train")  # --split
 DEFAULT_MULTIPLIERS = (0.5, 0.75, 1.5, 2.0)
 CALIBRATION_SUBDIR = "calibration"
 REPORT_FILE = "calibration.json"
@@ -364,7 +365,8 @@ class CalibrateOptions:
     max_accuracy_drop: float | None = None  # accuracy points
     reference: str = "no-removal"
     data_dir: str | None = None
-    samples: int | None = None  # dev examples (None: all)
+    split: str = "dev"  # what to calibrate on: "dev", or "unseen-train" (training examples it never trained on)
+    samples: int | None = None  # examples of that split (None: all)
     scales: list | None = None
     num_scales: int = 20
     refine: bool = True
@@ -390,6 +392,8 @@ class CalibrateOptions:
             check_target_speedup(self.target_speedup)
         if self.max_accuracy_drop is not None:
             check_accuracy_drop(self.max_accuracy_drop)
+        if self.split not in CALIBRATION_SPLITS:
+            raise AdaplerError(f"--split must be one of {', '.join(CALIBRATION_SPLITS)}, got {self.split!r}")
         if self.reference not in REFERENCES:
             raise AdaplerError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
         if self.has_target and self.report_dir is not None:
@@ -505,7 +509,8 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
 
     ckpt = load_checkpoint(source)
     model, config = ckpt.model, ckpt.config
-    dev = load_dev(config.task, options.data_dir, options.samples)
+    examples = load_dev(config.task, options.data_dir, options.samples) if options.split == "dev" else \
+        load_unseen_train(config.task, options.data_dir, config.data, config.training, options.samples)
     base_eta = [float(e) for e in model.eta.detach()]
     scales = sorted(set(float(s) for s in options.scales)) if options.scales else default_scales(base_eta,
                                                                                                  options.num_scales)
@@ -513,10 +518,10 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         scales = sorted(scales + [1.0])
     if 0.0 not in scales:
         scales = [0.0] + scales
-    log(f"calibrating {source} on {len(dev)} dev examples ({dev.source}); learned eta "
+    log(f"calibrating {source} on {len(examples)} {options.split} examples ({examples.source}); learned eta "
         f"{' '.join(f'{e:.3f}' for e in base_eta)}; {len(scales)} global scales")
-    evaluator = Evaluator(model, ckpt.tokenizer, dev.texts, dev.labels, config.cut, options.batch_size,
-                          pairs=dev.pairs)
+    evaluator = Evaluator(model, ckpt.tokenizer, examples.texts, examples.labels, config.cut, options.batch_size,
+                          pairs=examples.pairs)
     points = global_sweep(evaluator, scales)
     ref_acc = reference_accuracy(points, options.reference)
 
@@ -535,9 +540,9 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
 
         to_measure = [p for p in points if p.kind != "refined"] + ([chosen] if chosen and chosen.kind == "refined"
                                                                    else [])
-        measurement = measure_points(model, ckpt.tokenizer, dev.texts, config.cut, to_measure,
+        measurement = measure_points(model, ckpt.tokenizer, examples.texts, config.cut, to_measure,
                                      samples=options.measure_samples, repeats=options.measure_repeats,
-                                     threads=options.threads, log=log, pairs=dev.pairs)
+                                     threads=options.threads, log=log, pairs=examples.pairs)
 
     original = next(p for p in points if p.kind == "global" and p.scale == 1.0)
     no_removal = next(p for p in points if p.kind == "no-removal")
@@ -545,8 +550,8 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": {"path": str(source), "digest": checkpoint_digest(source), "eta": base_eta,
                    "metrics": config.metrics},
-        "data": {"task": config.task, "split": "dev", "source": dev.source, "sha256": dev.sha256,
-                 "examples": len(dev), "subset_seed": 0 if options.samples else None},
+        "data": {"task": config.task, "split": options.split, "source": examples.source, "sha256": examples.sha256,
+                 "examples": len(examples), "subset_seed": 0 if options.samples else None},
         "target": (None if not has_target else
                    {"kind": "speedup", "flops_speedup": options.target_speedup} if options.target_speedup is not None
                    else {"kind": "max_accuracy_drop", "points": options.max_accuracy_drop,
@@ -560,7 +565,9 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         "refinement": refinement,
         "measurement": measurement,
         "points": [p.to_dict() for p in points],
-        "note": "selected and reported on the same dev examples: optimistic; check on held-out data",
+        "note": ("selected and reported on the same dev examples: optimistic; check on held-out data"
+                 if options.split == "dev" else "selected on training examples the checkpoint never trained on: "
+                 "dev is left a held-out test"),
         "tools": _versions(),
     }
     files = {"json": report_dir / REPORT_FILE, "tradeoff_png": report_dir / "tradeoff.png",

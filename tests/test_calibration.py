@@ -209,6 +209,7 @@ def test_report_dir_rules(tmp_path):
     ({"scales": [0.0, -1.0]}, "--scales must be numbers >= 0"),
     ({"measure_repeats": 0}, "--repeats must be an integer >= 1"),
     ({"reference": "best"}, "--reference must be one of"),
+    ({"split": "train"}, "--split must be one of dev, unseen-train"),
     ({"target_speedup": 2.0, "report_dir": "r"}, "--report-dir is for sweeps without a target"),
     ({"data_dir": "/nonexistent/data"}, "--data-dir /nonexistent/data is not a folder"),
 ])
@@ -235,6 +236,56 @@ def test_calibrate_cli_refuses_bad_arguments_at_once(args, capsys):
     assert len(lines) == 1 and lines[0].startswith("adapler-export: error: --"), captured.err
     assert "no-such-checkpoint" not in lines[0]
     assert elapsed < 5.0, f"took {elapsed:.1f}s: the arguments must be checked before any work"
+
+
+# ----- --split unseen-train: the training examples a checkpoint never trained on ------------------------------
+def test_complement_holds_exactly_the_rows_the_subset_leaves_out():
+    from adapler_export.data import Split
+
+    split = Split([f"text {i}" for i in range(50)], np.arange(50) % 2, pairs=[f"pair {i}" for i in range(50)])
+    subset, rest = split.subset(20, seed=42), split.complement(20, seed=42)
+    assert len(rest) == 30 and not set(subset.texts) & set(rest.texts)
+    assert sorted(subset.texts + rest.texts, key=lambda t: int(t.split()[1])) == split.texts
+    assert rest.texts == sorted(rest.texts, key=lambda t: int(t.split()[1]))  # file order
+    assert [int(t.split()[1]) % 2 for t in rest.texts] == list(rest.labels)  # labels and pairs move with texts
+    assert [p.replace("pair", "text") for p in rest.pairs] == rest.texts
+    assert len(split.complement(None, 42)) == len(split.complement(50, 42)) == 0
+    # a file's duplicates: a row outside the subset that repeats one of its examples is not unseen
+    texts = [f"text {i}" for i in range(52)]
+    held = Split(texts, np.zeros(52)).subset(20, seed=7).texts  # the rows drawn depend on the length and seed only
+    outside = next(i for i, t in enumerate(texts) if t not in held)
+    texts[outside] = held[0]
+    rest = Split(texts, np.zeros(52)).complement(20, seed=7)
+    assert len(rest) == 31 and held[0] not in rest.texts and not set(held) & set(rest.texts)
+
+
+def write_tsv(path: Path, rows: int, offset: int = 0) -> None:
+    path.write_text("sentence\tlabel\n" + "".join(f"review number {i + offset}\t{i % 2}\n" for i in range(rows)))
+
+
+def test_unseen_train_is_what_training_did_not_draw_and_refuses_what_cannot_be_told_apart(tmp_path):
+    from adapler_export.data import load_task, load_unseen_train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tsv(data / "train.tsv", 40)
+    write_tsv(data / "dev.tsv", 4, offset=1000)
+    train = load_task("sst2", data)["train"]
+    record = {"train": {"source": train.source, "sha256": train.sha256, "examples": 10}}
+    training = {"config": {"max_train_samples": 10, "seed": 42}}
+    trained_on = set(train.subset(10, 42).texts)  # what training/pipeline.py draws, the same call
+
+    unseen = load_unseen_train("sst2", data, record, training)
+    assert len(unseen) == 30 and not trained_on & set(unseen.texts)
+    assert len(load_unseen_train("sst2", data, record, training, samples=7)) == 7
+
+    with pytest.raises(AdaplerError, match="does not record which training examples"):
+        load_unseen_train("sst2", data, {}, training)
+    with pytest.raises(AdaplerError, match="was trained on every example"):
+        load_unseen_train("sst2", data, record, {"config": {"max_train_samples": None, "seed": 42}})
+    write_tsv(data / "train.tsv", 40, offset=1)  # another file: its rows outside the subset are not the unseen ones
+    with pytest.raises(AdaplerError, match="is not the train file the checkpoint was trained on"):
+        load_unseen_train("sst2", data, record, training)
 
 
 def test_table_columns_line_up():
@@ -412,6 +463,36 @@ def test_calibrate_reads_only_the_dev_split(ci_checkpoint, tmp_path, capsys):
                "0,1", "--report-dir", str(tmp_path / "report")])
     assert rc == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "report" / "calibration.json").read_text())["data"]["examples"] == 8
+
+
+@pytest.mark.slow
+def test_calibrate_on_unseen_training_examples_leaves_dev_untouched(ci_checkpoint, tmp_path, capsys):
+    """--split unseen-train: the sweep runs on training sentences the checkpoint never trained on (none of its
+    --max-train-samples subset), dev.tsv is not even read, and the record says which split it was."""
+    import shutil
+
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.cli import main
+    from adapler_export.data import load_task, load_unseen_train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(sst2_dir() / "train.tsv", data / "train.tsv")
+    (data / "dev.tsv").write_text("sentence\tlabel\nbroken row without a label\n")
+    rc = main(["calibrate", "--ckpt", str(ci_checkpoint), "--data-dir", str(data), "--split", "unseen-train",
+               "--samples", "16", "--scales", "0,1", "--report-dir", str(tmp_path / "report")])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "report" / "calibration.json").read_text())
+    assert record["data"]["split"] == "unseen-train" and record["data"]["examples"] == 16
+    assert record["data"]["source"].endswith("train.tsv") and "held-out" in record["note"]
+    config = load_checkpoint(ci_checkpoint).config
+    settings = config.training["config"]
+    drawn = load_task("sst2", sst2_dir(), splits=("train",))["train"].subset(settings["max_train_samples"],
+                                                                            settings["seed"])
+    assert len(drawn) == config.data["train"]["examples"]  # the rows training drew, by the same rule
+    trained_on = set(drawn.texts)
+    unseen = load_unseen_train("sst2", data, config.data, config.training, 16)
+    assert len(unseen) == 16 and not trained_on & set(unseen.texts)
 
 
 @pytest.mark.slow
