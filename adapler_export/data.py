@@ -76,6 +76,9 @@ SPLIT_FILES = {"train": "train", "dev": "dev"}
 
 # The seed of `Split.subset` when a command takes `--samples` (its help says so: `samples_help`).
 DEV_SUBSET_SEED = 0
+# What `calibrate --split` chooses thresholds on: dev, or the training examples the checkpoint never trained on
+# (`load_unseen_train`).
+CALIBRATE_SPLITS = ("dev", "unseen-train")
 
 
 @dataclass

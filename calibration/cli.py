@@ -109,7 +109,7 @@ def cmd_quantize(args) -> int:
 
 def add_calibrate_parser(subparsers) -> None:
     """Register ``calibrate`` and ``quantize``."""
-    from adapler_export.data import samples_help
+    from adapler_export.data import CALIBRATE_SPLITS, samples_help
 
     p = subparsers.add_parser("calibrate", help="sweep the keep thresholds on dev data and pick an operating point")
     p.add_argument("--ckpt", required=True, help="checkpoint name or path (never modified)")
@@ -129,7 +129,7 @@ def add_calibrate_parser(subparsers) -> None:
                    help="replace an earlier calibrated checkpoint (or sweep report) at the output place; "
                         "a folder that is not one is never replaced")
     p.add_argument("--data-dir", help="GLUE-style folder with dev.tsv (default: the task's)")
-    p.add_argument("--split", choices=["dev", "unseen-train"], default="dev",
+    p.add_argument("--split", choices=CALIBRATE_SPLITS, default="dev",
                    help="what to calibrate on: the dev split (default), or the training examples the checkpoint "
                         "never trained on (those outside its --max-train-samples subset; the same train file), "
                         "which leaves dev a held-out test")

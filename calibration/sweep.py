@@ -45,7 +45,7 @@ import torch
 
 from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, checkpoint_digest, load_checkpoint,
                                        resolve_checkpoint)
-from adapler_export.data import load_dev, load_unseen_train
+from adapler_export.data import CALIBRATE_SPLITS, load_dev, load_unseen_train
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.serving.tokenization import Cut, encode_rows
@@ -54,7 +54,6 @@ from adapler_export.progress import progress
 from adapler_export.storage import atomic_directory, check_output_dir, resolve_output_dir
 
 REFERENCES = ("no-removal", "checkpoint")
-CALIBRATION_SPLITS = ("dev", "unseen-train")  # --split
 DEFAULT_MULTIPLIERS = (0.5, 0.75, 1.5, 2.0)
 CALIBRATION_SUBDIR = "calibration"
 REPORT_FILE = "calibration.json"
@@ -392,8 +391,8 @@ class CalibrateOptions:
             check_target_speedup(self.target_speedup)
         if self.max_accuracy_drop is not None:
             check_accuracy_drop(self.max_accuracy_drop)
-        if self.split not in CALIBRATION_SPLITS:
-            raise AdaplerError(f"--split must be one of {', '.join(CALIBRATION_SPLITS)}, got {self.split!r}")
+        if self.split not in CALIBRATE_SPLITS:
+            raise AdaplerError(f"--split must be one of {', '.join(CALIBRATE_SPLITS)}, got {self.split!r}")
         if self.reference not in REFERENCES:
             raise AdaplerError(f"--reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
         if self.has_target and self.report_dir is not None:
