@@ -45,7 +45,7 @@ import torch
 
 from adapler_export.checkpoint import (ADAPLER_CONFIG, ADAPLER_HEADS, checkpoint_digest, load_checkpoint,
                                        resolve_checkpoint)
-from adapler_export.data import CALIBRATE_SPLITS, load_dev, load_unseen_train
+from adapler_export.data import CALIBRATE_SPLITS, DEV_SUBSET_SEED, load_dev, load_unseen_train
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive
 from adapler_export.serving.tokenization import Cut, encode_rows
@@ -550,7 +550,7 @@ def calibrate(ckpt_name, output: str | None = None, options: CalibrateOptions | 
         "source": {"path": str(source), "digest": checkpoint_digest(source), "eta": base_eta,
                    "metrics": config.metrics},
         "data": {"task": config.task, "split": options.split, "source": examples.source, "sha256": examples.sha256,
-                 "examples": len(examples), "subset_seed": 0 if options.samples else None},
+                 "examples": len(examples), "subset_seed": DEV_SUBSET_SEED if options.samples else None},
         "target": (None if not has_target else
                    {"kind": "speedup", "flops_speedup": options.target_speedup} if options.target_speedup is not None
                    else {"kind": "max_accuracy_drop", "points": options.max_accuracy_drop,
