@@ -92,6 +92,8 @@ class AdapLeRConfig:
     theta: list = field(default_factory=list)
     lambda_final: float = 0.0
     cp_hidden: int = 32
+    # What it was trained on (`data.data_record`): per split the file, its sha256, the example count and the
+    # `Split.subset` draws that picked them, so `calibrate --split unseen-train` can give back the rest.
     data: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from .arguments import COUNT, NON_NEGATIVE, POSITIVE, SEED, ArgumentParser
 from .errors import AdaplerError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,16 +48,17 @@ def _optional_float(text: str):
     if text.lower() in ("off", "none"):
         return "off"  # not None: None means "not given" (the setting's value applies)
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+        return NON_NEGATIVE(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
 
 
 def _lambda_schedule(text: str):
     try:
-        base, mult = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected BASE:MULT, e.g. 50:50 (lambda = BASE * MULT**epoch)") from None
+        base, mult = (POSITIVE(v) for v in text.split(":"))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError("expected BASE:MULT, two positive numbers, e.g. 50:50 "
+                                         f"(lambda = BASE * MULT**epoch), got {text!r}") from None
     return base, mult
 
 
@@ -231,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import samples_help
     from .serving.tokenization import TRUNCATIONS
 
-    parser = argparse.ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="adapler-export", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,47 +248,47 @@ def build_parser() -> argparse.ArgumentParser:
     # Every tunable option defaults to None: the --setting's value (official: the official code's) applies.
     p.add_argument("--setting", choices=["official", "fast"], default="official",
                    help="official: the official recipe's values; fast: a CPU budget (see training/pipeline.py)")
-    p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--max-eval-samples", type=int)
-    p.add_argument("--max-length", type=int, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, "
+    p.add_argument("--max-train-samples", type=COUNT)
+    p.add_argument("--max-eval-samples", type=COUNT)
+    p.add_argument("--max-length", type=COUNT, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, "
                                                   "128 MRPC, 256 RTE)")
     p.add_argument("--truncation", choices=TRUNCATIONS,
                    help="how a longer text is cut to --max-length: its head, or head+tail (the first quarter and "
                         "last three quarters of the wordpieces, Sun et al. 2019; single texts only); default: the "
                         "task's (head for every task); recorded in the checkpoint and its artifacts")
-    p.add_argument("--batch-size", type=int, help="both trained stages (official 32)")
-    p.add_argument("--grad-accumulation", type=int,
+    p.add_argument("--batch-size", type=COUNT, help="both trained stages (official 32)")
+    p.add_argument("--grad-accumulation", type=COUNT,
                    help="batches averaged per optimiser step, both trained stages (default 1): the effective batch "
                         "is batch size x this, e.g. the official 32 as --batch-size 8 --grad-accumulation 4 with "
                         "a quarter of the activation memory (512-wordpiece documents)")
-    p.add_argument("--epochs-stage1", type=int, help="fine-tuning epochs (official 5)")
-    p.add_argument("--lr-stage1", type=float, help="fine-tuning learning rate (official 2e-5)")
-    p.add_argument("--saliency-epochs", type=int,
+    p.add_argument("--epochs-stage1", type=COUNT, help="fine-tuning epochs (official 5)")
+    p.add_argument("--lr-stage1", type=POSITIVE, help="fine-tuning learning rate (official 2e-5)")
+    p.add_argument("--saliency-epochs", type=COUNT,
                    help="average the saliencies of this many best fine-tuning epochs (official 3)")
-    p.add_argument("--epochs-stage3", type=int, help="CP training epochs (official 5)")
-    p.add_argument("--lr-stage3", type=float, help="backbone learning rate in stage 3 (official 3e-5)")
+    p.add_argument("--epochs-stage3", type=COUNT, help="CP training epochs (official 5)")
+    p.add_argument("--lr-stage3", type=POSITIVE, help="backbone learning rate in stage 3 (official 3e-5)")
     p.add_argument("--lambda-schedule", type=_lambda_schedule,
                    help="BASE:MULT, lambda = BASE * MULT**epoch (official: 10:10 for 5 epochs, 50:50 for 3)")
     p.add_argument("--lambda-first-step", type=_optional_float,
                    help="lambda of the very first stage-3 step (official 1000; 'off': the schedule's)")
-    p.add_argument("--cp-lr", type=float, help="learning rate of the Contribution Predictors (official: stage 3's)")
-    p.add_argument("--eta-lr", type=float, help="learning rate of eta and theta (official 5e-4)")
-    p.add_argument("--gamma", type=float, help="KL weight (official SST-2 0.005)")
-    p.add_argument("--phi", type=float, help="length-loss weight (official SST-2 0.0005)")
+    p.add_argument("--cp-lr", type=POSITIVE, help="learning rate of the Contribution Predictors (official: stage 3's)")
+    p.add_argument("--eta-lr", type=POSITIVE, help="learning rate of eta and theta (official 5e-4)")
+    p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
+    p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],
                    help="stage 3 starts from the pre-trained backbone (official) or the fine-tuned one")
     p.add_argument("--no-length-grouping", action="store_true",
                    help="batches in plain random order (the official code's; more padding, slower)")
-    p.add_argument("--stage3-samples-per-epoch", type=int, help="cap on stage-3 examples per epoch")
-    p.add_argument("--stage3-train-samples", type=int,
+    p.add_argument("--stage3-samples-per-epoch", type=COUNT, help="cap on stage-3 examples per epoch")
+    p.add_argument("--stage3-train-samples", type=COUNT,
                    help="run stages 2-3 on a fixed random subset of this many training examples")
-    p.add_argument("--selection-tolerance", type=float,
+    p.add_argument("--selection-tolerance", type=NON_NEGATIVE,
                    help="an epoch is selected only within this of the fine-tuned accuracy (official 0.01)")
     p.add_argument("--selection-fallback", choices=["none", "most-accurate"],
                    help="when no stage-3 epoch is within the tolerance: keep nothing (the official rule, an "
                         "error) or keep the most accurate epoch")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
+    p.add_argument("--seed", type=SEED)
+    p.add_argument("--threads", type=COUNT, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
     p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
     p.set_defaults(func=cmd_train)
 
@@ -295,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", choices=TRUNCATIONS,
                    help="cut over-long dev texts by this rule instead of the one the checkpoint was trained with")
     p.add_argument("--data-dir")
-    p.add_argument("--samples", type=int, help=samples_help("to evaluate"))
+    p.add_argument("--samples", type=COUNT, help=samples_help("to evaluate"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -306,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--output", help="artifact name (under $ADAPLER_HOME/artifacts) or path")
     p.add_argument("--data-dir", help="dev data for parity (default: the task's)")
-    p.add_argument("--samples", type=int, help=samples_help("for parity"))
-    p.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
-    p.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
+    p.add_argument("--samples", type=COUNT, help=samples_help("for parity"))
+    p.add_argument("--max-batch", type=COUNT, default=32, help="TensorRT profile: largest batch")
+    p.add_argument("--max-seq", type=COUNT, help="TensorRT profile: longest sequence (default: max length)")
     p.add_argument("--force", action="store_true", help="replace an earlier artifact at --output")
     p.set_defaults(func=cmd_build)
 
@@ -319,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "run are named, with the reason)")
     p.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
     p.add_argument("--data-dir")
-    p.add_argument("--samples", type=int, help=samples_help("for parity"))
+    p.add_argument("--samples", type=COUNT, help=samples_help("for parity"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
 
@@ -359,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error (2) already printed on one line
+        return exc.code
     terminated = {"by": None}
 
     def on_sigterm(signum, frame):  # SIGTERM unwinds like Ctrl-C: every temporary folder is removed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +88,25 @@ class Split:
     source: str = ""
     sha256: str = ""
     pairs: list | None = None  # sentence-pair tasks: the second text of each example; None: single texts
+    # The (count, seed) of each `subset` that drew this split from its file, in order; () is the whole file. A
+    # checkpoint records them (`record`), so the rows its training left out can be given back (`complement`).
+    draws: tuple = ()
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, count: int | None, seed: int = DEV_SUBSET_SEED) -> "Split":
         """A deterministic random subset (the same seed always gives the same rows)."""
+        if count is not None and count < 1:  # -N would slice off N rows from the end ("all but N")
+            raise AdaplerError(f"cannot draw {count} examples: a subset needs at least 1")
         if count is None or count >= len(self):
             return self
-        return self._rows(self._subset_rows(count, seed))
+        return replace(self._rows(self._subset_rows(count, seed)), draws=self.draws + ((count, seed),))
+
+    def record(self) -> dict:
+        """What a checkpoint records of a split it was trained or selected on (`data_record`)."""
+        return {"source": self.source, "sha256": self.sha256, "examples": len(self),
+                "draws": [{"count": count, "seed": seed} for count, seed in self.draws]}
 
     def complement(self, count: int | None, seed: int = DEV_SUBSET_SEED) -> "Split":
         """The rows `subset(count, seed)` leaves out, in file order, less those repeating an example it holds
@@ -116,6 +126,7 @@ class Split:
 
     def _rows(self, rows: np.ndarray) -> "Split":
         pairs = None if self.pairs is None else [self.pairs[i] for i in rows]
+        # Rows picked by hand are no draw `complement` could undo: `subset` adds its own to `draws`.
         return Split([self.texts[i] for i in rows], self.labels[rows], self.source, self.sha256, pairs)
 
 
@@ -265,28 +276,51 @@ def load_dev(task: str, data_dir: str | Path | None = None, samples: int | None 
     return load_task(task, data_dir, splits=("dev",))["dev"].subset(samples)
 
 
+def data_record(data: TaskData, stage3_train_examples: int) -> dict:
+    """What a checkpoint records of the data it was trained on (`AdapLeRConfig.data`): each split's file, its
+    sha256, how many examples and how they were drawn from it (`Split.record`)."""
+    return {**{split: data[split].record() for split in ("train", "dev")},
+            "stage3_train_examples": stage3_train_examples}
+
+
 def load_unseen_train(task: str, data_dir: str | Path | None, data_record: dict, training: dict,
                       samples: int | None = None) -> Split:
     """The training examples a checkpoint never trained on (`calibrate --split unseen-train`): the rows of the
-    train file outside the `--max-train-samples` subset its training drew (`Split.subset` with the recorded
-    count and seed), optionally a deterministic subset of them. `data_record` and `training` are the
-    checkpoint's `AdapLeRConfig.data` and `.training`. The train file must be the one it was trained on (same
-    sha256): another file's rows outside that subset could be rows it trained on."""
+    train file outside the subset its training drew (`Split.complement` of the draw its data record holds),
+    optionally a deterministic subset of them. `data_record` and `training` are the checkpoint's
+    `AdapLeRConfig.data` and `.training`. The train file must be the one it was trained on (same sha256):
+    another file's rows outside that subset could be rows it trained on."""
     recorded = (data_record or {}).get("train") or {}
-    settings = (training or {}).get("config") or {}
-    if "sha256" not in recorded or "seed" not in settings:
+    draws = recorded.get("draws")
+    if draws is None:
+        draws = _draws_before_the_record_held_them(training)
+    if "sha256" not in recorded or draws is None:
         raise AdaplerError("the checkpoint does not record which training examples it was trained on: "
                            "calibrate on dev (--split dev)")
+    if len(draws) > 1:
+        raise AdaplerError("the checkpoint's training examples were drawn in several steps, which calibrate "
+                           "cannot undo: calibrate on dev (--split dev)")
     train = load_task(task, data_dir, splits=("train",))["train"]
     if train.sha256 != recorded["sha256"]:
         raise AdaplerError(f"{train.source} is not the train file the checkpoint was trained on (sha256 "
                            f"{train.sha256[:12]}…, recorded {recorded['sha256'][:12]}…): its unseen examples "
                            "cannot be told apart")
-    unseen = train.complement(settings.get("max_train_samples"), settings["seed"])
+    unseen = train.complement(**draws[0]) if draws else train.complement(None)  # no draw: it trained on all
     if len(unseen) == 0:
         raise AdaplerError(f"the checkpoint was trained on every example of {train.source}: none is unseen; "
                            "calibrate on dev (--split dev)")
     return unseen.subset(samples)
+
+
+def _draws_before_the_record_held_them(training: dict) -> list | None:
+    """Checkpoints written before `data_record` held `draws` (2026-11-28): `training` drew its train subset
+    with `Split.subset(max_train_samples, seed)`, both in the options it recorded (`AdapLeRConfig.training`'s
+    "config"); None where it recorded no such options (an assembled checkpoint records a sentence there)."""
+    settings = (training or {}).get("config")
+    if not isinstance(settings, dict) or "seed" not in settings:
+        return None
+    count = settings.get("max_train_samples")
+    return [] if count is None else [{"count": count, "seed": settings["seed"]}]
 
 
 def parity_texts(task: str, data_dir: str | Path | None, samples: int | None) -> tuple:

@@ -109,14 +109,15 @@ def cmd_quantize(args) -> int:
 
 def add_calibrate_parser(subparsers) -> None:
     """Register ``calibrate`` and ``quantize``."""
+    from adapler_export.arguments import COUNT, NON_NEGATIVE, POSITIVE, integer
     from adapler_export.data import CALIBRATE_SPLITS, samples_help
 
     p = subparsers.add_parser("calibrate", help="sweep the keep thresholds on dev data and pick an operating point")
     p.add_argument("--ckpt", required=True, help="checkpoint name or path (never modified)")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-speedup", type=float, metavar="X",
+    target.add_argument("--target-speedup", type=POSITIVE, metavar="X",
                         help="the most accurate point with FLOPs speedup >= X")
-    target.add_argument("--max-accuracy-drop", type=float, metavar="P",
+    target.add_argument("--max-accuracy-drop", type=NON_NEGATIVE, metavar="P",
                         help="the fastest point within P accuracy points (1.0 = 1%%) of the reference")
     p.add_argument("--reference", choices=["no-removal", "checkpoint"], default="no-removal",
                    help="what --max-accuracy-drop is measured from: every token kept (default) or the "
@@ -133,16 +134,16 @@ def add_calibrate_parser(subparsers) -> None:
                    help="what to calibrate on: the dev split (default), or the training examples the checkpoint "
                         "never trained on (those outside its --max-train-samples subset; the same train file), "
                         "which leaves dev a held-out test")
-    p.add_argument("--samples", type=int, help=samples_help("to calibrate on") + "; of --split")
+    p.add_argument("--samples", type=COUNT, help=samples_help("to calibrate on") + "; of --split")
     p.add_argument("--scales", type=_scales, help="global scales to sweep, e.g. 0,0.5,1,2 (default: ~20 "
                                                   "from 0 to every eta = 1)")
-    p.add_argument("--num-scales", type=int, default=20, help="size of the default grid")
+    p.add_argument("--num-scales", type=integer(3), default=20, help="size of the default grid")
     p.add_argument("--no-refine", action="store_true", help="skip the per-layer refinement")
     p.add_argument("--measure", action="store_true",
                    help="also measure wall-clock speedup (ONNX Runtime, batch 1) on a fixed dev subset")
-    p.add_argument("--measure-samples", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="timing rounds (the median is reported)")
-    p.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime threads (measurement default: 1)")
+    p.add_argument("--measure-samples", type=COUNT, default=64)
+    p.add_argument("--repeats", type=COUNT, default=5, help="timing rounds (the median is reported)")
+    p.add_argument("--threads", type=COUNT, help="PyTorch and ONNX Runtime threads (measurement default: 1)")
     p.add_argument("--json", action="store_true", help="print the calibration record as JSON")
     p.set_defaults(func=cmd_calibrate)
 
@@ -153,7 +154,7 @@ def add_calibrate_parser(subparsers) -> None:
     q.add_argument("--output", help="int8 artifact name (under $ADAPLER_HOME/artifacts) or path "
                                     "(default: beside the source, <name>-int8)")
     q.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
-    q.add_argument("--calib-samples", type=int, default=256, help="sentences to calibrate on")
+    q.add_argument("--calib-samples", type=COUNT, default=256, help="sentences to calibrate on")
     q.add_argument("--calib-split", default="train", choices=["train", "dev"])
     q.add_argument("--method", default="minmax", choices=["minmax", "minmax-moving-average"],
                    help="activation ranges (histogram methods need equal shapes; compacted inputs are ragged)")
@@ -165,15 +166,15 @@ def add_calibrate_parser(subparsers) -> None:
                    help="also quantize the FFN down projection (faster, much less accurate: see README)")
     q.add_argument("--quantize-outputs", action="store_true", help="also Q/DQ on MatMul outputs")
     q.add_argument("--data-dir", help="task data (train for calibration, dev for parity)")
-    q.add_argument("--samples", type=int, help=samples_help("for parity"))
+    q.add_argument("--samples", type=COUNT, help=samples_help("for parity"))
     q.add_argument("--tensorrt", action="store_true",
                    help="also build TensorRT INT8 segment engines (tensorrt, else tensorrt_rtx) from symmetric "
                         "QDQ graphs")
-    q.add_argument("--max-batch", type=int, default=32, help="TensorRT profile: largest batch")
-    q.add_argument("--max-seq", type=int, help="TensorRT profile: longest sequence (default: max length)")
+    q.add_argument("--max-batch", type=COUNT, default=32, help="TensorRT profile: largest batch")
+    q.add_argument("--max-seq", type=COUNT, help="TensorRT profile: longest sequence (default: max length)")
     q.add_argument("--no-bench", action="store_true", help="skip the int8 vs fp32 timing")
     q.add_argument("--force", action="store_true",
                    help="replace an earlier artifact at the output place; a folder that is not one is never replaced")
-    q.add_argument("--threads", type=int, help="PyTorch and ONNX Runtime threads (default: 1)")
+    q.add_argument("--threads", type=COUNT, help="PyTorch and ONNX Runtime threads (default: 1)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)

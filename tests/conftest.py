@@ -73,8 +73,10 @@ def readme_checkpoint() -> Path | None:
     base = Path(os.environ.get("ADAPLER_HOME", Path.home() / ".cache" / "adapler")).expanduser()
     path = base / "checkpoints" / README_CHECKPOINT
     try:
-        config = json.loads((path / "adapler_config.json").read_text())["training"]["config"]
-    except (OSError, ValueError, KeyError):
+        recorded = json.loads((path / "adapler_config.json").read_text())
+        config = recorded["training"]["config"]
+        recorded["data"]["train"]["draws"]  # written before the data record held its draws: train anew
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     for key, want in CI_TRAINING.items():
         value = config

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from adapler_export.data import load_folder
@@ -49,17 +50,80 @@ def test_bad_data_folder(tmp_path, train_text, dev_text, fragment):
     assert_clean_error(result, fragment, tmp_path)
 
 
-@pytest.mark.parametrize("option,fragment", [
-    ("--grad-accumulation", "gradient accumulation must be at least 1 (got 0)"),
-    ("--batch-size", "batch size must be at least 1 (got 0)"),
-])
-def test_training_counts_below_one_are_refused_before_any_work(tmp_path, option, fragment):
-    data = tmp_path / "data"
-    write_split(data, "train.tsv", "sentence\tlabel\ngood\t1\nbad\t0\n")
-    write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
-    result = run_cli("train", "--data-dir", str(data), option, "0", "--output", "x", env_home=tmp_path)
-    assert_clean_error(result, fragment, tmp_path)
-    assert not (tmp_path / "work").exists(), "refused before a work directory was made"
+# A number outside its range, for each command that takes one: refused by the option's type
+# (adapler_export/arguments.py) before anything loads. Before, some of these ended in a traceback
+# (--threads -1, --stage3-train-samples 0, --samples 0, --seed -1, --lr-stage1 -1, --concurrency 0,
+# --queue-delay-us -1, --http-port 70000), others ran on silently (--samples -1 meant "all but one",
+# --max-train-samples -1 likewise, --instances 0 wrote a repository, --lr-stage1 0 trained nothing).
+BAD_NUMBERS = [
+    (["train", "--threads", "-1"], "--threads: must be an integer >= 1, got -1"),
+    (["train", "--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+    (["train", "--grad-accumulation", "0"], "--grad-accumulation: must be an integer >= 1, got 0"),
+    (["train", "--batch-size", "0"], "--batch-size: must be an integer >= 1, got 0"),
+    (["train", "--max-train-samples", "-1"], "--max-train-samples: must be an integer >= 1, got -1"),
+    (["train", "--stage3-train-samples", "0"], "--stage3-train-samples: must be an integer >= 1, got 0"),
+    (["train", "--seed", "-1"], "--seed: must be an integer in 0..4294967295, got -1"),
+    (["train", "--lr-stage1", "0"], "--lr-stage1: must be a finite number > 0, got 0"),
+    (["train", "--eta-lr", "nan"], "--eta-lr: must be a finite number > 0, got nan"),
+    (["train", "--phi", "-0.1"], "--phi: must be a finite number >= 0, got -0.1"),
+    (["train", "--epochs-stage3", "two"], "--epochs-stage3: expected an integer >= 1, got 'two'"),
+    (["train", "--lambda-schedule", "50:-1"], "--lambda-schedule: expected BASE:MULT, two positive numbers"),
+    (["evaluate", "--ckpt", "x", "--samples", "0"], "--samples: must be an integer >= 1, got 0"),
+    (["evaluate", "--ckpt", "x", "--samples", "-1"], "--samples: must be an integer >= 1, got -1"),
+    (["build", "--ckpt", "x", "--max-seq", "-1"], "--max-seq: must be an integer >= 1, got -1"),
+    (["build", "--ckpt", "x", "--max-batch", "0"], "--max-batch: must be an integer >= 1, got 0"),
+    (["verify", "--artifact", "x", "--samples", "0"], "--samples: must be an integer >= 1, got 0"),
+    (["triton", "--artifact", "x", "--repo", "r", "--queue-delay-us", "-1"],
+     "--queue-delay-us: must be an integer >= 0, got -1"),
+    (["triton", "--artifact", "x", "--repo", "r", "--instances", "0"], "--instances: must be an integer >= 1, got 0"),
+    (["serve", "--artifact", "x", "--load", "--concurrency", "0"], "--concurrency: must be an integer >= 1, got 0"),
+    (["serve", "--artifact", "x", "--http-port", "70000"], "--http-port: must be an integer in 0..65535, got 70000"),
+    (["serve", "--artifact", "x", "--load", "--duration", "0"], "--duration: must be a finite number > 0, got 0"),
+    (["calibrate", "--ckpt", "x", "--num-scales", "2"], "--num-scales: must be an integer >= 3, got 2"),
+    (["quantize", "--artifact", "x", "--threads", "0"], "--threads: must be an integer >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_NUMBERS, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_numbers_out_of_range_are_one_line_errors_before_any_work(tmp_path, monkeypatch, capsys, args, fragment):
+    from adapler_export.cli import main
+
+    monkeypatch.setenv("ADAPLER_HOME", str(tmp_path))
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1, captured.err
+    assert lines[0].startswith("adapler-export: error: ") and fragment in lines[0], lines[0]
+    assert f"(see adapler-export {args[0]} --help)" in lines[0]
+    assert not any(tmp_path.iterdir()), "refused before anything was written"
+
+
+def test_usage_errors_are_one_line_too(capsys):
+    """argparse's own errors (a missing or unknown argument) have the same one-line form, and --help still
+    prints the whole usage."""
+    from adapler_export.cli import main
+
+    for args, fragment in ((["build"], "the following arguments are required: --ckpt"),
+                           (["nosuch"], "invalid choice: 'nosuch'"), (["evaluate", "--ckpt", "x", "--bogus"],
+                                                                      "unrecognized arguments: --bogus")):
+        assert main(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("adapler-export: error: ") and fragment in lines[0], lines
+    assert main(["evaluate", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: adapler-export evaluate")
+
+
+def test_a_subset_of_fewer_than_one_example_is_refused():
+    """The library's own guard (the command line refuses these first): a negative count would slice off
+    examples from the end ("all but N"), zero would leave nothing to train or evaluate on."""
+    from adapler_export.data import Split
+    from adapler_export.errors import AdaplerError
+
+    split = Split([f"text {i}" for i in range(10)], np.arange(10) % 2)
+    for count in (0, -1):
+        with pytest.raises(AdaplerError, match=f"cannot draw {count} examples"):
+            split.subset(count)
+    assert len(split.subset(3)) == 3 and split.subset(None) is split and split.subset(10) is split
 
 
 def test_bad_label(tmp_path):

@@ -264,28 +264,38 @@ def write_tsv(path: Path, rows: int, offset: int = 0) -> None:
 
 
 def test_unseen_train_is_what_training_did_not_draw_and_refuses_what_cannot_be_told_apart(tmp_path):
-    from adapler_export.data import load_task, load_unseen_train
+    from adapler_export.data import TaskData, data_record, load_task, load_unseen_train
 
     data = tmp_path / "data"
     data.mkdir()
     write_tsv(data / "train.tsv", 40)
     write_tsv(data / "dev.tsv", 4, offset=1000)
-    train = load_task("sst2", data)["train"]
-    record = {"train": {"source": train.source, "sha256": train.sha256, "examples": 10}}
-    training = {"config": {"max_train_samples": 10, "seed": 42}}
-    trained_on = set(train.subset(10, 42).texts)  # what training/pipeline.py draws, the same call
+    task = load_task("sst2", data)
+    drawn = task["train"].subset(10, 42)  # what training/pipeline.py draws, the same call
+    record = data_record(TaskData(task.task, task.labels, {"train": drawn, "dev": task["dev"]}), 10)
+    assert record["train"]["draws"] == [{"count": 10, "seed": 42}] and record["dev"]["draws"] == []
 
-    unseen = load_unseen_train("sst2", data, record, training)
-    assert len(unseen) == 30 and not trained_on & set(unseen.texts)
-    assert len(load_unseen_train("sst2", data, record, training, samples=7)) == 7
+    unseen = load_unseen_train("sst2", data, record, {})
+    assert len(unseen) == 30 and not set(drawn.texts) & set(unseen.texts)
+    assert len(load_unseen_train("sst2", data, record, {}, samples=7)) == 7
+    # Checkpoints written before the record held its draws: the options training recorded, the same rows.
+    legacy = {"train": {k: v for k, v in record["train"].items() if k != "draws"}}
+    assert load_unseen_train("sst2", data, legacy, {"config": {"max_train_samples": 10, "seed": 42}}).texts \
+        == unseen.texts
 
     with pytest.raises(AdaplerError, match="does not record which training examples"):
-        load_unseen_train("sst2", data, {}, training)
+        load_unseen_train("sst2", data, {}, {"config": {"max_train_samples": 10, "seed": 42}})
+    with pytest.raises(AdaplerError, match="does not record which training examples"):
+        load_unseen_train("sst2", data, legacy, {"config": "official recipe on one GPU"})  # an assembled one
     with pytest.raises(AdaplerError, match="was trained on every example"):
-        load_unseen_train("sst2", data, record, {"config": {"max_train_samples": None, "seed": 42}})
+        load_unseen_train("sst2", data, {**record, "train": task["train"].record()}, {})
+    with pytest.raises(AdaplerError, match="was trained on every example"):
+        load_unseen_train("sst2", data, legacy, {"config": {"max_train_samples": None, "seed": 42}})
+    with pytest.raises(AdaplerError, match="drawn in several steps"):
+        load_unseen_train("sst2", data, {"train": drawn.subset(5, 1).record()}, {})
     write_tsv(data / "train.tsv", 40, offset=1)  # another file: its rows outside the subset are not the unseen ones
     with pytest.raises(AdaplerError, match="is not the train file the checkpoint was trained on"):
-        load_unseen_train("sst2", data, record, training)
+        load_unseen_train("sst2", data, record, {})
 
 
 def test_table_columns_line_up():
@@ -487,6 +497,7 @@ def test_calibrate_on_unseen_training_examples_leaves_dev_untouched(ci_checkpoin
     assert record["data"]["source"].endswith("train.tsv") and "held-out" in record["note"]
     config = load_checkpoint(ci_checkpoint).config
     settings = config.training["config"]
+    assert config.data["train"]["draws"] == [{"count": settings["max_train_samples"], "seed": settings["seed"]}]
     drawn = load_task("sst2", sst2_dir(), splits=("train",))["train"].subset(settings["max_train_samples"],
                                                                             settings["seed"])
     assert len(drawn) == config.data["train"]["examples"]  # the rows training drew, by the same rule
@@ -662,7 +673,7 @@ def test_quantize_checks_its_inputs_and_output_before_any_work(built_artifact, t
              (["--artifact", str(built_artifact), "--output", str(mine), "--force"], "not an adapler-export artifact"),
              (["--artifact", str(built_artifact), "--output", str(earlier)], "pass --force"),
              (["--artifact", str(built_artifact), "--output", str(built_artifact / "int8")], "overlaps the input"),
-             (["--artifact", str(built_artifact), "--calib-samples", "0"], "--calib-samples must be an integer")]
+             (["--artifact", str(built_artifact), "--calib-samples", "0"], "--calib-samples: must be an integer")]
     for args, message in cases:
         started = time.perf_counter()
         assert main(["quantize", *args]) == 2

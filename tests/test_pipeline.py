@@ -16,6 +16,7 @@ def test_trained_model_drops_tokens_and_is_accurate(ci_checkpoint, capsys):
     training = ckpt.config.training
     assert {"stage1", "stage3", "saliency"} <= set(training)
     assert ckpt.config.data["train"]["examples"] == 4000
+    assert ckpt.config.data["train"]["draws"] == [{"count": 4000, "seed": 42}]  # which 4,000: Split.subset's draw
     assert len(ckpt.config.data["train"]["sha256"]) == 64
     assert main(["evaluate", "--ckpt", str(ci_checkpoint), "--data-dir", str(sst2_dir()), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

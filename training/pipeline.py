@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-from adapler_export.data import TaskData, load_task, task_max_length, task_metrics, task_reads_pairs, task_truncation
+from adapler_export.data import (TaskData, data_record, load_task, task_max_length, task_metrics, task_reads_pairs,
+                                 task_truncation)
 from adapler_export.errors import AdaplerError
 from adapler_export.evaluation import evaluate_adaptive, scores_text
 from adapler_export.storage import adapler_home
@@ -155,12 +156,6 @@ def check_config(cfg: TrainConfig) -> None:
 def stage1_f1(stage1: dict) -> float | None:
     """The dev F1 of stage 1's selected epoch, where the task reports F1."""
     return next((h.get("dev_f1") for h in stage1["history"] if h["epoch"] == stage1["epoch"]), None)
-
-
-def data_record(data: TaskData, stage3_train_examples: int) -> dict:
-    """What a checkpoint records of the data it was trained on (AdapLeRConfig.data)."""
-    return {**{split: {"source": data[split].source, "sha256": data[split].sha256, "examples": len(data[split])}
-               for split in ("train", "dev")}, "stage3_train_examples": stage3_train_examples}
 
 
 def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=print, force: bool = False) -> Path:

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+from ..arguments import COUNT, PORT, POSITIVE, integer
 from ..data import default_texts_file, load_dev, read_inputs, read_texts
 from ..errors import AdaplerError
 
@@ -72,10 +73,10 @@ def add_triton_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--artifact", required=True,
                    help="build artifact: a path, or a name under $ADAPLER_HOME/artifacts (checked first)")
     p.add_argument("--repo", "--out", dest="out", required=True, help="repository directory to write (atomically)")
-    p.add_argument("--max-batch", type=int, default=32, help="max_batch_size of the models (default 32)")
-    p.add_argument("--queue-delay-us", type=int, default=2000,
+    p.add_argument("--max-batch", type=COUNT, default=32, help="max_batch_size of the models (default 32)")
+    p.add_argument("--queue-delay-us", type=integer(0), default=2000,
                    help="dynamic batching max_queue_delay_microseconds (default 2000)")
-    p.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
+    p.add_argument("--instances", type=COUNT, default=1, help="model instances (default 1)")
     p.add_argument("--backend", default="auto", help="load_backend kind for adapler_text (default auto)")
     p.add_argument("--with-tensorrt-plan", action="store_true",
                    help="also write adapler_plan/adapler_tokenizer/adapler_ensemble (needs the single engine; "
@@ -92,7 +93,7 @@ def add_triton_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing repository")
     p.add_argument("--check", action="store_true",
                    help="start the local tritonserver on the new repository, classify two texts, stop")
-    p.add_argument("--timeout", type=float, default=300.0, help="readiness timeout for --check (s)")
+    p.add_argument("--timeout", type=POSITIVE, default=300.0, help="readiness timeout for --check (s)")
     p.set_defaults(func=cmd_triton)
     return p
 
@@ -227,24 +228,24 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--repo", help="a repository written by `adapler-export triton`")
     src.add_argument("--artifact", help="a build artifact, path or name (a temporary repository is written for it)")
     p.add_argument("--models", nargs="+", help="models to load (default: all this server can run)")
-    p.add_argument("--max-batch", type=int, default=32, help="with --artifact: max_batch_size")
+    p.add_argument("--max-batch", type=COUNT, default=32, help="with --artifact: max_batch_size")
     p.add_argument("--backend", default="auto", help="with --artifact: load_backend kind")
-    p.add_argument("--http-port", type=int, help="default: a free port")
-    p.add_argument("--grpc-port", type=int, help="default: a free port")
+    p.add_argument("--http-port", type=PORT, help="default: a free port")
+    p.add_argument("--grpc-port", type=PORT, help="default: a free port")
     p.add_argument("--log-file", help="keep the server log here (default: in the temporary work folder, removed "
                                       "on exit)")
-    p.add_argument("--timeout", type=float, default=300.0, help="readiness timeout (s)")
+    p.add_argument("--timeout", type=POSITIVE, default=300.0, help="readiness timeout (s)")
     p.add_argument("--load", action="store_true", help="run a bounded load test, print it, stop")
     p.add_argument("--texts", help="texts for --load: one a line, or a .tsv with a sentence column (default: the "
                                    "artifact's task's dev file, else SST-2 dev, from the data folder); for a "
                                    "sentence-pair artifact (mrpc, rte) one pair a line, the two texts separated by a "
                                    "tab, or the task's GLUE .tsv (default: the artifact's task's dev split)")
-    p.add_argument("--load-texts", type=int, default=None, help="use only the first N texts")
+    p.add_argument("--load-texts", type=COUNT, default=None, help="use only the first N texts")
     p.add_argument("--protocol", choices=["http", "grpc", "both"], default="http")
-    p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
-    p.add_argument("--requests", type=int, default=200, help="requests per client (default 200)")
-    p.add_argument("--duration", type=float, default=60.0, help="time cap per protocol (s, default 60)")
-    p.add_argument("--batch-size", type=int, default=1, help="texts per request (default 1)")
+    p.add_argument("--concurrency", type=COUNT, default=8, help="concurrent clients (default 8)")
+    p.add_argument("--requests", type=COUNT, default=200, help="requests per client (default 200)")
+    p.add_argument("--duration", type=POSITIVE, default=60.0, help="time cap per protocol (s, default 60)")
+    p.add_argument("--batch-size", type=COUNT, default=1, help="texts per request (default 1)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_serve)
     return p

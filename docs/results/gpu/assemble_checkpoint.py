@@ -42,12 +42,11 @@ def main(argv=None) -> int:
     import torch
 
     from adapler_export.checkpoint import DEFAULT_BACKBONE, AdapLeRConfig, Checkpoint, load_backbone, save_checkpoint
-    from adapler_export.data import load_task, task_max_length, task_truncation
+    from adapler_export.data import data_record, load_task, task_max_length, task_truncation
     from adapler_export.evaluation import evaluate_adaptive
     from adapler_export.modeling_adapler import AdapLeRForSequenceClassification
     from adapler_export.serving.tokenization import TRUNCATIONS, Cut
     from adapler_export.storage import resolve_output_dir
-    from training.pipeline import data_record
     from training.stage3_adapler import Stage3Config, select_epoch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
