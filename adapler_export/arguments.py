@@ -62,3 +62,15 @@ NON_NEGATIVE = number(0.0)  # loss weights, tolerances, delays
 POSITIVE = number(0.0, low_allowed=False)  # learning rates, timeouts, durations
 SEED = integer(0, 2**32 - 1)  # what numpy's and PyTorch's generators take
 PORT = integer(0, 65535)  # 0: a free port, as when the option is left out
+
+
+THREADS_HELP = "PyTorch intra-op threads (default: all cores; 1 keeps a shared machine responsive)"
+
+
+def use_threads(threads: int | None) -> None:
+    """What `--threads` does, for every command that takes it: PyTorch's intra-op threads (None: leave
+    PyTorch's default, all cores). ONNX Runtime sessions take their thread count where they are made."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)

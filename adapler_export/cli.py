@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from .arguments import COUNT, NON_NEGATIVE, POSITIVE, SEED, ArgumentParser
+from .arguments import COUNT, NON_NEGATIVE, POSITIVE, SEED, THREADS_HELP, ArgumentParser, use_threads
 from .errors import AdaplerError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,10 +31,7 @@ def cmd_train(args) -> int:
 
     from training.pipeline import MULTI_FIELD_OPTIONS, OPTION_FIELDS, TrainConfig, apply_options, apply_setting, train
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     cfg = apply_setting(TrainConfig(task=args.task, data_dir=args.data_dir, backbone=args.backbone), args.setting)
     options = {name: getattr(args, name, None) for name in (*OPTION_FIELDS, *MULTI_FIELD_OPTIONS)}
     options["length_grouped"] = False if args.no_length_grouping else None  # a flag that only switches off
@@ -85,6 +82,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_dev, task_metrics
     from .evaluation import evaluate_adaptive
 
+    use_threads(args.threads)
     ckpt = load_checkpoint(args.ckpt)
     cut = evaluation_cut(ckpt.config, args.truncation)
     dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
@@ -288,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when no stage-3 epoch is within the tolerance: keep nothing (the official rule, an "
                         "error) or keep the most accurate epoch")
     p.add_argument("--seed", type=SEED)
-    p.add_argument("--threads", type=COUNT, help="PyTorch intra-op threads (1 keeps a shared machine responsive)")
+    p.add_argument("--threads", type=COUNT, help=THREADS_HELP)
     p.add_argument("--force", action="store_true", help="replace an earlier checkpoint at --output")
     p.set_defaults(func=cmd_train)
 
@@ -298,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut over-long dev texts by this rule instead of the one the checkpoint was trained with")
     p.add_argument("--data-dir")
     p.add_argument("--samples", type=COUNT, help=samples_help("to evaluate"))
+    p.add_argument("--threads", type=COUNT, help=THREADS_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

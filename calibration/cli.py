@@ -28,18 +28,13 @@ def _scales(text: str) -> list:
         raise argparse.ArgumentTypeError("expected comma-separated numbers, e.g. 0,0.5,1,2,4") from None
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _json_default(value):
     return str(value)
 
 
 def cmd_calibrate(args) -> int:
+    from adapler_export.arguments import use_threads
+
     from .sweep import CalibrateOptions, calibrate
 
     options = CalibrateOptions(target_speedup=args.target_speedup, max_accuracy_drop=args.max_accuracy_drop,
@@ -49,7 +44,7 @@ def cmd_calibrate(args) -> int:
                                measure=args.measure, measure_samples=args.measure_samples,
                                measure_repeats=args.repeats, threads=1 if args.threads is None else args.threads,
                                report_dir=args.report_dir, force=args.force).validate()
-    _set_threads(args.threads)
+    use_threads(args.threads)
     result = calibrate(args.ckpt, args.output, options, log=_log)
     if args.json:
         record = dict(result.record)
@@ -71,6 +66,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from adapler_export.arguments import use_threads
     from adapler_export.progress import progress
 
     from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
@@ -82,7 +78,7 @@ def cmd_quantize(args) -> int:
                               data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
                               threads=1 if args.threads is None else args.threads, tensorrt=args.tensorrt,
                               max_batch=args.max_batch, max_seq=args.max_seq, force=args.force).validate()
-    _set_threads(args.threads)
+    use_threads(args.threads)
     result = quantize_artifact(args.artifact, args.output, options, ckpt=args.ckpt, log=_log, progress=progress)
     summary = quantize_summary(result)
     if args.json:

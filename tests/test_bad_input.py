@@ -155,3 +155,22 @@ def test_csv_folder_is_read(tmp_path):
     task = load_folder("sst2", data)
     assert task["train"].texts == ["a, quoted, sentence", "plain"]
     assert task["train"].labels.tolist() == [1, 0]
+
+
+def test_threads_option_is_one_rule_for_every_command(monkeypatch):
+    """`--threads N` of train, evaluate, calibrate and quantize: the same type and the same effect
+    (`arguments.use_threads`); left out, PyTorch keeps its default."""
+    import torch
+
+    from adapler_export.arguments import use_threads
+    from adapler_export.cli import build_parser
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    use_threads(None)
+    use_threads(3)
+    assert calls == [3]
+    parser = build_parser()
+    for args in (["train"], ["evaluate", "--ckpt", "x"], ["calibrate", "--ckpt", "x"], ["quantize", "--artifact", "x"]):
+        assert parser.parse_args([*args, "--threads", "2"]).threads == 2
+        assert parser.parse_args(args).threads is None
