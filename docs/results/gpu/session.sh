@@ -10,7 +10,8 @@
 #                bit, timings, and PyTorch segments linked by the kernel vs the CPU reference on all 872
 #                SST-2 dev sentences), bench_gpu.py on SST-2 and on IMDB dev reviews; the SST-2
 #                checkpoint comes back. On a fresh machine (no checkpoints) the proof runs without them.
-# Carried: .gpu/minilm (the backbone in fp16) and .gpu/data/data.tar.xz (SST-2 and IMDB). $OUT gets
+# Carried: .gpu/minilm (the backbone in fp16) and .gpu/data/data.tar.xz (SST-2 and IMDB), made here first by
+# `python docs/results/gpu/transfer.py prepare-carry .gpu` (54 MiB of the 64 a call carries). $OUT gets
 # logs.tar.gz (refreshed every 20 s, so a call stopped at its limit still brings back what it had) and the
 # packed checkpoint.
 set -u -o pipefail

