@@ -2,10 +2,10 @@
 (`cli.py`, `serving/cli_commands.py`, `calibration/cli.py`).
 
 A count below its floor, a port outside 0-65535, a learning rate of zero or a number that is not finite is
-refused by argparse itself, before anything loads: one usage line, one error line naming the option, exit
-status 2. Without them `--threads -1` or `--concurrency 0` ended in a traceback, and `--samples -1` silently
-meant "all but one". The library checks what it is given as well (`Split.subset`, `CalibrateOptions`, the
-load test): these types only make the command line say it first, with the option's name.
+refused by argparse itself, before anything loads: one error line naming the option, exit status 2. Without
+them `--threads -1` or `--concurrency 0` ended in a traceback, and `--samples -1` silently meant "all but
+one". The library checks what it is given as well (`Split.subset`, `CalibrateOptions`, the load test):
+these types only make the command line say it first, with the option's name.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def integer(low: int = 1, high: int | None = None):
             raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
         return value
 
-    parse.__name__ = "integer"  # argparse names the type in its messages
+    parse.__name__ = "integer"  # what argparse's own fallback message calls the type
     return parse
 
 

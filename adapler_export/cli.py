@@ -248,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official: the official recipe's values; fast: a CPU budget (see training/pipeline.py)")
     p.add_argument("--max-train-samples", type=COUNT)
     p.add_argument("--max-eval-samples", type=COUNT)
-    p.add_argument("--max-length", type=COUNT, help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, "
-                                                  "128 MRPC, 256 RTE)")
+    p.add_argument("--max-length", type=COUNT,
+                   help="wordpieces per input (default: the task's, 64 SST-2, 512 IMDB, 128 MRPC, 256 RTE)")
     p.add_argument("--truncation", choices=TRUNCATIONS,
                    help="how a longer text is cut to --max-length: its head, or head+tail (the first quarter and "
                         "last three quarters of the wordpieces, Sun et al. 2019; single texts only); default: the "
@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BASE:MULT, lambda = BASE * MULT**epoch (official: 10:10 for 5 epochs, 50:50 for 3)")
     p.add_argument("--lambda-first-step", type=_optional_float,
                    help="lambda of the very first stage-3 step (official 1000; 'off': the schedule's)")
-    p.add_argument("--cp-lr", type=POSITIVE, help="learning rate of the Contribution Predictors (official: stage 3's)")
+    p.add_argument("--cp-lr", type=POSITIVE,
+                   help="learning rate of the Contribution Predictors (official: stage 3's)")
     p.add_argument("--eta-lr", type=POSITIVE, help="learning rate of eta and theta (official 5e-4)")
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")

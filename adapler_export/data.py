@@ -126,7 +126,8 @@ class Split:
 
     def _rows(self, rows: np.ndarray) -> "Split":
         pairs = None if self.pairs is None else [self.pairs[i] for i in rows]
-        # Rows picked by hand are no draw `complement` could undo: `subset` adds its own to `draws`.
+        # `draws` starts empty here: `subset` adds its draw itself; what `complement` picks is not a draw a
+        # record could replay, and no checkpoint records it.
         return Split([self.texts[i] for i in rows], self.labels[rows], self.source, self.sha256, pairs)
 
 
