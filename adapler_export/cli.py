@@ -50,6 +50,15 @@ def _optional_float(text: str):
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}") from None
 
 
+def _count_or_off(text: str):
+    if text.lower() in ("off", "none"):
+        return "off"
+    try:
+        return COUNT(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'off', got {text!r}") from None
+
+
 def _lambda_schedule(text: str):
     try:
         base, mult = (POSITIVE(v) for v in text.split(":"))
@@ -272,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cp-lr", type=POSITIVE,
                    help="learning rate of the Contribution Predictors (official: stage 3's)")
     p.add_argument("--eta-lr", type=POSITIVE, help="learning rate of eta and theta (official 5e-4)")
+    p.add_argument("--official-steps", type=_count_or_off,
+                   help="the CP and eta learning rates are for a stage 3 of this many optimiser steps (official "
+                        "SST-2: 10525); a shorter one (less data) scales them up by this / its steps; 'off': never")
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],

@@ -11,7 +11,8 @@ step averages the gradients of `grad_accumulation` batches; 1 by default, as off
   saliency targets, gets the official proxy gradient: d(CE + phi * length)/d(theta_PR) / theta, with
   theta_PR the CP-side [CLS] weight, held at 1.
 lambda is annealed per epoch, lambda = base * mult**epoch, and the very first step runs at
-`lambda_first_step`. Each epoch ends with a hard-removal dev evaluation (the official lambda = 1e20).
+`lambda_first_step`. A run shorter than the official 10,525 steps (less data) scales the CP and eta/theta
+learning rates up by official steps / its steps (Stage3Config.official_steps says why). Each epoch ends with a hard-removal dev evaluation (the official lambda = 1e20).
 Model selection (official): an epoch is kept only if it is faster than every epoch kept before and its
 dev accuracy is above the best fine-tuned accuracy minus `selection_tolerance` (1 point); if no epoch
 qualifies nothing is kept (an error that says so) unless `selection_fallback` is "most-accurate".
@@ -45,6 +46,11 @@ SELECTION_FALLBACKS = ("none", "most-accurate")
 SELECTION_ONLY_FIELDS = ("selection_fallback",)
 
 
+# The official SST-2 stage-3 run: 67,349 sentences in batches of 32 (2,105 steps per epoch), 5 epochs.
+OFFICIAL_SST2_STEPS_PER_EPOCH = 2105
+OFFICIAL_SST2_STEPS = 5 * OFFICIAL_SST2_STEPS_PER_EPOCH
+
+
 @dataclass
 class Stage3Config:
     """Defaults: the official SST-2 run (run_classification_w_lr.py with the README's gamma and phi)."""
@@ -60,6 +66,12 @@ class Stage3Config:
     adam_eps: float = 1e-12  # both optimisers
     clip_norm: float = 1.0  # global, per optimiser
     eta_lr: float = 5e-4  # eta and theta (Adam)
+    # The CP and eta/theta learning rates above are for a run of this many optimiser steps, the official SST-2
+    # run's (5 epochs x 2,105 steps of 32). Adam moves a parameter by about its learning rate per step, so a
+    # shorter run (a smaller data set) multiplies both by official_steps / its steps: the CPs and eta can
+    # travel as far as in the official run, and on the official data nothing changes. The backbone's rate is
+    # not scaled (it starts trained, and stage 1 fine-tunes it at its rate on the same data). None: no scaling.
+    official_steps: int | None = OFFICIAL_SST2_STEPS
     gamma: float = 0.005  # KL weight (official SST-2 README value)
     phi: float = 0.0005  # length-loss weight (official SST-2 README value)
     max_length: int = 64
@@ -79,6 +91,13 @@ class Stage3Config:
         if epoch == 0 and step == 0 and self.lambda_first_step is not None:
             return self.lambda_first_step
         return self.lam(epoch)
+
+    def lr_scale(self, total_steps: int) -> float:
+        """How much a run of `total_steps` optimiser steps multiplies the CP and eta/theta learning rates:
+        official_steps / total_steps, never below 1 (a run as long as the official one or longer is official)."""
+        if self.official_steps is None:
+            return 1.0
+        return max(1.0, self.official_steps / max(1, total_steps))
 
     @property
     def cut(self) -> Cut:
@@ -191,12 +210,14 @@ def prune_epoch_models(stage_dir: Path, history: list, finetuned_accuracy: float
 
 
 def make_optimizers(model, cfg: Stage3Config, total_steps: int):
-    """(backbone + CP AdamW, its schedule, eta/theta Adam, its schedule), the official settings."""
+    """(backbone + CP AdamW, its schedule, eta/theta Adam, its schedule), the official settings; the CP and
+    eta/theta learning rates multiplied by cfg.lr_scale(total_steps) (1 for a run of the official length)."""
+    scale = cfg.lr_scale(total_steps)
     backbone = [(n, p) for n, p in main_parameters(model) if not n.startswith("cps.")]
     cps = [(n, p) for n, p in main_parameters(model) if n.startswith("cps.")]
     optimizer, scheduler = adamw_with_warmup(backbone, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio,
-                                             cfg.adam_eps, extra_groups=[(cps, cfg.cp_lr or cfg.lr)])
-    threshold_optimizer = torch.optim.Adam([model.eta, model.theta], lr=cfg.eta_lr, eps=cfg.adam_eps)
+                                             cfg.adam_eps, extra_groups=[(cps, (cfg.cp_lr or cfg.lr) * scale)])
+    threshold_optimizer = torch.optim.Adam([model.eta, model.theta], lr=cfg.eta_lr * scale, eps=cfg.adam_eps)
     threshold_scheduler = warmup_then_linear_decay(threshold_optimizer, total_steps, cfg.warmup_ratio)
     return optimizer, scheduler, threshold_optimizer, threshold_scheduler
 
@@ -218,7 +239,13 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     if cfg.max_train_samples_per_epoch is not None:
         batches = min(batches, -(-cfg.max_train_samples_per_epoch // cfg.batch_size))
     steps_per_epoch = optimizer_steps(batches, cfg.grad_accumulation)
-    optimizers = make_optimizers(model, cfg, steps_per_epoch * cfg.epochs)
+    total_steps = steps_per_epoch * cfg.epochs
+    scale = cfg.lr_scale(total_steps)
+    if scale > 1.0:
+        log(f"stage 3: {total_steps} optimiser steps against the official {cfg.official_steps:,}: the CP and eta "
+            f"learning rates are scaled by {scale:.1f} (CPs {(cfg.cp_lr or cfg.lr) * scale:.3g}, eta "
+            f"{cfg.eta_lr * scale:.3g}) so that they can travel as far")
+    optimizers = make_optimizers(model, cfg, total_steps)
     model, *optimizers = accelerator.prepare(model, *optimizers)
     optimizer, scheduler, threshold_optimizer, threshold_scheduler = optimizers
     unwrapped = accelerator.unwrap_model(model)

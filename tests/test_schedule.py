@@ -1,0 +1,124 @@
+"""Stage 3's schedule (lambda per step, the learning rate of every optimiser group per step): the official one,
+step by step, on SST-2's full training set; scaled learning rates on less data (issue 26)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.pipeline import TrainConfig, apply_options, apply_setting, slow_model_warning
+from training.stage3_adapler import OFFICIAL_SST2_STEPS, OFFICIAL_SST2_STEPS_PER_EPOCH, Stage3Config, make_optimizers
+
+from adapler_export.cli import build_parser
+
+
+class ThresholdedModel(torch.nn.Module):
+    """The parameter names make_optimizers sorts by: a backbone, CPs ("cps."), eta and theta."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = torch.nn.Linear(2, 2)
+        self.cps = torch.nn.Linear(2, 1)
+        self.eta = torch.nn.Parameter(torch.full((3,), 0.25))
+        self.theta = torch.nn.Parameter(torch.ones(3))
+
+
+def schedule(cfg: Stage3Config, steps_per_epoch: int) -> list:
+    """(lambda, backbone lr, CP lr, eta lr) of every optimiser step, as run_stage3 steps them."""
+    model = ThresholdedModel()
+    optimizer, scheduler, threshold_optimizer, threshold_scheduler = make_optimizers(
+        model, cfg, steps_per_epoch * cfg.epochs)
+    groups = optimizer.param_groups
+    backbone = next(g for g in groups if any(p is model.backbone.weight for p in g["params"]))
+    cps = next(g for g in groups if any(p is model.cps.weight for p in g["params"]))
+    rows = []
+    for epoch in range(cfg.epochs):
+        for step in range(steps_per_epoch):
+            rows.append((cfg.step_lambda(epoch, step), backbone["lr"], cps["lr"],
+                         threshold_optimizer.param_groups[0]["lr"]))
+            optimizer.step()  # no gradients: nothing moves, the schedules advance as in training
+            threshold_optimizer.step()
+            scheduler.step()
+            threshold_scheduler.step()
+    return rows
+
+
+def official_warmup_decay(step: int, total: int, warmup_ratio: float = 0.06) -> float:
+    """The official multiplier of every learning rate: linear warm-up over 6 % of the run, then linear decay to 0."""
+    warmup = int(total * warmup_ratio)
+    return (step + 1) / warmup if step < warmup else (total - step) / (total - warmup)
+
+
+def test_full_sst2_runs_the_official_schedule_step_by_step():
+    """2,105 steps per epoch (67,349 sentences in batches of 32), 5 epochs: lambda = 10 * 10**epoch (1000 on the
+    very first step), backbone and CPs at 3e-5 and eta at 5e-4, all with the official warm-up and decay."""
+    cfg = Stage3Config()
+    assert (cfg.epochs, cfg.batch_size, OFFICIAL_SST2_STEPS) == (5, 32, 5 * 2105)
+    assert -(-67349 // cfg.batch_size) == OFFICIAL_SST2_STEPS_PER_EPOCH
+    assert cfg.lr_scale(OFFICIAL_SST2_STEPS) == 1.0
+    rows = schedule(cfg, OFFICIAL_SST2_STEPS_PER_EPOCH)
+    assert len(rows) == OFFICIAL_SST2_STEPS
+    for step, (lam, backbone_lr, cp_lr, eta_lr) in enumerate(rows):
+        epoch = step // OFFICIAL_SST2_STEPS_PER_EPOCH
+        factor = official_warmup_decay(step, OFFICIAL_SST2_STEPS)
+        assert lam == (1000.0 if step == 0 else 10.0 * 10.0 ** epoch)
+        assert backbone_lr == pytest.approx(3e-5 * factor, rel=1e-12, abs=1e-20)
+        assert cp_lr == pytest.approx(3e-5 * factor, rel=1e-12, abs=1e-20)
+        assert eta_lr == pytest.approx(5e-4 * factor, rel=1e-12, abs=1e-20)
+    assert rows[631][3] == pytest.approx(5e-4) and rows[-1][3] < 1e-6, "warm-up to the peak, decay to 0"
+
+
+@pytest.mark.parametrize("sentences", [1000, 3000])
+def test_less_data_scales_the_cp_and_eta_rates_so_they_travel_as_far(sentences):
+    """On a subset the epochs are shorter: lambda still follows the official per-epoch formula (the mask is
+    hard by the run's end), the backbone keeps its rate, and the CP and eta rates are multiplied by
+    official steps / the run's steps, so that their summed learning rate (about how far Adam can move them)
+    equals the official run's."""
+    cfg = Stage3Config()
+    steps_per_epoch = -(-sentences // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scale = OFFICIAL_SST2_STEPS / total
+    assert cfg.lr_scale(total) == pytest.approx(scale) and scale > 20
+    rows = schedule(cfg, steps_per_epoch)
+    official = schedule(cfg, OFFICIAL_SST2_STEPS_PER_EPOCH)
+    for step, (lam, backbone_lr, cp_lr, eta_lr) in enumerate(rows):
+        epoch = step // steps_per_epoch
+        factor = official_warmup_decay(step, total)
+        assert lam == (1000.0 if step == 0 else 10.0 * 10.0 ** epoch)
+        assert backbone_lr == pytest.approx(3e-5 * factor, rel=1e-12, abs=1e-20)
+        assert cp_lr == pytest.approx(3e-5 * scale * factor, rel=1e-12, abs=1e-20)
+        assert eta_lr == pytest.approx(5e-4 * scale * factor, rel=1e-12, abs=1e-20)
+    for column in (2, 3):  # CPs, eta: the same total travel as the official run, within rounding of the warm-up
+        assert sum(r[column] for r in rows) == pytest.approx(sum(r[column] for r in official), rel=0.02)
+    assert sum(r[1] for r in rows) < sum(r[1] for r in official) / 20, "the backbone is not scaled"
+
+
+def test_scaling_stops_at_the_official_length_and_can_be_switched_off():
+    cfg = Stage3Config()
+    assert cfg.lr_scale(2 * OFFICIAL_SST2_STEPS) == 1.0, "a longer run is never slowed down"
+    assert Stage3Config(official_steps=None).lr_scale(10) == 1.0
+    rows = schedule(Stage3Config(official_steps=None), 94)
+    assert max(r[3] for r in rows) == pytest.approx(5e-4), "off: the official rates on any data"
+    fast = apply_setting(TrainConfig(), "fast")
+    assert fast.stage3.official_steps is None, "the fast setting sets its own rates"
+    assert "official_steps" not in fast.stage3.work_key(), "so its work directories are those of before"
+    assert Stage3Config().work_key()["official_steps"] == OFFICIAL_SST2_STEPS
+
+
+def test_official_steps_option():
+    parser = build_parser()
+    off = parser.parse_args(["train", "--official-steps", "off"])
+    cfg = apply_options(TrainConfig(), {"official_steps": off.official_steps})
+    assert cfg.stage3.official_steps is None
+    given = parser.parse_args(["train", "--official-steps", "2000"])
+    assert apply_options(TrainConfig(), {"official_steps": given.official_steps}).stage3.official_steps == 2000
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--official-steps", "0"])
+
+
+def test_a_slow_trained_model_ends_with_a_warning_that_names_the_numbers_and_a_better_command():
+    cfg = TrainConfig()
+    warning = slow_model_warning(1.04, [25.2, 24.0, 23.5], [0.25, 0.29, 0.31], cfg)
+    assert warning.startswith("warning: the trained model is only 1.04x faster")
+    assert "25.2, 24.0, 23.5" in warning and "0.25, 0.29, 0.31" in warning
+    assert "--phi 0.002 --force" in warning
+    assert slow_model_warning(1.1, [20.0], [0.5], cfg) is None
