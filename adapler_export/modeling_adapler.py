@@ -216,11 +216,13 @@ def find_layout(backbone: nn.Module) -> EncoderLayout:
     raise UnsupportedBackbone(f"{name}: no encoder layers found at {tried}; supported families: {SUPPORTED_FAMILIES}")
 
 
-def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor, layout: EncoderLayout) -> torch.Tensor:
+def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor, layout: EncoderLayout,
+                  return_attention: bool = False):
     """One post-LN encoder layer (its modules found through `layout`) with an additive attention bias.
 
     Attention-probability dropout is left out on purpose (the official AdapLeR layer disables it);
-    hidden dropout follows the module's train/eval mode.
+    hidden dropout follows the module's train/eval mode. `return_attention`: (output, attention probabilities
+    [B, heads, S, S]), for attention-score token pruning (benchmarks/alternatives.py), a baseline of the paper's.
     """
     part = layout.parts(layer)
     heads, head_dim = part.heads, part.head_size
@@ -234,7 +236,8 @@ def encoder_layer(layer: nn.Module, hidden: torch.Tensor, bias: torch.Tensor, la
     context = reshape_tail(torch.matmul(probs, value).transpose(1, 2), heads * head_dim)
     hidden = part.attention_norm(part.attention_dropout(part.attention_dense(context)) + hidden)
     inter = part.activation(part.ffn_in(hidden))
-    return part.output_norm(part.ffn_dropout(part.ffn_out(inter)) + hidden)
+    out = part.output_norm(part.ffn_dropout(part.ffn_out(inter)) + hidden)
+    return (out, probs) if return_attention else out
 
 
 @dataclass

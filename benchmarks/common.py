@@ -159,11 +159,13 @@ def batch_inputs(batch) -> tuple:
     return batch.inputs if isinstance(batch, Batch) else tuple(batch[:2])
 
 
-def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False) -> list:
+def make_batches(workload: Workload, batch: int, pad_id: int, sort: bool = False, order=None) -> list:
     """[Batch(input_ids [B,S], attention_mask [B,S], example indices[, token types [B,S]])], right-padded to the
     batch maximum (token types padded with 0). Dataset order by default (what a server sees); `sort` groups
-    similar lengths (less padding)."""
-    order = np.argsort(workload.lengths, kind="stable") if sort else np.arange(len(workload.examples))
+    similar lengths (less padding); `order` (example indices) is the order itself, so that workloads of the same
+    examples cut differently (shorter max lengths) get batches of the same examples."""
+    if order is None:
+        order = np.argsort(workload.lengths, kind="stable") if sort else np.arange(len(workload.examples))
     batches = []
     for start in range(0, len(order), batch):
         index = order[start: start + batch]
