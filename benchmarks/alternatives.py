@@ -7,6 +7,7 @@ For one task's checkpoint, every model below runs in ONNX Runtime on the CPU wit
   full fp32               the checkpoint's own backbone, no CPs, no removal (`baseline.export_full_onnx`)
   full int8 dynamic       `onnxruntime.quantization.quantize_dynamic(full.onnx, weight_type=QInt8)` on the file
                           as it is: what a user tries first
+  full int8 (product)     `adapler_export.quantization.quantize_dynamic_int8` (the product's INT8) on full.onnx
   full int8 static        the product's static QDQ scheme (`calibration.int8.quantize_segment`: uint8 activations,
                           per-channel int8 weights, FFN down projection fp32) applied to full.onnx
   full ort-optimized      `onnxruntime.transformers.optimizer.optimize_model(model_type="bert")`, fp32
@@ -18,8 +19,10 @@ For one task's checkpoint, every model below runs in ONNX Runtime on the CPU wit
                           layer k-1 (mean over heads and live query rows), [CLS] always, as many per layer as the
                           AdapLeR point keeps (the paper's comparison); the product's link does the compaction
   AdapLeR s=X             the one graph (`onnx_graph.build_one_graph`) at eta * X (`calibration.sweep.scaled_eta`;
-                          s=1: as trained), fp32, its dynamic INT8 form, and (s=1) the product's static INT8
-                          (`adapler-export quantize`'s scheme: every segment quantized, then joined)
+                          s=1: as trained), fp32 and the product's INT8 (`adapler_export.quantization.
+                          quantize_dynamic_int8`, what `build --int8` writes); at s=1 also plain `quantize_dynamic`
+                          on the file and the static QDQ scheme of `calibration.int8` (every segment quantized,
+                          then joined)
 
 Timing: for each thread count (1, 2) and batch size (1, 32), every model runs the same examples in the same
 batches, round robin batch by batch (who goes first rotates; `common.time_round_robin`), median of >= 3
@@ -56,6 +59,8 @@ SKIPPABLE = ("static", "optimized", "truncation", "shallow", "attention-pruning"
 # Shorter max lengths a user would try (wordpieces); other tasks: 1/2 and 1/4 of the checkpoint's.
 TRUNCATIONS = {"sst2": (32, 16), "imdb": (256, 128)}
 FULL_FP32, FULL_INT8 = "full fp32", "full int8 dynamic"
+PRODUCT_INT8 = ("adapler_export.quantization.quantize_dynamic_int8 (what build --int8 writes): weight MatMuls "
+                "int8, CP scoring path fp32, reduce_range from this CPU's flags")
 # Attention pruning hands the link keep flags (1.0 keep, 0.0 drop) as its scores: at this eta, delta = eta / n is
 # above 0 and below 1 for any n >= 1, so the product's link keeps exactly the flagged tokens ([CLS] anyway).
 FLAG_ETA = 1e-6
@@ -98,8 +103,9 @@ class Candidate:
         return FullModelBackend(self.path, self.num_layers, device="cpu", threads=threads)
 
 
-def quantize_dynamic_int8(src: Path, dst: Path) -> Path:
-    """`quantize_dynamic` on the file as it is: int8 weights (per tensor), activations quantized per call."""
+def plain_quantize_dynamic(src: Path, dst: Path) -> Path:
+    """`quantize_dynamic` on the file as it is (what a user tries first): int8 weights (per tensor), activations
+    quantized per call."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
@@ -504,7 +510,8 @@ MARKERS = {"full": "s", "full-int8": "D", "optimized": "P", "truncation": "v", "
 
 def short_label(model: str) -> str:
     """A row's name as the plot prints it beside its point."""
-    for long, short in (("int8 dynamic", "i8d"), ("int8 static", "i8s"), ("AdapLeR ", ""), ("attention pruning", "attn"),
+    for long, short in (("int8 quantize_dynamic", "qdyn"), ("int8 dynamic", "i8d"), ("int8 static", "i8s"),
+                        ("int8 (product)", "i8"), (" int8", " i8"), ("AdapLeR ", ""), ("attention pruning", "attn"),
                         (" layers", "L"), ("full, max length=", "trunc "), ("full ort-optimized", "ort-opt"),
                         (" counts", ""), (" fp32", "")):
         model = model.replace(long, short)
@@ -599,6 +606,7 @@ def main(argv=None) -> int:
     from adapler_export.checkpoint import load_checkpoint
     from adapler_export.data import load_dev, task_metrics
     from adapler_export.onnx_graph import build_one_graph
+    from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8
     from adapler_export.storage import adapler_home
     from calibration.sweep import scaled_eta
 
@@ -632,7 +640,13 @@ def main(argv=None) -> int:
     candidates = [Candidate(FULL_FP32, "full", "fp32", full, False, num_layers)]
     if "int8" not in args.skip:
         candidates.append(Candidate(FULL_INT8, "full-int8", "int8-dynamic",
-                                    quantize_dynamic_int8(full, derived / "full-int8-dynamic.onnx"), False, num_layers))
+                                    plain_quantize_dynamic(full, derived / "full-int8-dynamic.onnx"), False, num_layers))
+    int8_settings = choose_int8_settings()
+    if "int8" not in args.skip:
+        info = quantize_dynamic_int8(full, derived / "full-int8-product.onnx", int8_settings)
+        candidates.append(Candidate("full int8 (product)", "full-int8", "int8-dynamic", derived / "full-int8-product.onnx",
+                                    False, num_layers, details={"int8": PRODUCT_INT8,
+                                                                "int8_matmuls": len(info["quantized_nodes"])}))
     calib = None
     if "static" not in args.skip and "int8" not in args.skip and args.static_calib_samples > 0:
         calib = calibration_texts(task, args.data_dir, args.static_calib_samples)
@@ -663,9 +677,15 @@ def main(argv=None) -> int:
         details = {"scale": scale, "eta": etas}
         points.append(Candidate(label + " fp32", "adapler", "fp32", graph, True, num_layers, details=details))
         if "int8" not in args.skip:
-            points.append(Candidate(label + " int8 dynamic", "adapler", "int8-dynamic",
-                                    quantize_dynamic_int8(graph, derived / f"adapler-s{scale:g}-int8-dynamic.onnx"),
-                                    True, num_layers, details={**details, "int8": "quantize_dynamic QInt8"}))
+            int8_graph = derived / f"adapler-s{scale:g}-int8.onnx"
+            info = quantize_dynamic_int8(graph, int8_graph, int8_settings)
+            points.append(Candidate(label + " int8", "adapler", "int8-dynamic", int8_graph, True, num_layers,
+                                    details={**details, "int8": PRODUCT_INT8, "int8_settings": int8_settings.to_dict(),
+                                             "int8_matmuls": len(info["quantized_nodes"])}))
+        if "int8" not in args.skip and scale == 1:  # the issue's row: the user's quantize_dynamic on the file
+            points.append(Candidate(label + " int8 quantize_dynamic", "adapler", "int8-dynamic",
+                                    plain_quantize_dynamic(graph, derived / "adapler-s1-quantize-dynamic.onnx"),
+                                    True, num_layers, details={**details, "int8": "quantize_dynamic(QInt8) as is"}))
         if scale == 1 and calib is not None:
             static = quantize_adapler_static(ckpt, exports["dir"] / "onnx", specs, etas, derived / "adapler-static",
                                              calib)

@@ -76,10 +76,10 @@ def test_alternatives_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_pat
     assert "| full fp32 |" in (out / "t.md").read_text() and "| full fp32 |" in proc.stdout
 
     rows = {r["model"]: r for r in result["rows"]}
-    expected = {"full fp32", "full int8 dynamic", "full int8 static", "full ort-optimized", "full, max length=16",
+    expected = {"full fp32", "full int8 dynamic", "full int8 (product)", "full int8 static", "full ort-optimized", "full, max length=16",
                 "full, max length=8", "shallow 1 layers", "shallow 2 layers",
-                *(f"AdapLeR s={s} {form}" for s in ("1", "1.5", "2") for form in ("fp32", "int8 dynamic")),
-                "AdapLeR s=1 int8 static", *(f"attention pruning (s={s} counts)" for s in ("1", "1.5", "2"))}
+                *(f"AdapLeR s={s} {form}" for s in ("1", "1.5", "2") for form in ("fp32", "int8")),
+                "AdapLeR s=1 int8 quantize_dynamic", "AdapLeR s=1 int8 static", *(f"attention pruning (s={s} counts)" for s in ("1", "1.5", "2"))}
     assert set(rows) == expected
     panels = ["threads=1,batch=1", "threads=1,batch=4"]
     for row in rows.values():
