@@ -32,6 +32,16 @@ from .storage import artifacts_dir, sha256_file, write_text_atomic
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
 PRECISIONS = ("fp32", "fp16", "int8")
+# How an int8 artifact's graphs were quantized (`Manifest.quantization["scheme"]`): "dynamic" (the library's
+# `quantization` module: weight MatMuls int8, activations quantized per call; what `build --int8` and `quantize`
+# write) or "static-qdq" (calibration/int8.py: QDQ with calibrated activation ranges). An int8 manifest written
+# before schemes existed has no key: it is static-qdq, the only scheme then.
+INT8_SCHEMES = ("dynamic", "static-qdq")
+LEGACY_INT8_SCHEME = "static-qdq"
+# Keys every int8 manifest's `quantization` has, per scheme (the rest of the record is the scheme's own detail).
+INT8_RECORD_KEYS = {"dynamic": ("tool", "per_channel", "reduce_range", "cp_path", "cpu", "segments"),
+                    "static-qdq": ("tool", "segments")}
+CPU_RECORD_KEYS = ("isa", "flags", "reduce_range")  # quantization["cpu"]: what the CPU's flags decided
 # Files a runtime may create or rewrite inside an artifact: not content, never digested.
 VOLATILE_SUFFIXES = (".cache", ".runtime_cache")
 
@@ -85,6 +95,8 @@ class Manifest:
     files: dict = field(default_factory=dict)  # relative path -> sha256
     build_seconds: float = 0.0
     derived_from: dict | None = None  # quantize: {"path", "precision"} of the source artifact
+    # int8 only: how the graphs were quantized ("scheme", INT8_RECORD_KEYS, and where the CPU decided the
+    # settings, "cpu": {"isa", "flags", "reduce_range", ...}); None for fp32 / fp16.
     quantization: dict | None = None
     format_version: int = FORMAT_VERSION
 
@@ -102,6 +114,13 @@ class Manifest:
     def cut(self) -> Cut:
         """How the model's inputs are cut: max_length and the truncation rule (what every consumer encodes by)."""
         return Cut(self.max_length, self.truncation)
+
+    @property
+    def int8_scheme(self) -> str | None:
+        """How an int8 artifact was quantized (INT8_SCHEMES); None for fp32 / fp16."""
+        if self.precision != "int8":
+            return None
+        return (self.quantization or {}).get("scheme", LEGACY_INT8_SCHEME)
 
     def segment_paths(self, artifact_dir) -> list:
         return [Path(artifact_dir) / "onnx" / s["file"] for s in self.segments]
@@ -149,7 +168,32 @@ class Manifest:
             raise ManifestError(f"{where}: checkpoint must be {{'path', 'digest'}}, got {self.checkpoint!r}")
         if not isinstance(self.files, dict):
             raise ManifestError(f"{where}: files must map relative paths to sha256 digests")
+        self._validate_quantization(where)
         return self
+
+    def _validate_quantization(self, where: str) -> None:
+        record = self.quantization
+        if self.precision != "int8":
+            if record is not None:
+                raise ManifestError(f"{where}: quantization is recorded for a {self.precision} artifact")
+            return
+        if not isinstance(record, dict):
+            raise ManifestError(f"{where}: an int8 artifact must record its quantization")
+        scheme = self.int8_scheme
+        if scheme not in INT8_SCHEMES:
+            raise ManifestError(f"{where}: quantization.scheme {scheme!r} is not one of {INT8_SCHEMES}")
+        if "scheme" not in record:  # written before schemes: its own keys were never checked
+            return
+        missing = [k for k in INT8_RECORD_KEYS[scheme] if k not in record]
+        if missing:
+            raise ManifestError(f"{where}: quantization is missing key {missing[0]!r}")
+        cpu = record.get("cpu")
+        if cpu is not None or scheme == "dynamic":
+            if not isinstance(cpu, dict) or any(k not in cpu for k in CPU_RECORD_KEYS):
+                raise ManifestError(f"{where}: quantization.cpu must record {', '.join(CPU_RECORD_KEYS)}")
+        for key in ("per_channel", "reduce_range"):
+            if key in record and not isinstance(record[key], bool):
+                raise ManifestError(f"{where}: quantization.{key} must be true or false, got {record[key]!r}")
 
 
 def _check_keys(data, cls, where: str) -> None:

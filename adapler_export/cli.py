@@ -119,17 +119,19 @@ def _progress(iterable, desc):
     return progress(iterable, desc)
 
 
-def build_precision(fp16: bool, dtype: str | None) -> str:
-    """`--fp16` is `--dtype fp16`; the two may agree but not contradict."""
-    if fp16 and dtype not in (None, "fp16"):
-        raise AdaplerError(f"--fp16 and --dtype {dtype} contradict each other")
-    return "fp16" if fp16 else (dtype or "fp32")
+def build_precision(fp16: bool, dtype: str | None, int8: bool = False) -> str:
+    """`--fp16` is `--dtype fp16`, `--int8` is `--dtype int8`; they may agree but not contradict."""
+    flags = [name for name, given in (("fp16", fp16), ("int8", int8)) if given]
+    if len(flags) > 1 or (flags and dtype not in (None, flags[0])):
+        given = [f"--{name}" for name in flags] + ([f"--dtype {dtype}"] if dtype else [])
+        raise AdaplerError(f"{' and '.join(given)} contradict each other")
+    return flags[0] if flags else (dtype or "fp32")
 
 
 def cmd_build(args) -> int:
     from .build import BuildOptions, build_artifact
 
-    options = BuildOptions(precision=build_precision(args.fp16, args.dtype), backend=args.backend,
+    options = BuildOptions(precision=build_precision(args.fp16, args.dtype, args.int8), backend=args.backend,
                            samples=args.samples, data_dir=args.data_dir, max_batch=args.max_batch,
                            max_seq=args.max_seq, force=args.force)
     result = build_artifact(args.ckpt, args.output, options, log=_log, progress=_progress)
@@ -316,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="export segments, build engines, verify parity, write an artifact")
     p.add_argument("--ckpt", required=True, help="checkpoint name or path")
     p.add_argument("--fp16", action="store_true", help="fp16 segments (CP scores stay fp32); same as --dtype fp16")
-    p.add_argument("--dtype", choices=["fp32", "fp16"], help="segment precision (default fp32)")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8 for ONNX Runtime on the CPU (dynamic: weight MatMuls int8, CPs fp32, settings from this "
+                        "CPU's flags); same as --dtype int8")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "int8"], help="segment precision (default fp32)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
     p.add_argument("--output", help="artifact name (under $ADAPLER_HOME/artifacts) or path")
     p.add_argument("--data-dir", help="dev data for parity (default: the task's)")

@@ -351,14 +351,16 @@ def check_against_chain(path: Path, onnx_dir: Path, specs, etas, feeds: tuple, p
     return {"max_abs_logit_diff": err, "kept_identical": True}
 
 
-def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, check_inputs: tuple | None = None) \
-        -> Path:
+def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, check_inputs: tuple | None = None,
+                    precision: str | None = None) -> Path:
     """Write `model.onnx` (default `onnx_dir/model.onnx`): the segment graphs `onnx_dir/segment_XX.onnx`
     (named by `specs`) joined by link subgraphs at thresholds `etas` (one per link, each in [0, 1]).
 
     Validated before it is moved into place: checker + strict shape inference + I/O contract, then ONNX
     Runtime against the segment chain on `check_inputs` ((input_ids, attention_mask[, token_type_ids]); default
-    `example_batch`, which has a padded row, a hole and a fully padded row). Written atomically.
+    `example_batch`, which has a padded row, a hole and a fully padded row), within `precision`'s export
+    tolerance (default: the segments' hidden dtype, fp16 or fp32; int8 segments are fp32 graphs: pass "int8").
+    Written atomically.
     """
     import onnx
 
@@ -370,7 +372,7 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
     type_vocab = _table_rows(segments[0], TOKEN_TYPE_IDS) if TOKEN_TYPE_IDS in specs[0].inputs else None
     feeds = check_inputs or example_batch(_table_rows(segments[0], INPUTS[0]), type_vocab=type_vocab)
     del segments
-    precision = "fp16" if specs[0].hidden_dtype == "float16" else "fp32"
+    precision = precision or ("fp16" if specs[0].hidden_dtype == "float16" else "fp32")
     if model.ByteSize() >= PROTOBUF_LIMIT:
         raise AdaplerError(f"one graph: {model.ByteSize() / 2**30:.1f} GiB is over ONNX's 2 GiB single-file limit; "
                            f"use the segments (each is its own file)")

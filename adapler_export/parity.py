@@ -8,7 +8,9 @@ Small composable checks:
   inputs and reference outputs are saved as polygraphy JSON so anyone can re-run
   `polygraphy run onnx/segment_XX.onnx --onnxrt --load-inputs ... --load-outputs ...`.
 - `verify_artifact`: an artifact's recorded digests, then `compare_backends` for every backend kind it
-  has, naming the kinds this machine cannot run.
+  has, naming the kinds this machine cannot run. An int8 artifact's integer kernels depend on the CPU, so its
+  parity is re-checked here on this machine's kernels, and a note says when the settings recorded for it
+  (`quantization.cpu`) are not the ones this CPU would choose.
 Tolerances come from `tolerances.Tolerances`, nowhere else.
 """
 from __future__ import annotations
@@ -231,6 +233,7 @@ class VerifyResult:
     artifact: str
     reports: dict = field(default_factory=dict)  # kind -> ParityReport
     not_run: dict = field(default_factory=dict)  # kind -> reason
+    notes: list = field(default_factory=list)  # e.g. int8 settings chosen on another kind of CPU
 
     @property
     def passed(self) -> bool:
@@ -238,11 +241,13 @@ class VerifyResult:
 
     def to_dict(self) -> dict:
         return {"artifact": self.artifact, "passed": self.passed,
-                "reports": {k: r.to_dict() for k, r in self.reports.items()}, "not_run": dict(self.not_run)}
+                "reports": {k: r.to_dict() for k, r in self.reports.items()}, "not_run": dict(self.not_run),
+                "notes": list(self.notes)}
 
     def table(self) -> str:
         parts = [r.table() for r in self.reports.values()]
         parts += [f"{kind}: not run here: {reason}" for kind, reason in self.not_run.items()]
+        parts += [f"note: {note}" for note in self.notes]
         return "\n".join(parts)
 
 
@@ -276,6 +281,14 @@ def verify_artifact(artifact_dir, backends=None, ckpt=None, data_dir=None, sampl
     kinds = list(backends) if backends else artifact_backend_kinds(manifest)
     texts, pairs = parity_texts(manifest.task, data_dir, samples)
     result = VerifyResult(str(path))
+    if manifest.precision == "int8":
+        from .quantization import cpu_note, describe_cpu
+
+        result.notes.append(f"int8 parity checked on this CPU ({describe_cpu()}), with the kernels ONNX Runtime "
+                            "picks here")
+        note = cpu_note(manifest.quantization)
+        if note:
+            result.notes.append(note)
     result.reports, result.not_run = compare_artifact_backends(
         path, manifest, kinds, PyTorchBackend(checkpoint.model), checkpoint.tokenizer, texts,
         batch_size=batch_size, progress=progress, log=log, pairs=pairs)

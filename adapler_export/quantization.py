@@ -102,6 +102,12 @@ def cpu_record(settings: Int8Settings, flags=None) -> dict:
             "rule": "x86 with avx512_vnni or avx_vnni: reduce_range off; x86 without: on; other: off"}
 
 
+def describe_cpu() -> str:
+    """This CPU in one line: model, what decides the int8 settings, the flags of interest."""
+    record = cpu_record(choose_int8_settings())
+    return f"{record['model']}, {record['isa']}, flags {' '.join(record['flags']) or 'none of interest'}"
+
+
 def cpu_note(record: dict | None, flags=None, machine: str | None = None) -> str | None:
     """A line for `verify` / the backends when the int8 settings recorded for the artifact are not the ones this
     machine would choose (None when they are, or the artifact records none)."""
@@ -231,5 +237,5 @@ def quantization_record(settings: Int8Settings, segments: list, keep_cp_fp32: bo
             "segments": segments, "accuracy": None, "speed": None}
 
 
-__all__ = ["Int8Settings", "SCHEME", "choose_int8_settings", "cp_path_nodes", "cpu_note", "cpu_record",
+__all__ = ["Int8Settings", "SCHEME", "choose_int8_settings", "cp_path_nodes", "cpu_note", "cpu_record", "describe_cpu",
            "quantization_record", "quantize_dynamic_int8", "quantize_segments", "read_cpu_flags", "weight_matmuls"]

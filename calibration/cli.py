@@ -70,8 +70,9 @@ def cmd_quantize(args) -> int:
 
     from .int8 import QuantizeOptions, quantize_artifact, quantize_summary
 
-    options = QuantizeOptions(calib_samples=args.calib_samples, calib_split=args.calib_split,
-                              calibrate_method=args.method, per_channel=not args.per_tensor,
+    options = QuantizeOptions(scheme=args.scheme, calib_samples=args.calib_samples, calib_split=args.calib_split,
+                              calibrate_method=args.method, per_channel=args.per_channel,
+                              reduce_range=None if args.reduce_range == "auto" else args.reduce_range == "on",
                               symmetric_activations=args.symmetric, quantize_attention=args.quantize_attention,
                               quantize_ffn_out=args.quantize_ffn_out, quantize_outputs=args.quantize_outputs,
                               data_dir=args.data_dir, samples=args.samples, bench=not args.no_bench,
@@ -141,18 +142,29 @@ def add_calibrate_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the calibration record as JSON")
     p.set_defaults(func=cmd_calibrate)
 
-    q = subparsers.add_parser("quantize", help="INT8 artifact from an fp32 one (static QDQ quantization, "
-                                               "calibrated on the inputs each segment really sees)")
+    q = subparsers.add_parser("quantize", help="INT8 artifact from an fp32 one (dynamic INT8 of the weight MatMuls by "
+                                               "default; static QDQ calibrated on real segment inputs on request)")
     q.add_argument("--artifact", required=True,
                    help="an fp32 artifact: a name under $ADAPLER_HOME/artifacts or a path")
     q.add_argument("--output", help="int8 artifact name (under $ADAPLER_HOME/artifacts) or path "
                                     "(default: beside the source, <name>-int8)")
     q.add_argument("--ckpt", help="reference checkpoint (default: the one in the manifest)")
-    q.add_argument("--calib-samples", type=COUNT, default=256, help="sentences to calibrate on")
+    q.add_argument("--scheme", default="dynamic", choices=["dynamic", "static-qdq"],
+                   help="the ONNX Runtime graphs: dynamic (default: weights int8, activations quantized per call, "
+                        "no calibration; fastest on the CPU, docs/results/int8-schemes.json) or static-qdq "
+                        "(activation ranges calibrated on --calib-samples sentences)")
+    q.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
+                   help="7-bit weights: auto (default) chooses from this CPU's flags (on for x86 without VNNI)")
+    q.add_argument("--calib-samples", type=COUNT, default=256,
+                   help="sentences to calibrate on (static-qdq and --tensorrt)")
     q.add_argument("--calib-split", default="train", choices=["train", "dev"])
     q.add_argument("--method", default="minmax", choices=["minmax", "minmax-moving-average"],
                    help="activation ranges (histogram methods need equal shapes; compacted inputs are ragged)")
-    q.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales (default: per channel)")
+    scales = q.add_mutually_exclusive_group()
+    scales.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
+                        help="one weight scale per tensor (the dynamic scheme's default)")
+    scales.add_argument("--per-channel", dest="per_channel", action="store_true",
+                        help="a weight scale per output channel (the static scheme's default)")
     q.add_argument("--symmetric", action="store_true",
                    help="symmetric int8 activations in the ONNX Runtime graphs too (default: uint8, faster on x86)")
     q.add_argument("--quantize-attention", action="store_true", help="also quantize Q.K^T and P.V")

@@ -191,6 +191,12 @@ def load_backend(artifact_dir, kind: str = "auto", log: Callable[[str], None] | 
     from ..artifact import open_artifact
 
     path, manifest = open_artifact(artifact_dir, check_files=check_files)
+    if log is not None and manifest.precision == "int8":  # integer kernels differ by CPU: say when this one differs
+        from ..quantization import cpu_note
+
+        note = cpu_note(manifest.quantization)
+        if note:
+            log(f"note: {note}")
     if kind == "auto":
         kind, reason = choose_backend(manifest)
         if log is not None:
