@@ -6,6 +6,7 @@ Each subcommand parses its options, calls one library function and prints its re
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -160,57 +161,81 @@ def _require_texts(args) -> None:
         raise AdaplerError("no text given (pass texts as arguments or --file FILE)")
 
 
-def _text_inputs(args, text_pair: bool) -> tuple:
-    """(texts, pairs) to classify: the texts given as arguments, each with its --pair for a sentence-pair artifact,
-    then --file's lines (one text a line; for a sentence-pair artifact the two texts separated by a tab).
-    pairs is None for a single-text artifact (`data.text_inputs`)."""
-    from .data import text_inputs
+def _classified(args, classifier):
+    """(number, text, pair, prediction) per input, in input order, each as soon as it is known: the texts given
+    as arguments (each with its --pair for a sentence-pair artifact), then --file's lines (`data.iter_inputs`:
+    one text a line, or for a sentence-pair artifact the two texts separated by a tab; "-": standard input),
+    read lazily and classified --batch-size at a time (`TextClassifier.classify_iter`). pair is None for a
+    single-text artifact. A progress bar with texts per second on a terminal (stderr)."""
+    from .data import iter_text_inputs
+    from .progress import progress
 
-    return text_inputs(args.texts, args.pair, args.file, text_pair)
+    examples = iter_text_inputs(args.texts, args.pair, args.file, classifier.text_pair)
+    waiting = collections.deque()  # read, not yet answered: at most the classifier's window
+
+    def inputs():
+        for text, pair in examples:
+            waiting.append((text, pair))
+            yield (text, pair) if classifier.text_pair else text
+
+    predictions = classifier.classify_iter(inputs(), batch_size=args.batch_size)
+    for number, prediction in enumerate(progress(predictions, "classifying", unit="text"), start=1):
+        text, pair = waiting.popleft()
+        yield number, text, pair, prediction
+
+
+def _classifier(args):
+    from .serving.runtime import TextClassifier
+
+    return TextClassifier(args.artifact, backend_kind=args.backend, log=_log, threads=args.threads)
 
 
 def cmd_predict(args) -> int:
-    from .serving.runtime import TextClassifier
+    from .progress import write_line
 
     _require_texts(args)
-    classifier = TextClassifier(args.artifact, backend_kind=args.backend, log=_log)
-    texts, pairs = _text_inputs(args, classifier.text_pair)
-    for number, (text, prediction) in enumerate(zip(texts, classifier.classify(texts, pairs)), start=1):
+    classifier = _classifier(args)
+    for number, text, pair, prediction in _classified(args, classifier):
         if prediction.truncated:
-            _log(f"warning: text {number} truncated to {classifier.max_length} wordpieces "
-                 f"({classifier.truncation}): {text[:60]!r}...")
+            write_line(f"warning: text {number} truncated to {classifier.max_length} wordpieces "
+                       f"({classifier.truncation}): {text[:60]!r}...")
         if prediction.empty_input:
-            _log(f"warning: text {number} is empty (no token): its label is the model's prior, not a prediction")
+            write_line(f"warning: text {number} is empty (no token): its label is the model's prior, not a "
+                       "prediction")
         record = prediction.as_dict()
         if args.json:
-            pair = {} if pairs is None else {"pair": pairs[number - 1]}
-            print(json.dumps({"text": text, **pair, **record}, ensure_ascii=False))
+            pair = {} if pair is None else {"pair": pair}
+            print(json.dumps({"text": text, **pair, **record}, ensure_ascii=False), flush=True)
         else:
             note = "  (empty input)" if prediction.empty_input else ""
             print(f"{prediction.label:<10} p={max(record['probabilities']):.3f}  kept by the last layer: "
-                  f"{' '.join(prediction.kept_tokens[-1])}{note}")
+                  f"{' '.join(prediction.kept_tokens[-1])}{note}", flush=True)
     return 0
 
 
 def cmd_explain(args) -> int:
     from .artifact import resolve_artifact
-    from .rationale import explain_texts, render_text, write_html, write_png
-    from .serving.runtime import TextClassifier
+    from .data import STDIN
+    from .rationale import explain, render_text_block, write_html, write_png
     from .storage import check_output_file
 
-    inputs = [resolve_artifact(args.artifact), args.file]
+    inputs = [resolve_artifact(args.artifact), None if args.file == STDIN else args.file]
     outputs = {option: check_output_file(path, args.force, inputs, option)  # before any work
                for option, path in (("--html", args.html), ("--png", args.png)) if path}
     if len(set(outputs.values())) < len(outputs):
         raise AdaplerError("--html and --png name the same file")
     _require_texts(args)
-    classifier = TextClassifier(args.artifact, backend_kind=args.backend, log=_log)
-    explanations = explain_texts(classifier, *_text_inputs(args, classifier.text_pair))
+    classifier = _classifier(args)
+    explanations = (explain(prediction, classifier.manifest.num_layers, classifier.max_length,
+                            classifier.truncation) for *_, prediction in _classified(args, classifier))
+    if "--png" in outputs:  # a figure is drawn at once: every explanation in memory (the page streams)
+        explanations = list(explanations)
     for option, write in (("--html", write_html), ("--png", write_png)):
         if option in outputs:
             print(f"{option[2:]} written to {write(outputs[option], explanations)}")
-    if not outputs:
-        sys.stdout.write(render_text(explanations))
+    if not outputs:  # the terminal view, a text at a time (render_text's blocks, a blank line apart)
+        for number, explanation in enumerate(explanations, start=1):
+            print(("" if number == 1 else "\n") + render_text_block(number, explanation), flush=True)
     return 0
 
 
@@ -229,9 +254,16 @@ def cmd_cache(args) -> int:
 
 
 def _add_text_options(p) -> None:
-    """The texts predict and explain classify (`_text_inputs`)."""
-    p.add_argument("--file", help="one text per line; for a sentence-pair artifact (mrpc, rte) one pair per line, "
-                                  "the two texts separated by a tab")
+    """The texts predict and explain classify, and how (`_classified`)."""
+    from .serving.runtime import DEFAULT_BATCH_SIZE
+
+    p.add_argument("--file", help="one text per line ('-': standard input), read as it is classified; for a "
+                                  "sentence-pair artifact (mrpc, rte) one pair per line, the two texts separated "
+                                  "by a tab")
+    p.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE,
+                   help=f"texts per backend call, each batch of texts of about one length (default "
+                        f"{DEFAULT_BATCH_SIZE})")
+    p.add_argument("--threads", type=COUNT, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--pair", action="append", default=[], metavar="TEXT",
                    help="sentence-pair artifacts: the second text of a pair, once per text argument, in order")
     p.add_argument("texts", nargs="*")

@@ -8,8 +8,12 @@ the splits asked for are read: a malformed train.tsv does not block a command th
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import itertools
 import os
+import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -338,41 +342,68 @@ def default_texts_file(task: str = "sst2") -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _read_file(path, read) -> list:
-    """`read(handle)` on a UTF-8 file (a byte-order mark skipped): one-line errors for a missing file, text
-    that is not UTF-8 and a file with nothing in it."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdaplerError(f"texts file {path} not found")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            items = read(handle)
-    except UnicodeDecodeError as exc:
-        raise not_utf8(path, exc) from None
-    if not items:
-        raise AdaplerError(f"{path}: no texts")
-    return items
+STDIN = "-"  # a texts file named "-" is standard input (`predict --file -`)
+UTF8_BOM = b"\xef\xbb\xbf"
+UNIVERSAL_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # one line, its end kept
 
 
-def read_texts(path, limit: int | None = None, column: str = "sentence") -> list:
+class _TextSource:
+    """A texts file (or standard input, `STDIN`) read lazily, one physical line at a time, as UTF-8 (a byte-order
+    mark skipped). Opened when made, so a missing file is an error before any work; a line that is not UTF-8 is
+    the one-line `not_utf8` error (with its byte offset in the file) when reading reaches it."""
+
+    def __init__(self, path):
+        self.stdin = str(path) == STDIN
+        self.name = "standard input" if self.stdin else str(path)
+        self.suffix = "" if self.stdin else Path(path).suffix
+        if not self.stdin and not Path(path).is_file():
+            raise AdaplerError(f"texts file {path} not found")
+        if self.stdin:  # a replaced sys.stdin (a test's) may have no byte stream: its lines, as UTF-8
+            self.handle = getattr(sys.stdin, "buffer", None) or (line.encode("utf-8", "surrogatepass")
+                                                                 for line in sys.stdin)
+        else:
+            self.handle = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self.offset = 0  # bytes read so far: where a decoding error is
+
+    def lines(self):
+        """The decoded lines, line ends kept, cut where a file opened with `newline=""` cuts them (at "\\n",
+        "\\r\\n" and "\\r": what `csv` expects)."""
+        for number, raw in enumerate(self.handle):
+            if number == 0 and raw.startswith(UTF8_BOM):
+                raw, self.offset = raw[len(UTF8_BOM):], len(UTF8_BOM)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                exc.start += self.offset
+                raise not_utf8(self.name, exc) from None
+            self.offset += len(raw)
+            yield from UNIVERSAL_LINE.findall(text) if "\r" in text else (text,)
+
+    def close(self) -> None:
+        if not self.stdin:
+            self.handle.close()
+
+
+def _plain_lines(source: _TextSource):
+    """One text a line, cut exactly as `str.splitlines` cuts the whole file (so `\\r\\n`, `\\r` and the other
+    line boundaries end a text too, and a final newline makes no extra text), one physical line at a time."""
+    for line in source.lines():
+        yield from line.splitlines()
+
+
+def _single_texts(source: _TextSource, column: str):
     """Texts from a GLUE `.tsv` (header with `column`; quoting disabled) or a plain file (one text a line).
-
-    Blank lines of a plain file are kept as empty texts (the classifier flags them), so line N of the
-    input is result N; a final newline does not make an extra text."""
-    path = Path(path)
-
-    def read(handle):
-        if path.suffix != ".tsv":
-            return handle.read().splitlines()
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None) or []
-        if column not in header:
-            raise AdaplerError(f"{path}: no {column!r} column in header {header}")
-        col = header.index(column)
-        return [row[col] for row in reader if len(row) > col]
-
-    texts = _read_file(path, read)
-    return texts[:limit] if limit else texts
+    Blank lines of a plain file are kept as empty texts (the classifier flags them), so line N of the input is
+    result N."""
+    if source.suffix != ".tsv":
+        yield from _plain_lines(source)
+        return
+    reader = csv.reader(source.lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None) or []
+    if column not in header:
+        raise AdaplerError(f"{source.name}: no {column!r} column in header {header}")
+    col = header.index(column)
+    yield from (row[col] for row in reader if len(row) > col)
 
 
 # The two text columns of the sentence-pair tasks' own files (GLUE's MRPC: `#1 String`, `#2 String`; RTE: `sentence1`,
@@ -380,69 +411,110 @@ def read_texts(path, limit: int | None = None, column: str = "sentence") -> list
 PAIR_COLUMNS = tuple((spec["text_column"], spec["pair_column"]) for spec in TASKS.values() if "pair_column" in spec)
 
 
-def _pair_table_columns(handle) -> tuple | None:
-    """(first, second) column indices where the file's first line is a header naming a pair task's two text
-    columns (the line is consumed); else None (and the handle is back at its start)."""
-    header = [cell.strip() for cell in handle.readline().rstrip("\r\n").split("\t")]
+def _pair_table_columns(first_line: str) -> tuple | None:
+    """(first, second) column indices where `first_line` is a header naming a pair task's two text columns;
+    else None."""
+    header = [cell.strip() for cell in first_line.rstrip("\r\n").split("\t")]
     for first, second in PAIR_COLUMNS:
         if first in header and second in header:
             return header.index(first), header.index(second)
-    handle.seek(0)
     return None
 
 
-def read_text_pairs(path, limit: int | None = None) -> tuple:
-    """(texts, pairs) from a plain file with one sentence pair a line, the two texts separated by a tab (the
-    first tab of the line; no header). Line N of the input is result N.
+def _text_pairs(source: _TextSource):
+    """(text, pair) from a plain file with one sentence pair a line, the two texts separated by a tab (the first
+    tab of the line; no header). Line N of the input is result N.
 
     A `.tsv` whose first line is a header naming a sentence-pair task's two text columns (`PAIR_COLUMNS`: GLUE's
     own MRPC or RTE file, e.g. ../shared/data/mrpc/dev.tsv) gives those two columns of its rows instead, read as
     `load_task` reads them (quoting disabled, blank rows skipped)."""
-    path = Path(path)
+    lines = source.lines()
+    first_line = next(lines, None)
+    if first_line is None:
+        return
+    columns = _pair_table_columns(first_line) if source.suffix.lower() == ".tsv" else None
+    if columns is None:
+        source_lines = itertools.chain([first_line], lines)
+        for number, line in enumerate((text for line in source_lines for text in line.splitlines()), start=1):
+            text, tab, pair = line.partition("\t")
+            if not tab:
+                raise AdaplerError(f"{source.name}:{number}: expected two texts separated by a tab (a sentence "
+                                   "pair)")
+            yield text, pair
+        return
+    for number, row in enumerate(csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) <= max(columns):
+            raise AdaplerError(f"{source.name}:{number}: expected at least {max(columns) + 1} fields, got {len(row)}")
+        yield row[columns[0]], row[columns[1]]
 
-    def read(handle):  # (line number, first text, tab, second text) per example
-        columns = _pair_table_columns(handle) if path.suffix.lower() == ".tsv" else None
-        if columns is None:
-            return [(number, *line.partition("\t")) for number, line in enumerate(handle.read().splitlines(), 1)]
-        rows = []
-        for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) <= max(columns):
-                raise AdaplerError(f"{path}:{number}: expected at least {max(columns) + 1} fields, got {len(row)}")
-            rows.append((number, row[columns[0]], "\t", row[columns[1]]))
-        return rows
 
-    texts, pairs = [], []
-    items = _read_file(path, read)
-    for number, text, tab, pair in items[:limit] if limit else items:
-        if not tab:
-            raise AdaplerError(f"{path}:{number}: expected two texts separated by a tab (a sentence pair)")
-        texts.append(text)
-        pairs.append(pair)
-    return texts, pairs
+def iter_inputs(path, text_pair: bool, column: str = "sentence"):
+    """The examples of a texts file, lazily, as (text, pair) (pair None for a single-text model): the one rule
+    for every command that classifies a file. A sentence-pair model reads `_text_pairs` (one pair a line,
+    tab-separated, or a pair task's GLUE table), any other model `_single_texts` (one text a line, or a GLUE
+    `.tsv`'s `column`). `path` "-" (`STDIN`) is standard input, read as a plain file.
+
+    Read as the examples are asked for: a file of any size takes the memory of one line. A missing file is an
+    error at once; a line that is not UTF-8, a malformed row or a file with no text at all is an error when
+    reading reaches it (after the examples before it were given)."""
+    source = _TextSource(path)
+    examples = _text_pairs(source) if text_pair else ((text, None) for text in _single_texts(source, column))
+    return _closing_nonempty(examples, source)
+
+
+def _closing_nonempty(examples, source: _TextSource):
+    try:
+        seen = False
+        for example in examples:
+            seen = True
+            yield example
+        if not seen:
+            raise AdaplerError(f"{source.name}: no texts")
+    finally:
+        source.close()
+
+
+def read_texts(path, limit: int | None = None, column: str = "sentence") -> list:
+    """The texts of a texts file (`iter_inputs` for a single-text model), the first `limit` where given."""
+    examples = iter_inputs(path, False, column)
+    with contextlib.closing(examples):
+        return [text for text, _ in itertools.islice(examples, limit or None)]
+
+
+def read_text_pairs(path, limit: int | None = None) -> tuple:
+    """(texts, pairs) of a file of sentence pairs (`iter_inputs` for a sentence-pair model), the first `limit`
+    where given."""
+    examples = iter_inputs(path, True)
+    with contextlib.closing(examples):
+        rows = list(itertools.islice(examples, limit or None))
+    return [text for text, _ in rows], [pair for _, pair in rows]
 
 
 def read_inputs(path, text_pair: bool, limit: int | None = None) -> tuple:
-    """(texts, pairs) of a texts file, the one rule for every command that classifies a file: for a sentence-pair
-    model `read_text_pairs` (one pair a line, tab-separated), else `read_texts` and pairs None."""
+    """(texts, pairs) of a texts file, all in memory (`iter_inputs` lazily): pairs None for a single-text model."""
     if text_pair:
         return read_text_pairs(path, limit)
     return read_texts(path, limit), None
 
 
-def text_inputs(texts, pairs, file, text_pair: bool, subject: str = "this artifact") -> tuple:
-    """(texts, pairs) to classify: `texts` (given as arguments), each with its `pairs` entry (`--pair`) for a
-    sentence-pair model, then `file`'s (`read_inputs`). pairs is None for a single-text model. `subject` names
-    the model in the errors."""
+def iter_text_inputs(texts, pairs, file, text_pair: bool, subject: str = "this artifact"):
+    """(text, pair) to classify, lazily (pair None for a single-text model): `texts` (given as arguments), each
+    with its `pairs` entry (`--pair`) for a sentence-pair model, then `file`'s (`iter_inputs`; "-": standard
+    input). The arguments are checked at once; `subject` names the model in the errors."""
     texts, pairs = list(texts), list(pairs or [])
     if text_pair and len(pairs) != len(texts):
         raise AdaplerError(f"{subject} classifies sentence pairs: {len(texts)} texts need {len(texts)} --pair "
                            f"texts, got {len(pairs)}")
     if not text_pair and pairs:
         raise AdaplerError(f"{subject} classifies single texts: --pair is for sentence-pair artifacts")
-    if file:
-        more_texts, more_pairs = read_inputs(file, text_pair)
-        texts += more_texts
-        pairs += more_pairs or []
-    return texts, pairs if text_pair else None
+    given = zip(texts, pairs) if text_pair else ((text, None) for text in texts)
+    return itertools.chain(given, iter_inputs(file, text_pair)) if file else iter(given)
+
+
+def text_inputs(texts, pairs, file, text_pair: bool, subject: str = "this artifact") -> tuple:
+    """(texts, pairs) of `iter_text_inputs`, all in memory; pairs is None for a single-text model."""
+    examples = list(iter_text_inputs(texts, pairs, file, text_pair, subject))
+    texts = [text for text, _ in examples]
+    return texts, [pair for _, pair in examples] if text_pair else None

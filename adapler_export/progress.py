@@ -15,11 +15,20 @@ def bars_enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable, desc: str, total: int | None = None, enabled: bool = True):
-    """tqdm over `iterable` on stderr (a disabled one, which draws nothing, where bars are off)."""
+def progress(iterable, desc: str, total: int | None = None, enabled: bool = True, unit: str = "it"):
+    """tqdm over `iterable` on stderr (a disabled one, which draws nothing, where bars are off); `unit` names
+    what is counted (the rate reads "<unit>/s")."""
     from tqdm.auto import tqdm
 
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     return tqdm(iterable, desc=desc, total=total, mininterval=0.1, dynamic_ncols=True, leave=False,
-                file=sys.stderr, disable=not (enabled and bars_enabled()))
+                file=sys.stderr, disable=not (enabled and bars_enabled()), unit=unit)
+
+
+def write_line(message: str) -> None:
+    """`message` on stderr, above any bar being drawn (a plain print would break the bar's line)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()

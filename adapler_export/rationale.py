@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import itertools
 import textwrap
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from .errors import AdaplerError
 from .serving.tokenization import HEAD, HEAD_TAIL
-from .storage import atomic_file, write_text_atomic
+from .storage import atomic_file
 
 CONTINUATION = "##"  # a WordPiece that continues the previous one (BERT-family tokenizers)
 PNG_MAX_TOKENS = 300  # beyond this the PNG says "... N more": a figure for docs, not a dump
@@ -161,20 +162,24 @@ def kept_summary(explanation: Explanation) -> str:
 
 # ----- terminal -----------------------------------------------------------------------------------------
 def render_text(explanations: Sequence[Explanation]) -> str:
-    """Each text as its tokens in order, each followed by its depth (``charming:3``)."""
-    blocks = []
-    for number, explanation in enumerate(explanations, start=1):
-        layers = explanation.num_layers
-        lines = [heading(number, explanation),
-                 f"  depth = how many of the {layers} layers read the token (0: "
-                 f"{depth_description(0, layers)}; {layers}: {depth_description(layers, layers)})"]
-        lines += [f"  {note}" for note in explanation.notes()]
-        lines += [f"  {kept_summary(explanation)}"]
-        tokens = " ".join(f"{view.token}:{view.depth}" for view in explanation.tokens)
-        lines += textwrap.wrap(tokens, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  ",
-                               break_long_words=False, break_on_hyphens=False)
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
+    """Each text as its tokens in order, each followed by its depth (``charming:3``); blocks apart by a blank
+    line (:func:`render_text_block` one at a time)."""
+    return "\n\n".join(render_text_block(number, explanation)
+                       for number, explanation in enumerate(explanations, start=1)) + "\n"
+
+
+def render_text_block(number: int, explanation: Explanation) -> str:
+    """Text ``number``'s block of the terminal view (no blank line around it)."""
+    layers = explanation.num_layers
+    lines = [heading(number, explanation),
+             f"  depth = how many of the {layers} layers read the token (0: "
+             f"{depth_description(0, layers)}; {layers}: {depth_description(layers, layers)})"]
+    lines += [f"  {note}" for note in explanation.notes()]
+    lines += [f"  {kept_summary(explanation)}"]
+    tokens = " ".join(f"{view.token}:{view.depth}" for view in explanation.tokens)
+    lines += textwrap.wrap(tokens, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  ",
+                           break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 # ----- HTML ---------------------------------------------------------------------------------------------
@@ -231,14 +236,28 @@ def _html_section(number: int, explanation: Explanation) -> str:
 
 def render_html(explanations: Sequence[Explanation], title: str = "AdapLeR rationales") -> str:
     """One self-contained page (inline CSS; no script, font, image or link to anything outside it)."""
-    css = PAGE_CSS + _depth_css(shared_num_layers(explanations))
-    sections = "\n".join(_html_section(number, explanation)
-                         for number, explanation in enumerate(explanations, start=1))
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="generator" content="adapler-export explain">\n<title>{_escape(title)}</title>\n'
-            f"<style>{css}\n</style>\n</head>\n<body>\n<h1>{_escape(title)}</h1>\n"
-            f'<p class="note">Each wordpiece is shaded by how many encoder layers read it before the model\'s '
-            f"Contribution Predictors dropped it; hover a token for its layers.</p>\n{sections}\n</body>\n</html>\n")
+    shared_num_layers(explanations)
+    return "".join(html_parts(explanations, title))
+
+
+def html_parts(explanations: Iterable[Explanation], title: str = "AdapLeR rationales"):
+    """:func:`render_html`'s page in pieces, one section per explanation as it comes (so a page of any length
+    is written in the memory of one text). The page shows one model: a text of another layer count is an
+    error."""
+    explanations = iter(explanations)
+    first = next(explanations, None)
+    if first is None:
+        raise AdaplerError("no explanation to show: a page needs at least one text")
+    num_layers = first.num_layers
+    yield (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+           f'<meta name="generator" content="adapler-export explain">\n<title>{_escape(title)}</title>\n'
+           f"<style>{PAGE_CSS + _depth_css(num_layers)}\n</style>\n</head>\n<body>\n<h1>{_escape(title)}</h1>\n"
+           f'<p class="note">Each wordpiece is shaded by how many encoder layers read it before the model\'s '
+           f"Contribution Predictors dropped it; hover a token for its layers.</p>\n")
+    for number, explanation in enumerate(itertools.chain([first], explanations), start=1):
+        shared_num_layers([first, explanation])
+        yield ("" if number == 1 else "\n") + _html_section(number, explanation)
+    yield "\n</body>\n</html>\n"
 
 
 # ----- PNG ----------------------------------------------------------------------------------------------
@@ -344,9 +363,20 @@ def explain_texts(classifier, texts: Sequence[str], pairs: Sequence[str] | None 
             for prediction in classifier.classify(texts, pairs)]
 
 
-def write_html(path, explanations: Sequence[Explanation]) -> Path:
-    """The page, written atomically (a failure leaves the earlier file, or none)."""
-    return write_text_atomic(Path(path), render_html(explanations))
+def iter_explanations(classifier, inputs: Iterable, **stream) -> Iterator[Explanation]:
+    """One :class:`Explanation` per input, in order, as the predictions come: ``TextClassifier.classify_iter``
+    (``inputs`` and ``stream``, its ``batch_size`` and ``window``, as there)."""
+    for prediction in classifier.classify_iter(inputs, **stream):
+        yield explain(prediction, classifier.manifest.num_layers, classifier.max_length, classifier.truncation)
+
+
+def write_html(path, explanations: Iterable[Explanation]) -> Path:
+    """The page, written atomically (a failure leaves the earlier file, or none), a section at a time."""
+    with atomic_file(Path(path)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for part in html_parts(explanations):
+                handle.write(part)
+    return Path(path)
 
 
 def write_png(path, explanations: Sequence[Explanation]) -> Path:

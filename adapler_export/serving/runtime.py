@@ -22,7 +22,15 @@ Documented behaviour
   ``tokens`` and the kept positions cover both texts. A pair artifact without pairs, or pairs for a
   single-text artifact, is a one-line ``AdaplerError``.
 * **Unusable text** (not a ``str``; a lone surrogate, which has no UTF-8 form): a one-line
-  ``AdaplerError`` naming the text's index; nothing of the batch is classified.
+  ``AdaplerError`` naming the text's index (counted from 0). ``classify`` then returns nothing;
+  ``classify_iter`` has yielded the results of some texts before it (never one after it).
+* **Many texts** (:meth:`TextClassifier.classify_iter`; ``classify`` is the same, as a list): read lazily,
+  ``window`` texts ahead of the oldest one without a result, classified ``batch_size`` at a time, each batch
+  made of texts of about the same length (the oldest unclassified text and its nearest in length within the
+  window), so little padding is computed; each result is yielded as soon as it and every result before it
+  are known, in input order. Memory is bounded by the window and the batch, never by the input. A row's result
+  does not depend on the rows batched with it beyond floating-point noise (padding is masked; the link's
+  threshold is per row): ``tests/test_streaming.py`` pins it.
 * **Kept tokens** (the rationale): ``kept_positions[k]`` = the original positions that link *k* kept,
   i.e. the wordpieces entering encoder layer *k* (docs/INTERFACES.md); ``kept_tokens[k]`` = those
   wordpieces. Both are lists with one list per link, in the object, in ``as_dict()`` and in the Triton
@@ -30,15 +38,20 @@ Documented behaviour
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import json
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..artifact import open_artifact
 from ..errors import AdaplerError
-from .tokenization import TextInputError, encode, load_tokenizer
+from .tokenization import Rows, TextInputError, check_text, encode_rows, load_tokenizer, pad_id, pad_rows
+
+DEFAULT_BATCH_SIZE = 32  # texts per backend call (`predict --batch-size`)
+WINDOW_BATCHES = 32  # the default window: this many batches of texts read ahead (1,024 texts at batch 32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -93,12 +106,18 @@ class TextClassifier:
 
     ``backend``: an opened backend (``run(input_ids, attention_mask) -> BackendOutput``) to use instead of
     opening one; ``backend_factory``: a function with ``backends.load_backend``'s signature (default: that
-    function) called with ``backend_kind`` and ``log``.
+    function) called with ``backend_kind`` and ``log``, and ``threads`` where given (ONNX Runtime's intra-op
+    threads; default: every core).
+
+    >>> classifier = TextClassifier("sst2-small-fp32")  # doctest: +SKIP
+    >>> lines = (line.rstrip("\\n") for line in open("texts.txt", encoding="utf-8"))  # doctest: +SKIP
+    >>> for prediction in classifier.classify_iter(lines, batch_size=32):  # doctest: +SKIP
+    ...     print(prediction.label, prediction.probabilities)
     """
 
     def __init__(self, artifact, *, backend=None, backend_kind: str = "auto",
                  backend_factory: Callable | None = None, log: Callable[[str], None] | None = None,
-                 check_files: bool = True, pad_to_multiple_of: int = 1):
+                 check_files: bool = True, pad_to_multiple_of: int = 1, threads: int | None = None):
         self.artifact_dir, self.manifest = open_artifact(artifact, check_files=check_files)
         try:
             self.tokenizer = load_tokenizer(self.artifact_dir / "tokenizer")
@@ -114,7 +133,8 @@ class TextClassifier:
             if backend_factory is None:
                 from ..backends import load_backend as backend_factory  # noqa: N813
             # open_artifact just checked the files: the factory need not digest them again
-            backend = backend_factory(self.artifact_dir, kind=backend_kind, log=log, check_files=False)
+            options = {} if threads is None else {"threads": threads}
+            backend = backend_factory(self.artifact_dir, kind=backend_kind, log=log, check_files=False, **options)
         self.backend = backend
 
     @property
@@ -126,8 +146,10 @@ class TextClassifier:
         if close is not None:
             close()
 
-    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> list:
-        """One :class:`Prediction` per text (per sentence pair: ``pairs`` holds the second texts), in order."""
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, window: int | None = None) -> list:
+        """One :class:`Prediction` per text (per sentence pair: ``pairs`` holds the second texts), in order:
+        :meth:`classify_iter`'s, as a list."""
         if isinstance(texts, (str, bytes)) or isinstance(pairs, (str, bytes)):
             raise AdaplerError("classify() takes a list of texts, not one string")
         if self.text_pair and pairs is None:
@@ -136,25 +158,119 @@ class TextClassifier:
         if not self.text_pair and pairs is not None:
             raise AdaplerError(f"artifact {self.artifact_dir} classifies single texts (task {self.manifest.task}): "
                                "it takes no second text")
-        texts = list(texts)
-        if not texts:
+        if pairs is not None:
+            texts, pairs = list(texts), list(pairs)
+            if len(pairs) != len(texts):
+                raise AdaplerError(f"{len(texts)} texts but {len(pairs)} pairs: every text needs its pair")
+        inputs = texts if pairs is None else zip(texts, pairs)
+        return list(self.classify_iter(inputs, batch_size=batch_size, window=window))
+
+    def classify_iter(self, inputs: Iterable, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                      window: int | None = None) -> Iterator[Prediction]:
+        """One :class:`Prediction` per input, in input order, each as soon as it (and every one before it) is
+        known. ``inputs``: texts (``str``), or for a sentence-pair artifact ``(text, pair)`` tuples; any
+        iterable, read lazily: at most ``window`` inputs (default ``WINDOW_BATCHES * batch_size``; at least
+        ``batch_size``) are read ahead of the oldest one not yet yielded. Texts run ``batch_size`` at a time,
+        each batch of texts of about the same length (the module docstring's "Many texts")."""
+        if isinstance(inputs, (str, bytes)):
+            raise AdaplerError("classify_iter() takes an iterable of texts, not one string")
+        for name, value in (("batch_size", batch_size), ("window", window)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise AdaplerError(f"{name} must be an integer >= 1, got {value!r}")
+        window = WINDOW_BATCHES * batch_size if window is None else window
+        if window < batch_size:
+            raise AdaplerError(f"window ({window}) must hold at least one batch ({batch_size})")
+        return self._stream(iter(inputs), batch_size, window)
+
+    def _stream(self, inputs: Iterator, batch_size: int, window: int) -> Iterator[Prediction]:
+        # Every input from `head` (the oldest not yet yielded) up to `read` is either waiting (`rows`, and its
+        # index in `by_length`, oldest first) or classified (`done`): never more than `window` of them.
+        rows, done, by_length = {}, {}, collections.defaultdict(collections.deque)
+        head = read = 0
+        exhausted = False
+        while True:
+            if not exhausted and read < head + window:
+                chunk = list(itertools.islice(inputs, head + window - read))
+                exhausted = read + len(chunk) < head + window
+                for index, row in zip(itertools.count(read), self._encode(chunk, read)):
+                    rows[index] = row
+                    by_length[len(row[0])].append(index)
+                read += len(chunk)
+            if not rows:
+                return
+            batch = self._batch_around(head, rows, by_length, batch_size)
+            done.update(zip(batch, self._run([rows.pop(index) for index in batch])))
+            while head in done:
+                yield done.pop(head)
+                head += 1
+
+    @staticmethod
+    def _batch_around(head: int, rows: dict, by_length: dict, batch_size: int) -> list:
+        """The oldest waiting input (``head``) and the waiting inputs nearest to it in length (a shorter one
+        before a longer one at the same distance: it adds no padding), up to ``batch_size``, taken out of
+        ``by_length``."""
+        length = len(rows[head][0])
+        batch = []
+        for distance in range(max(by_length) + 1):
+            for candidate in (length - distance, length + distance) if distance else (length,):
+                waiting = by_length.get(candidate)
+                while waiting and len(batch) < batch_size:
+                    batch.append(waiting.popleft())
+                if waiting is not None and not waiting:
+                    del by_length[candidate]
+            if len(batch) == batch_size or not by_length:
+                break
+        return batch
+
+    def _encode(self, chunk: list, first_index: int) -> list:
+        """(ids, type ids, tokens, truncated, empty) per input of ``chunk`` (``first_index``: the first's index,
+        for the errors)."""
+        if not chunk:
             return []
+        texts, pairs = [], [] if self.text_pair else None
+        for index, item in enumerate(chunk, start=first_index):
+            if self.text_pair:
+                if not isinstance(item, (tuple, list)) or len(item) != 2:
+                    raise AdaplerError(f"input {index}: artifact {self.artifact_dir} classifies sentence pairs "
+                                       f"(task {self.manifest.task}): give (text, pair) tuples")
+                text, pair = item
+                pairs.append(self._checked(pair, index, "pair"))
+            elif isinstance(item, (tuple, list)):
+                raise AdaplerError(f"input {index} is a {type(item).__name__}: artifact {self.artifact_dir} "
+                                   f"classifies single texts (task {self.manifest.task})")
+            else:
+                text = item
+            texts.append(self._checked(text, index, "text"))
         try:
-            enc = encode(self.tokenizer, texts, self.max_length, self.pad_to_multiple_of,
-                         None if pairs is None else list(pairs), truncation=self.truncation)
+            encoded = encode_rows(self.tokenizer, texts, self.max_length, pairs, truncation=self.truncation)
         except TextInputError as exc:
             raise AdaplerError(str(exc)) from None
+        type_ids = encoded.type_ids or [None] * len(texts)
+        return list(zip(encoded.ids, type_ids, encoded.tokens, encoded.truncated, encoded.empty))
+
+    @staticmethod
+    def _checked(text, index: int, what: str) -> str:
+        try:
+            return check_text(text, index, what)
+        except TextInputError as exc:
+            raise AdaplerError(str(exc)) from None
+
+    def _run(self, batch: list) -> list:
+        """The predictions of ``batch`` (``_encode``'s rows), in one backend call."""
+        ids, type_ids, tokens, truncated, empty = (list(column) for column in zip(*batch))
+        enc = pad_rows(Rows(ids, None if type_ids[0] is None else type_ids, tokens, truncated, empty),
+                       self.max_length, pad_id(self.tokenizer), self.pad_to_multiple_of)
         out = self.backend.run(*enc.model_inputs())
         logits = np.asarray(out.logits, dtype=np.float32)
-        if logits.shape != (len(texts), len(self.labels)):
+        if logits.shape != (len(batch), len(self.labels)):
             raise AdaplerError(f"backend {self.backend_name} returned logits of shape {logits.shape} for "
-                               f"{len(texts)} texts and {len(self.labels)} labels")
+                               f"{len(batch)} texts and {len(self.labels)} labels")
         probabilities = softmax(logits)
         predictions = []
-        for i in range(len(texts)):
+        for i in range(len(batch)):
             label_id = int(np.argmax(logits[i]))
             predictions.append(Prediction(
                 label=self.labels[label_id], label_id=label_id, probabilities=probabilities[i], logits=logits[i],
-                tokens=enc.tokens[i], kept_positions=kept_positions_for_row(out.kept, i, len(enc.tokens[i])),
-                truncated=enc.truncated[i], empty_input=enc.empty[i]))
+                tokens=tokens[i], kept_positions=kept_positions_for_row(out.kept, i, len(tokens[i])),
+                truncated=truncated[i], empty_input=empty[i]))
         return predictions

@@ -265,14 +265,22 @@ def encode_rows(tokenizer, texts: Sequence[str], max_length: int, pairs: Sequenc
 
 def encode(tokenizer, texts: Sequence[str], max_length: int, pad_to_multiple_of: int = 1,
            pairs: Sequence[str] | None = None, truncation: str = HEAD) -> Encoded:
-    """:func:`encode_rows`, padded: int32 arrays of the longest row, rounded up to ``pad_to_multiple_of`` and
-    never past ``max_length``."""
+    """:func:`encode_rows`, padded (:func:`pad_rows`)."""
     rows = encode_rows(tokenizer, texts, max_length, pairs, truncation)
+    return pad_rows(rows, max_length, pad_id(tokenizer), pad_to_multiple_of)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def pad_rows(rows: Rows, max_length: int, pad_token_id: int, pad_to_multiple_of: int = 1) -> Encoded:
+    """``rows`` as int32 arrays of the longest row, rounded up to ``pad_to_multiple_of`` and never past
+    ``max_length``."""
     longest = max(len(ids) for ids in rows.ids)
     multiple = max(1, int(pad_to_multiple_of))
     seq = min(-(-longest // multiple) * multiple, max(max_length, longest))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = np.full((len(rows.ids), seq), pad_id, dtype=np.int32)
+    input_ids = np.full((len(rows.ids), seq), pad_token_id, dtype=np.int32)
     attention_mask = np.zeros((len(rows.ids), seq), dtype=np.int32)
     token_type_ids = None if rows.type_ids is None else np.zeros((len(rows.ids), seq), dtype=np.int32)
     for i, ids in enumerate(rows.ids):
