@@ -2,19 +2,32 @@
 
 Everything lives under a session temp $ADAPLER_HOME, so tests never touch the user's cache. The
 checkpoint is trained once per session (a few minutes on 2 cores) and reused by the export, parity,
-calibration, engine and serving tests.
+calibration, engine and serving tests; when README command 1 already trained it (`sst2-small` in the
+user's $ADAPLER_HOME, as it was when pytest started) a copy of that is used instead, and the run's summary
+says which (`ci_checkpoint: ...`).
+
+Prerequisites (data, tools): :func:`require` skips with the reason on a developer's machine and fails
+under ``CI=true``, where `.ci/run` is meant to provide them.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from tiny_models import make_tiny_checkpoint, tiny_model  # noqa: F401 (tests import tiny_model from here)
+from tiny_models import DATA_DIR, make_tiny_artifact, make_tiny_checkpoint, tiny_model  # noqa: F401 (tests import tiny_model from here)
 
 REPO = Path(__file__).resolve().parents[1]
-SST2_DIR = REPO.parent / "shared" / "data" / "sst2"
+SST2_DIR = DATA_DIR / "sst2"
+# The user's $ADAPLER_HOME as it was before any fixture pointed ADAPLER_HOME at a test folder: where
+# README command 1 left `sst2-small`.
+USER_ADAPLER_HOME = Path(os.environ.get("ADAPLER_HOME") or Path.home() / ".cache" / "adapler").expanduser()
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 # CI-sized training: enough for the CPs to learn to drop tokens, small enough for minutes on 2 cores.
 # The README's first command trains exactly this as `sst2-small`; the tests reuse that checkpoint.
@@ -24,8 +37,102 @@ README_CHECKPOINT = "sst2-small"
 CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epochs": 2, "stage1.lr": 5e-5,
                "stage3_init": "finetuned", "stage3.epochs": 3, "stage3.lambda_base": 50.0,
                "stage3.lambda_mult": 50.0, "stage3.phi": 0.002, "stage3.eta_lr": 5e-3, "stage3.cp_lr": 1e-3}
+CHECKPOINT_SOURCE: list = []  # what ci_checkpoint did this session, for the run's summary
 
 
+# ----- prerequisites -----------------------------------------------------------------------------------------
+def require(condition, reason: str) -> None:
+    """Nothing when `condition` holds; else skip saying `reason`, or, under CI=true, fail: CI provides the
+    data and the tools (`.ci/run`), so one missing there is a broken CI, not a reason to stay green."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_module(name: str, install: str):
+    """Import `name` (a module an extra of `.ci/run`'s install provides), or :func:`require` it."""
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        found = False
+    require(found, f"{name} is not installed (`{install}`)")
+    return importlib.import_module(name)
+
+
+def task_dir(task: str) -> Path:
+    """The task's data folder ($ADAPLER_DATA_DIR/<task>, else ../shared/data/<task>), or :func:`require` it."""
+    path = DATA_DIR / task
+    require(path.is_dir(), f"{task} data not found at {path} (set ADAPLER_DATA_DIR)")
+    return path
+
+
+def sst2_dir() -> Path:
+    return task_dir("sst2")
+
+
+def polygraphy_command() -> str:
+    """The polygraphy console script of this environment (a dependency of adapler-export), else the PATH's."""
+    beside_python = Path(sys.executable).with_name("polygraphy")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("polygraphy")
+    require(found, f"no polygraphy command beside {sys.executable} or on PATH (`pip install polygraphy`)")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """A test that sets torch's thread count (a CLI call with --threads, a benchmark) gives it back."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
+# ----- parity, recomputed by the test (not read from the build's own parity.json) ------------------------------
+def assert_backends_match_pytorch(checkpoint, artifact, texts, pairs=None, kinds=("onnxruntime", "onnxruntime-graph"),
+                                  atol: float | None = None, batch_size: int = 64) -> dict:
+    """Run `texts` (and `pairs`) through each backend `kind` of `artifact` (fp32) and through the checkpoint's
+    PyTorch reference (`forward_hard`): logits within `atol` (default: the tolerance table's fp32 bound), every
+    link's kept positions identical (fp32 flips no decision). Returns per kind the
+    rows compared, the largest logit difference and how many tokens the links dropped (a check of a model that
+    drops nothing would be weak)."""
+    import numpy as np
+
+    from adapler_export.artifact import read_manifest
+    from adapler_export.backends import load_backend
+    from adapler_export.backends.pytorch import PyTorchBackend
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.evaluation import encoded_batches
+    from adapler_export.tolerances import Tolerances
+
+    ckpt, manifest = load_checkpoint(checkpoint), read_manifest(artifact)
+    assert manifest.precision == "fp32", "fp16 and int8 may flip decisions: compare those with their tolerances"
+    atol = Tolerances.for_precision("fp32").max_abs_logit if atol is None else atol
+    reference = PyTorchBackend(ckpt.model)
+    batches = list(encoded_batches(ckpt.tokenizer, list(texts), manifest.cut, batch_size,
+                                   pairs=None if pairs is None else list(pairs)))
+    expected = [reference.run(*arrays) for arrays in batches]
+    found = {}
+    for kind in kinds:
+        rows, worst, dropped = 0, 0.0, 0
+        with load_backend(artifact, kind) as backend:
+            for arrays, want in zip(batches, expected):
+                got = backend.run(*arrays)
+                worst = max(worst, float(np.abs(got.logits - want.logits).max()))
+                np.testing.assert_allclose(got.logits, want.logits, atol=atol, rtol=0, err_msg=kind)
+                assert len(got.kept) == len(want.kept) == manifest.num_layers, kind
+                for link, (g, w) in enumerate(zip(got.kept, want.kept)):
+                    np.testing.assert_array_equal(g, w, err_msg=f"{kind} link {link}")
+                dropped += int(arrays[1].sum() - (want.kept[-1] >= 0).sum())
+                rows += len(arrays[0])
+        found[kind] = {"rows": rows, "max_abs_logit_diff": worst, "dropped": dropped}
+    return found
+
+
+# ----- tiny models ---------------------------------------------------------------------------------------------
 def save_tiny_checkpoint(path: Path, seed: int = 0, eta: float = 0.6, layers: int = 3) -> Path:
     """A tiny random model whose CPs are opinionated enough to drop many tokens (tests/tiny_models.py)."""
     return make_tiny_checkpoint(path, seed=seed, layers=layers, eta=eta, cp_gain=40.0)
@@ -38,7 +145,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A real fp32 artifact of the tiny checkpoint (parity on 64 SST-2 dev sentences)."""
+    """A real fp32 artifact of the tiny checkpoint (3 layers, eta 0.6; parity on 64 SST-2 dev sentences)."""
     from adapler_export.build import BuildOptions, build_artifact
 
     out = tmp_path_factory.mktemp("tiny_art") / "artifact"
@@ -46,14 +153,22 @@ def tiny_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
                           log=lambda message: None).path
 
 
-def sst2_dir() -> Path:
-    env = os.environ.get("ADAPLER_DATA_DIR")
-    path = Path(env) / "sst2" if env else SST2_DIR
-    if not path.is_dir():
-        pytest.skip(f"SST-2 data not found at {path} (set ADAPLER_DATA_DIR)")
-    return path
+@pytest.fixture(scope="session")
+def pair_checkpoint(tmp_path_factory) -> Path:
+    """A tiny sentence-pair (MRPC) checkpoint: 3 layers, eta 0.6, its second token type far from the first."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("pair") / "ckpt", layers=3, eta=0.6, cp_gain=40.0,
+                                task="mrpc")
 
 
+@pytest.fixture(scope="session")
+def pair_artifact(pair_checkpoint, tmp_path_factory) -> Path:
+    """The pair checkpoint built for real: its graphs take token_type_ids (parity on 96 MRPC dev pairs)."""
+    task_dir("mrpc")
+    return make_tiny_artifact(pair_checkpoint, tmp_path_factory.mktemp("pair-art") / "artifact", samples=96,
+                              task="mrpc")
+
+
+# ----- the CI checkpoint -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def adapler_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("adapler_home")
@@ -66,12 +181,10 @@ def adapler_home(tmp_path_factory):
         os.environ["ADAPLER_HOME"] = previous
 
 
-def readme_checkpoint() -> Path | None:
-    """The checkpoint the README's first command trained (user's cache), if it has the CI settings."""
-    import json
-
-    base = Path(os.environ.get("ADAPLER_HOME", Path.home() / ".cache" / "adapler")).expanduser()
-    path = base / "checkpoints" / README_CHECKPOINT
+def readme_checkpoint(home: Path = USER_ADAPLER_HOME) -> Path | None:
+    """The checkpoint README command 1 trained under `home` (the user's, captured at import), if it has the CI
+    settings."""
+    path = Path(home) / "checkpoints" / README_CHECKPOINT
     try:
         recorded = json.loads((path / "adapler_config.json").read_text())
         config = recorded["training"]["config"]
@@ -87,21 +200,52 @@ def readme_checkpoint() -> Path | None:
     return path if config.get("seed") == 42 and config.get("task") == "sst2" else None
 
 
-@pytest.fixture(scope="session")
-def ci_checkpoint(adapler_home) -> Path:
-    """A real AdapLeR checkpoint: MiniLM backbone, SST-2 subset, three stages."""
-    from adapler_export.cli import main
+def work_folder(checkpoint: Path) -> Path:
+    """Where `train` kept a checkpoint's stages: $ADAPLER_HOME/work/<name> beside $ADAPLER_HOME/checkpoints/<name>."""
+    return checkpoint.parent.parent / "work" / checkpoint.name
 
-    import shutil
+
+def copy_checkpoint(checkpoint: Path, work: Path | None, home: Path, name: str) -> Path:
+    """Copy a checkpoint, and its work folder when given, into `home` as `name`; the sources are only read."""
+    target = home / "checkpoints" / name
+    shutil.copytree(checkpoint, target)
+    if work is not None:
+        shutil.copytree(work, home / "work" / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def ci_training(adapler_home) -> tuple:
+    """(checkpoint, its work folder or None): a real AdapLeR checkpoint (MiniLM backbone, SST-2 subset, three
+    stages): $ADAPLER_TEST_CHECKPOINT or README command 1's `sst2-small` when there is one (only read: tests
+    copy it), else trained here into the session's $ADAPLER_HOME."""
+    from adapler_export.cli import main
 
     data = sst2_dir()
     reuse = os.environ.get("ADAPLER_TEST_CHECKPOINT") or readme_checkpoint()
     if reuse:  # a checkpoint trained with CI_TRAIN_ARGS already exists: no need to train again
-        shutil.copytree(reuse, adapler_home / "checkpoints" / "ci")
-        return adapler_home / "checkpoints" / "ci"
+        reuse = Path(reuse).expanduser()
+        work = work_folder(reuse) if work_folder(reuse).is_dir() else None
+        CHECKPOINT_SOURCE.append(f"reused a copy of {reuse} ({'with' if work else 'without'} its work folder)")
+        return reuse, work
+    CHECKPOINT_SOURCE.append(f"trained here ({adapler_home / 'checkpoints' / 'ci'}; no reusable "
+                             f"{USER_ADAPLER_HOME / 'checkpoints' / README_CHECKPOINT})")
     rc = main(["train", "--task", "sst2", "--data-dir", str(data), "--output", "ci", *CI_TRAIN_ARGS])
     assert rc == 0
-    return adapler_home / "checkpoints" / "ci"
+    return adapler_home / "checkpoints" / "ci", adapler_home / "work" / "ci"
+
+
+@pytest.fixture(scope="session")
+def ci_checkpoint(ci_training, adapler_home) -> Path:
+    """The CI checkpoint in the session's $ADAPLER_HOME (a copy when reused). Tests only read it."""
+    checkpoint, _ = ci_training
+    target = adapler_home / "checkpoints" / "ci"
+    return checkpoint if checkpoint == target else copy_checkpoint(checkpoint, None, adapler_home, "ci")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in CHECKPOINT_SOURCE:
+        terminalreporter.write_line(f"ci_checkpoint: {line}")
 
 
 @pytest.fixture(scope="session")

@@ -25,17 +25,15 @@ from adapler_export.serving.tokenization import encode as serving_encode
 from adapler_export.serving.tokenization import pair_lengths
 from adapler_export.specs import TOKEN_TYPE_IDS
 
-from tiny_models import DATA_DIR, make_tiny_artifact, make_tiny_checkpoint, make_tiny_tokenizer
+from conftest import assert_backends_match_pytorch, task_dir
+from tiny_models import make_tiny_checkpoint, make_tiny_tokenizer
 
 PAIRS = [("a charming film .", "the story is good ."), ("it was dull", "a boring , bleak movie"),
          ("fun !", "not fun at all , and too long for a film like this one"), ("", "only the second text")]
 
 
 def pair_dir(task: str):
-    path = DATA_DIR / task
-    if not path.is_dir():
-        pytest.skip(f"{task} data not found at {path}")
-    return path
+    return task_dir(task)
 
 
 # ----- data -------------------------------------------------------------------------------------------------
@@ -163,12 +161,6 @@ def _pair_batch(tokenizer, max_length=48):
     return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(types)
 
 
-@pytest.fixture(scope="module")
-def pair_checkpoint(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("pair") / "ckpt", layers=3, eta=0.6, cp_gain=40.0,
-                                task="mrpc")
-
-
 def test_token_types_flow_through_every_forward(pair_checkpoint):
     ckpt = load_checkpoint(pair_checkpoint)
     assert ckpt.config.text_pair and ckpt.model.text_pair
@@ -202,7 +194,7 @@ def test_training_steps_on_pairs(pair_checkpoint):
     batch = next(iter(dataset.loader(4, shuffle=False)))
     np.testing.assert_array_equal(batch[TOKEN_TYPE_IDS].numpy(), _pair_batch(ckpt.tokenizer)[2].numpy())
     batch["saliency"] = torch.rand(batch["input_ids"].shape) * batch["attention_mask"]
-    cfg = Stage3Config()
+    cfg = Stage3Config(official_steps=None)  # the official learning rates, not scaled up for a 3-step run
     optimizer, scheduler, threshold_optimizer, _ = make_optimizers(model, cfg, total_steps=3)
     types = model.base.embeddings.token_type_embeddings.weight
     before = types.detach().clone()
@@ -230,16 +222,10 @@ def test_evaluate_reports_f1_for_mrpc(pair_checkpoint):
 
 
 # ----- export, parity, serving ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pair_artifact(pair_checkpoint, tmp_path_factory):
-    pair_dir("mrpc")
-    return make_tiny_artifact(pair_checkpoint, tmp_path_factory.mktemp("pair-art") / "artifact", samples=96,
-                              task="mrpc")
-
-
-def test_pair_artifact_takes_token_types_and_passes_parity(pair_artifact):
+# pair_checkpoint and pair_artifact: tests/conftest.py (test_serving.py serves the same artifact)
+def test_pair_artifact_takes_token_types_and_passes_parity(pair_artifact, pair_checkpoint):
     """Segment 0, single.onnx and model.onnx take token_type_ids; parity (fp32, 96 MRPC dev pairs) of the segment
-    chain and of the one graph: no flipped keep decision."""
+    chain and of the one graph, recomputed here against the PyTorch reference: no flipped keep decision."""
     import onnx
 
     manifest = read_manifest(pair_artifact)
@@ -247,11 +233,11 @@ def test_pair_artifact_takes_token_types_and_passes_parity(pair_artifact):
     for graph in ("onnx/segment_00.onnx", "onnx/single.onnx", "onnx/model.onnx"):
         names = [i.name for i in onnx.load(str(pair_artifact / graph), load_external_data=False).graph.input]
         assert names == ["input_ids", "attention_mask", TOKEN_TYPE_IDS], graph
-    reports = manifest.parity["end_to_end"]
-    assert set(reports) == {"onnxruntime", "onnxruntime-graph"}
-    for kind, report in reports.items():
-        assert report["passed"] and report["examples"] == 96 and report["flips"] == 0, kind
-        assert report["max_abs_logit_diff"] < 1e-4 and report["decisions"] > 0, kind
+    assert set(manifest.parity["end_to_end"]) == {"onnxruntime", "onnxruntime-graph"}, "build checked both"
+    dev = load_task("mrpc", pair_dir("mrpc"), splits=("dev",))["dev"]
+    found = assert_backends_match_pytorch(pair_checkpoint, pair_artifact, dev.texts[:96], dev.pairs[:96])
+    for kind, result in found.items():
+        assert result["rows"] == 96 and result["dropped"] > 0, (kind, result)
 
 
 def test_dropping_the_token_types_changes_the_answer(pair_artifact, pair_checkpoint):

@@ -29,15 +29,23 @@ def test_trained_model_drops_tokens_and_is_accurate(ci_checkpoint, capsys):
     assert all(a >= b for a, b in zip(kept, kept[1:])), "a dropped token never comes back"
 
 
-def test_training_resumes_finished_stages(ci_checkpoint, adapler_home, capsys):
-    """Re-running the same command reuses every finished stage (no retraining) and rewrites the checkpoint."""
-    from conftest import CI_TRAIN_ARGS
+def test_training_resumes_finished_stages(ci_training, tmp_path, monkeypatch, capsys):
+    """Re-running the same command reuses every finished stage (no retraining) and rewrites the checkpoint.
+    On a copy of the checkpoint and its work folder in a home of its own: the shared fixture stays as it was."""
+    from conftest import CI_TRAIN_ARGS, copy_checkpoint
 
-    before = (ci_checkpoint / "adapler_heads.safetensors").read_bytes()
+    checkpoint, work = ci_training
+    if work is None:
+        pytest.skip(f"{checkpoint} came without its work folder ($ADAPLER_HOME/work/{checkpoint.name}): "
+                    "nothing to resume from")
+    home = tmp_path / "home"
+    copy = copy_checkpoint(checkpoint, work, home, "ci")
+    monkeypatch.setenv("ADAPLER_HOME", str(home))
+    before = (copy / "adapler_heads.safetensors").read_bytes()
     argv = ["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]
     assert main(argv) == 2, "an existing checkpoint is replaced only with --force"
     assert "pass --force" in capsys.readouterr().err
     assert main(argv + ["--force"]) == 0
     err = capsys.readouterr().err
     assert "stage 1: already done" in err and "stage 2: already done" in err and "stage 3: already done" in err
-    assert (ci_checkpoint / "adapler_heads.safetensors").read_bytes() == before
+    assert (copy / "adapler_heads.safetensors").read_bytes() == before

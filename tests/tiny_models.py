@@ -11,12 +11,22 @@ imports this module.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 
 FAIL_MARKER = "explode"
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
-DATA_DIR = TESTS_DIR.parents[0].parent / "shared" / "data"
+
+
+def data_dir() -> pathlib.Path:
+    """The folder of task folders the tests read: $ADAPLER_DATA_DIR, else ../shared/data (the README's order;
+    the one place the tests decide it)."""
+    env = os.environ.get("ADAPLER_DATA_DIR")
+    return pathlib.Path(env) if env else TESTS_DIR.parents[1] / "shared" / "data"
+
+
+DATA_DIR = data_dir()
 SST2_DIR = DATA_DIR / "sst2"
 TINY_MAX_LENGTH = 48
 TINY_ETAS = (1.0, 1.0)  # high enough that random contribution predictors drop tokens at every link
