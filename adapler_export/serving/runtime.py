@@ -91,10 +91,12 @@ class Prediction:
                 "truncated": self.truncated, "empty_input": self.empty_input, **self.rationale()}
 
 
-def kept_positions_for_row(kept: Sequence[np.ndarray], row: int, n_tokens: int) -> list:
+def kept_positions_for_row(kept: Sequence, row: int, n_tokens: int) -> list:
+    """Per link: the positions row ``row`` kept (padding's -1 left out); ``kept``: each link's positions
+    [B, S'_k], as arrays or as nested lists (``tolist()`` once per batch is cheaper than per row)."""
     out = []
     for k, positions in enumerate(kept):
-        row_positions = [int(p) for p in np.asarray(positions)[row].tolist() if p >= 0]
+        row_positions = [int(p) for p in positions[row] if p >= 0]
         if any(p >= n_tokens for p in row_positions):
             raise AdaplerError(f"link {k} kept a position past row {row}'s {n_tokens} tokens: {row_positions}")
         out.append(row_positions)
@@ -266,11 +268,12 @@ class TextClassifier:
             raise AdaplerError(f"backend {self.backend_name} returned logits of shape {logits.shape} for "
                                f"{len(batch)} texts and {len(self.labels)} labels")
         probabilities = softmax(logits)
+        kept = [np.asarray(positions).tolist() for positions in out.kept]
         predictions = []
         for i in range(len(batch)):
             label_id = int(np.argmax(logits[i]))
             predictions.append(Prediction(
                 label=self.labels[label_id], label_id=label_id, probabilities=probabilities[i], logits=logits[i],
-                tokens=tokens[i], kept_positions=kept_positions_for_row(out.kept, i, len(tokens[i])),
+                tokens=tokens[i], kept_positions=kept_positions_for_row(kept, i, len(tokens[i])),
                 truncated=truncated[i], empty_input=empty[i]))
         return predictions
