@@ -19,8 +19,8 @@ For one task's checkpoint, every model below runs in ONNX Runtime on the CPU wit
                           layer k-1 (mean over heads and live query rows), [CLS] always, as many per layer as the
                           AdapLeR point keeps (the paper's comparison); the product's link does the compaction
   AdapLeR s=X             the one graph (`onnx_graph.build_one_graph`) at eta * X (`calibration.sweep.scaled_eta`;
-                          s=1: as trained), fp32 and the product's INT8 (`adapler_export.quantization.
-                          quantize_dynamic_int8`, what `build --int8` writes); at s=1 also plain `quantize_dynamic`
+                          s=1: as trained), fp32 and the product's INT8 (what `build --int8` writes:
+                          `quantization.quantize_segments`, then joined); at s=1 also plain `quantize_dynamic`
                           on the file and the static QDQ scheme of `calibration.int8` (every segment quantized,
                           then joined)
 
@@ -59,8 +59,8 @@ SKIPPABLE = ("static", "optimized", "truncation", "shallow", "attention-pruning"
 # Shorter max lengths a user would try (wordpieces); other tasks: 1/2 and 1/4 of the checkpoint's.
 TRUNCATIONS = {"sst2": (32, 16), "imdb": (256, 128)}
 FULL_FP32, FULL_INT8 = "full fp32", "full int8 dynamic"
-PRODUCT_INT8 = ("adapler_export.quantization.quantize_dynamic_int8 (what build --int8 writes): weight MatMuls "
-                "int8, CP scoring path fp32, reduce_range from this CPU's flags")
+PRODUCT_INT8 = ("what build --int8 writes: adapler_export.quantization.quantize_segments (dynamic INT8 of the weight "
+                "MatMuls, CP scoring path fp32, reduce_range from this CPU's flags), segments joined by build_one_graph")
 # Attention pruning hands the link keep flags (1.0 keep, 0.0 drop) as its scores: at this eta, delta = eta / n is
 # above 0 and below 1 for any n >= 1, so the product's link keeps exactly the flagged tokens ([CLS] anyway).
 FLAG_ETA = 1e-6
@@ -135,12 +135,12 @@ def quantize_full_static(full: Path, dst: Path, ckpt, calib) -> dict:
     the full model sees (batch 1, as `quantize` calibrates)."""
     from adapler_export.evaluation import encoded_batches
     from adapler_export.specs import model_inputs
-    from calibration.int8 import QuantizeOptions, quantize_segment
+    from calibration.int8 import STATIC, QuantizeOptions, quantize_segment
 
     names = model_inputs(ckpt.model.text_pair)
     feeds = [dict(zip(names, (np.ascontiguousarray(a, dtype=np.int32) for a in arrays)))
              for arrays in encoded_batches(ckpt.tokenizer, calib.texts, ckpt.config.cut, 1, calib.pairs)]
-    info = quantize_segment(full, dst, feeds, QuantizeOptions())
+    info = quantize_segment(full, dst, feeds, QuantizeOptions(scheme=STATIC))
     return {"quantized_matmuls": len(info["quantized_nodes"]), "kept_fp32": len(info["excluded"]),
             "calibration_examples": len(feeds)}
 
@@ -150,21 +150,23 @@ def quantize_adapler_static(ckpt, onnx_dir: Path, specs, etas, out_dir: Path, ca
     fp32 reference pipeline recorded on the calibration sentences, every segment quantized
     (`calibration.int8.quantize_segment`), the int8 segments joined into a one graph."""
     from adapler_export.onnx_graph import build_one_graph
-    from calibration.int8 import QuantizeOptions, quantize_segment, record_segment_inputs
+    from calibration.int8 import STATIC, QuantizeOptions, quantize_segment, record_segment_inputs
     from calibration.sweep import temporary_eta
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with temporary_eta(ckpt.model, etas):
         feeds = record_segment_inputs(ckpt.model, ckpt.tokenizer, calib.texts, ckpt.config.cut, 1, calib.pairs)
     for spec, seg_feeds in zip(specs, feeds):
-        quantize_segment(onnx_dir / spec.file_name, out_dir / spec.file_name, seg_feeds, QuantizeOptions())
-    return build_one_graph(out_dir, specs, etas)
+        quantize_segment(onnx_dir / spec.file_name, out_dir / spec.file_name, seg_feeds, QuantizeOptions(scheme=STATIC))
+    return build_one_graph(out_dir, specs, etas, precision="int8")
 
 
 # ----- shallow static models
 def stage1_budget(ckpt, args) -> dict:
     """The checkpoint's own stage-1 budget (adapler_config.json's training record), with the command line's
     overrides (--shallow-epochs / --shallow-train-samples / --shallow-eval-samples, for tests)."""
+    from training.stage1_finetune import Stage1Config
+
     record = (ckpt.config.training or {}).get("config") or {}
     stage1 = dict(record.get("stage1") or {})
     budget = {"stage1": stage1, "max_train_samples": record.get("max_train_samples"),
@@ -179,6 +181,9 @@ def stage1_budget(ckpt, args) -> dict:
         raise SystemExit(f"{ckpt.path}: its adapler_config.json records no stage-1 budget (training.config.stage1); "
                          "pass --shallow-epochs and --shallow-train-samples, or --skip shallow")
     stage1.update(max_length=ckpt.config.max_length, truncation=ckpt.config.truncation, seed=budget["seed"])
+    # Every Stage1Config field, defaults filled in (a record written by another version may hold more or fewer).
+    known = {f.name for f in dataclasses.fields(Stage1Config)}
+    budget["stage1"] = dataclasses.asdict(Stage1Config(**{k: v for k, v in stage1.items() if k in known}))
     return budget
 
 
@@ -220,8 +225,7 @@ def shallow_model(ckpt, layers: int, args, budget: dict, digest: str) -> tuple:
         return onnx_path, json.loads(done.read_text())
     work.mkdir(parents=True, exist_ok=True)
     (work / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
-    known = {f.name for f in dataclasses.fields(Stage1Config)}
-    cfg = Stage1Config(**{k: v for k, v in budget["stage1"].items() if k in known})
+    cfg = Stage1Config(**budget["stage1"])
     data = load_task(ckpt.config.task, args.data_dir, splits=("train", "dev"))
     data.splits["train"] = data["train"].subset(budget["max_train_samples"], budget["seed"])
     data.splits["dev"] = data["dev"].subset(budget["max_eval_samples"], budget["seed"])
@@ -606,7 +610,7 @@ def main(argv=None) -> int:
     from adapler_export.checkpoint import load_checkpoint
     from adapler_export.data import load_dev, task_metrics
     from adapler_export.onnx_graph import build_one_graph
-    from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8
+    from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8, quantize_segments
     from adapler_export.storage import adapler_home
     from calibration.sweep import scaled_eta
 
@@ -645,7 +649,7 @@ def main(argv=None) -> int:
     if "int8" not in args.skip:
         info = quantize_dynamic_int8(full, derived / "full-int8-product.onnx", int8_settings)
         candidates.append(Candidate("full int8 (product)", "full-int8", "int8-dynamic", derived / "full-int8-product.onnx",
-                                    False, num_layers, details={"int8": PRODUCT_INT8,
+                                    False, num_layers, details={"int8": "adapler_export.quantization.quantize_dynamic_int8",
                                                                 "int8_matmuls": len(info["quantized_nodes"])}))
     calib = None
     if "static" not in args.skip and "int8" not in args.skip and args.static_calib_samples > 0:
@@ -670,18 +674,23 @@ def main(argv=None) -> int:
                                         details={"stage1": {k: record[k] for k in ("dev_accuracy", "epoch")},
                                                  "stage1_budget": budget}))
     points = []
+    if "int8" not in args.skip:
+        int8_dir = derived / "int8-segments"
+        int8_dir.mkdir(exist_ok=True)
+        records = quantize_segments(exports["dir"] / "onnx", int8_dir, specs, int8_settings)
+        int8_matmuls = sum(len(r["quantized_nodes"]) for r in records)
     for scale in args.scales:
         etas = scaled_eta(base_eta, [scale] * num_layers)
         label = f"AdapLeR s={scale:g}"
         graph = build_one_graph(exports["dir"] / "onnx", specs, etas, derived / f"adapler-s{scale:g}.onnx")
         details = {"scale": scale, "eta": etas}
         points.append(Candidate(label + " fp32", "adapler", "fp32", graph, True, num_layers, details=details))
-        if "int8" not in args.skip:
-            int8_graph = derived / f"adapler-s{scale:g}-int8.onnx"
-            info = quantize_dynamic_int8(graph, int8_graph, int8_settings)
+        if "int8" not in args.skip:  # as `build --int8` makes it: the int8 segments joined at these thresholds
+            int8_graph = build_one_graph(int8_dir, specs, etas, derived / f"adapler-s{scale:g}-int8.onnx",
+                                         precision="int8")
             points.append(Candidate(label + " int8", "adapler", "int8-dynamic", int8_graph, True, num_layers,
                                     details={**details, "int8": PRODUCT_INT8, "int8_settings": int8_settings.to_dict(),
-                                             "int8_matmuls": len(info["quantized_nodes"])}))
+                                             "int8_matmuls": int8_matmuls}))
         if "int8" not in args.skip and scale == 1:  # the issue's row: the user's quantize_dynamic on the file
             points.append(Candidate(label + " int8 quantize_dynamic", "adapler", "int8-dynamic",
                                     plain_quantize_dynamic(graph, derived / "adapler-s1-quantize-dynamic.onnx"),
