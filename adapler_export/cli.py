@@ -179,7 +179,7 @@ def _classified(args, classifier):
             yield (text, pair) if classifier.text_pair else text
 
     predictions = classifier.classify_iter(inputs(), batch_size=args.batch_size)
-    for number, prediction in enumerate(progress(predictions, "classifying", unit="text"), start=1):
+    for number, prediction in enumerate(progress(predictions, "classifying", unit=" texts"), start=1):
         text, pair = waiting.popleft()
         yield number, text, pair, prediction
 
