@@ -581,7 +581,8 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
         trt_args = []
     before = tree_digest(built_artifact)
     out = tmp_path / "int8"
-    rc = main(["quantize", "--artifact", str(built_artifact), "--output", str(out), "--calib-samples", "32",
+    rc = main(["quantize", "--artifact", str(built_artifact), "--output", str(out), "--scheme", "static-qdq",
+               "--calib-samples", "32",
                "--samples", "96", "--data-dir", str(sst2_dir()), "--threads", "1", "--json", *trt_args])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
@@ -603,6 +604,7 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
 
     # the graphs: int8 QDQ in the encoder segments, the CP scoring path untouched
     quant = manifest.quantization
+    assert manifest.int8_scheme == "static-qdq" and quant["calibration_data"]["examples"] == 32
     for k, seg in enumerate(quant["segments"]):
         model = onnx.load(str(out / "onnx" / seg["segment"]))
         ops = {n.op_type for n in model.graph.node}
