@@ -80,6 +80,29 @@ def polygraphy_command() -> str:
     return found
 
 
+def arm_tripwires(monkeypatch) -> list:
+    """"Refused before any work", checked without a clock: from now on loading a checkpoint or opening an ONNX
+    Runtime session records what was tried (and raises); the returned list must stay empty."""
+    import onnxruntime
+
+    import adapler_export.checkpoint as checkpoint
+
+    tried = []
+
+    def tripwire(what):
+        def fail(*args, **kwargs):
+            tried.append(what)
+            raise AssertionError(f"{what} before the refusal")
+        return fail
+
+    load = checkpoint.load_checkpoint
+    for module in list(sys.modules.values()):  # `from ... import load_checkpoint` copies included
+        if getattr(module, "load_checkpoint", None) is load:
+            monkeypatch.setattr(module, "load_checkpoint", tripwire("loaded a checkpoint"))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", tripwire("opened an ONNX Runtime session"))
+    return tried
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """A test that sets torch's thread count (a CLI call with --threads, a benchmark) gives it back."""

@@ -75,11 +75,10 @@ def test_train_refuses_a_users_folder_before_any_work(tmp_path):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.txt").write_text("mine")
-    started = time.monotonic()
     result = run_cli("train", "--data-dir", sst2_dir(), "--output", notes, home=tmp_path)
     one_line_error(result, "refusing to replace")
-    assert time.monotonic() - started < 60 and (notes / "a.txt").read_text() == "mine"
-    assert not (tmp_path / "work").exists(), "refused before any training work"
+    assert (notes / "a.txt").read_text() == "mine"
+    assert not (tmp_path / "work").exists(), "refused before any training work (no clock: the work folder says it)"
 
 
 # ----- 2. one line instead of a traceback -------------------------------------------------------------------
