@@ -35,13 +35,11 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("tritonclient.grpc", reason="serving needs `pip install 'tritonclient[all]'` (extra: serving)")
-hypothesis = pytest.importorskip("hypothesis", reason="the property tests need `pip install hypothesis`")
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # the test extra, beside pytest
+from hypothesis import strategies as st
 
 import serving_fixtures as F  # noqa: E402
-from conftest import SST2_DIR  # noqa: E402
+from conftest import SST2_DIR, require_module, sst2_dir  # noqa: E402
 from adapler_export.artifact import ManifestError, read_manifest  # noqa: E402
 from adapler_export.data import read_texts  # noqa: E402
 from adapler_export.errors import AdaplerError  # noqa: E402
@@ -58,6 +56,17 @@ SST2_DEV = SST2_DIR / "dev.tsv"
 MARKER_FACTORY = "serving_fixtures:load_marker_failing_backend"
 MAX_BATCH = 16
 ONE_MIB = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def tritonclient():
+    """Triton's client (and its ModelConfig protobuf, which repository writing needs): the serving extra."""
+    return require_module("tritonclient.grpc", "pip install -e '.[serving]'")
+
+
+# Repository writing, clients and servers need tritonclient; the library classifier and the CLI's own
+# process handling do not, and run without it.
+needs_tritonclient = pytest.mark.usefixtures("tritonclient")
 
 
 def _pid_gone(pid: int) -> bool:
@@ -80,8 +89,7 @@ def _parser():
 @pytest.fixture(scope="module")
 def tiny_home(tmp_path_factory):
     """An $ADAPLER_HOME with checkpoints/tiny and artifacts/tiny (built and parity-checked for real)."""
-    if not SST2_DEV.is_file():
-        pytest.skip(f"SST-2 data not found at {SST2_DIR}")
+    sst2_dir()
     home = tmp_path_factory.mktemp("tiny-home")
     checkpoint = F.make_tiny_checkpoint(home / "checkpoints" / "tiny")
     F.make_tiny_artifact(checkpoint, home / "artifacts" / "tiny")
@@ -89,20 +97,21 @@ def tiny_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact(tiny_home):
+def serving_artifact(tiny_home):
+    """The 2-layer tiny model (eta 1.0 at every link) of tiny_home; conftest's `tiny_artifact` is another model."""
     return tiny_home / "artifacts" / "tiny"
 
 
 @pytest.fixture(scope="module")
-def tiny_artifact_single(tiny_artifact, tmp_path_factory):
+def serving_artifact_single(serving_artifact, tmp_path_factory):
     """The tiny artifact with a (placeholder) single engine recorded in its manifest."""
-    return F.with_single_engine_record(tiny_artifact, tmp_path_factory.mktemp("single") / "artifact")
+    return F.with_single_engine_record(serving_artifact, tmp_path_factory.mktemp("single") / "artifact")
 
 
 @pytest.fixture(scope="module")
-def tiny_classifier(tiny_artifact_single):
+def tiny_classifier(serving_artifact_single):
     """The library classifier as the Triton model opens it: `auto`, which takes the one graph here."""
-    classifier = TextClassifier(tiny_artifact_single)
+    classifier = TextClassifier(serving_artifact_single)
     assert classifier.backend_name == "onnxruntime-graph"
     return classifier
 
@@ -123,8 +132,9 @@ def _damage(artifact: pathlib.Path, how: str) -> str:
 # =========================================================================================================
 # (a) no server
 # =========================================================================================================
-def test_text_model_config(tiny_artifact, tmp_path):
-    info = R.write_model_repository(tiny_artifact, tmp_path / "repo", max_batch=8, max_queue_delay_us=500,
+@needs_tritonclient
+def test_text_model_config(serving_artifact, tmp_path):
+    info = R.write_model_repository(serving_artifact, tmp_path / "repo", max_batch=8, max_queue_delay_us=500,
                                     with_onnx_graph=False)
     assert info.models == [C.TEXT_MODEL] and not info.with_tensorrt_plan and not info.with_onnx_graph
     cfg = R.parse_config(tmp_path / "repo" / C.TEXT_MODEL / "config.pbtxt")
@@ -143,7 +153,7 @@ def test_text_model_config(tiny_artifact, tmp_path):
     assert (version / "model.py").is_file()
     assert R.repository_artifacts(tmp_path / "repo") == [(version / "artifact").resolve()]  # an intact copy
     marker = json.loads((tmp_path / "repo" / R.REPOSITORY_MARKER).read_text())
-    assert marker["artifact"] == str(tiny_artifact.resolve()) and marker["labels"] == ["negative", "positive"]
+    assert marker["artifact"] == str(serving_artifact.resolve()) and marker["labels"] == ["negative", "positive"]
     assert not (tmp_path / "repo" / C.PLAN_MODEL).exists()
     assert set(R.validate_repository(tmp_path / "repo")) == {C.TEXT_MODEL}
     assert R.loadable_models(tmp_path / "repo") == [C.TEXT_MODEL]
@@ -151,13 +161,15 @@ def test_text_model_config(tiny_artifact, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
 
 
-def test_reference_mode_points_at_artifact(tiny_artifact, tmp_path):
-    R.write_model_repository(tiny_artifact, tmp_path / "repo", artifact_mode="reference")
+@needs_tritonclient
+def test_reference_mode_points_at_artifact(serving_artifact, tmp_path):
+    R.write_model_repository(serving_artifact, tmp_path / "repo", artifact_mode="reference")
     cfg = R.parse_config(tmp_path / "repo" / C.TEXT_MODEL / "config.pbtxt")
-    assert cfg.parameters["artifact_dir"].string_value == str(tiny_artifact.resolve())
+    assert cfg.parameters["artifact_dir"].string_value == str(serving_artifact.resolve())
     assert not (tmp_path / "repo" / C.TEXT_MODEL / "1" / "artifact").exists()
 
 
+@needs_tritonclient
 def test_artifacts_resolve_by_name_under_the_cache(tiny_home, tmp_path, monkeypatch):
     monkeypatch.setenv("ADAPLER_HOME", str(tiny_home))
     info = R.write_model_repository("tiny", tmp_path / "repo", artifact_mode="reference")
@@ -167,12 +179,13 @@ def test_artifacts_resolve_by_name_under_the_cache(tiny_home, tmp_path, monkeypa
         R.write_model_repository("nosuch", tmp_path / "repo2")
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("how", ["missing segment", "modified file", "no manifest"])
-def test_triton_checks_the_artifact_first(tiny_artifact, tmp_path, how):
+def test_triton_checks_the_artifact_first(serving_artifact, tmp_path, how):
     """A damaged artifact fails at `triton` with one line, before anything is written (and at `serve
     --repo`, before a server starts, when a repository's copy is damaged)."""
     artifact = tmp_path / "artifact"
-    shutil.copytree(tiny_artifact, artifact)
+    shutil.copytree(serving_artifact, artifact)
     parser = _parser()
     args = parser.parse_args(["triton", "--artifact", str(artifact), "--repo", str(tmp_path / "repo")])
     good = tmp_path / "good-repo"
@@ -200,13 +213,14 @@ def _stand_in_check(model_dir: pathlib.Path, config: dict) -> None:
                                        "model_version": "1"})
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("mode", ["copy", "hardlink", "reference"])
-def test_onnx_graph_model_config(tiny_artifact, tmp_path, mode):
+def test_onnx_graph_model_config(serving_artifact, tmp_path, mode):
     """Written by default where the artifact has onnx/model.onnx: adapler_onnx for Triton's stock onnxruntime
     backend (dynamic dims, batching, the graph file by artifact_mode) and the tokenizer ensemble in front;
     the config's I/O is the graph's own, as the stock backend checks it at load time."""
     repo = tmp_path / "repo"
-    info = R.write_model_repository(tiny_artifact, repo, max_batch=8, artifact_mode=mode)
+    info = R.write_model_repository(serving_artifact, repo, max_batch=8, artifact_mode=mode)
     assert info.with_onnx_graph and not info.with_tensorrt_plan
     assert info.models == [C.TEXT_MODEL, C.ONNX_MODEL, C.TOKENIZER_MODEL, C.ONNX_ENSEMBLE_MODEL]
     configs = R.validate_repository(repo)
@@ -221,7 +235,7 @@ def test_onnx_graph_model_config(tiny_artifact, tmp_path, mode):
     assert {t.name: (t.data_type, list(t.dims)) for t in onnx.output} == {
         "logits": (pb2.TYPE_FP32, [2]), "kept_positions_0": (pb2.TYPE_INT32, [-1]),
         "kept_positions_1": (pb2.TYPE_INT32, [-1])}
-    graph, source = repo / C.ONNX_MODEL / "1" / "model.onnx", tiny_artifact / "onnx" / "model.onnx"
+    graph, source = repo / C.ONNX_MODEL / "1" / "model.onnx", serving_artifact / "onnx" / "model.onnx"
     assert graph.read_bytes() == source.read_bytes()
     if mode == "reference":
         assert graph.is_symlink() and graph.resolve() == source.resolve()
@@ -247,9 +261,10 @@ def test_onnx_graph_model_config(tiny_artifact, tmp_path, mode):
     assert R.loadable_models(repo, {"python", "onnxruntime"})[-1] == C.ONNX_ENSEMBLE_MODEL
 
 
-def test_with_onnx_graph_needs_the_graph(tiny_artifact, tmp_path):
+@needs_tritonclient
+def test_with_onnx_graph_needs_the_graph(serving_artifact, tmp_path):
     """An artifact built before the one graph: no one-graph models by default, a one-line error when asked."""
-    old = F.without_one_graph(tiny_artifact, tmp_path / "old-artifact")
+    old = F.without_one_graph(serving_artifact, tmp_path / "old-artifact")
     assert R.write_model_repository(old, tmp_path / "repo").models == [C.TEXT_MODEL]
     with pytest.raises(R.RepositoryError, match="--with-onnx-graph: artifact .* has no one-graph model .*rebuild") \
             as error:
@@ -257,10 +272,11 @@ def test_with_onnx_graph_needs_the_graph(tiny_artifact, tmp_path):
     assert "\n" not in str(error.value) and not (tmp_path / "repo2").exists()
 
 
-def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
+@needs_tritonclient
+def test_plan_tokenizer_ensemble(serving_artifact_single, tmp_path):
     """With the single engine too: adapler_plan and its ensemble beside the one-graph ones, one tokenizer."""
     repo = tmp_path / "repo"
-    info = R.write_model_repository(tiny_artifact_single, repo, max_batch=4)  # auto: the artifact has both
+    info = R.write_model_repository(serving_artifact_single, repo, max_batch=4)  # auto: the artifact has both
     assert info.with_tensorrt_plan and info.with_onnx_graph
     assert info.models == [C.TEXT_MODEL, C.PLAN_MODEL, C.ONNX_MODEL, C.TOKENIZER_MODEL, C.ENSEMBLE_MODEL,
                            C.ONNX_ENSEMBLE_MODEL]
@@ -290,17 +306,18 @@ def test_plan_tokenizer_ensemble(tiny_artifact_single, tmp_path):
                                                                 C.ENSEMBLE_MODEL]
 
 
-def test_with_tensorrt_plan_needs_the_engine(tiny_artifact, tmp_path):
+def test_with_tensorrt_plan_needs_the_engine(serving_artifact, tmp_path):
     with pytest.raises(R.RepositoryError, match="no single TensorRT engine .*not asked for"):
-        R.write_model_repository(tiny_artifact, tmp_path / "repo", with_tensorrt_plan=True)
+        R.write_model_repository(serving_artifact, tmp_path / "repo", with_tensorrt_plan=True)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_atomic_write_and_overwrite(tiny_artifact, tmp_path, monkeypatch):
+@needs_tritonclient
+def test_atomic_write_and_overwrite(serving_artifact, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
-    R.write_model_repository(tiny_artifact, repo)
+    R.write_model_repository(serving_artifact, repo)
     with pytest.raises(AdaplerError, match="already exists; pass --force"):
-        R.write_model_repository(tiny_artifact, repo)
+        R.write_model_repository(serving_artifact, repo)
     marker = repo / "marker"
     marker.write_text("old")
 
@@ -309,26 +326,27 @@ def test_atomic_write_and_overwrite(tiny_artifact, tmp_path, monkeypatch):
 
     monkeypatch.setattr(R, "validate_repository", broken)
     with pytest.raises(R.RepositoryError, match="injected"):
-        R.write_model_repository(tiny_artifact, repo, overwrite=True)
+        R.write_model_repository(serving_artifact, repo, overwrite=True)
     assert marker.read_text() == "old"  # the old repository is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]  # no temp folder left
     monkeypatch.undo()
-    R.write_model_repository(tiny_artifact, repo, overwrite=True, max_batch=3)
+    R.write_model_repository(serving_artifact, repo, overwrite=True, max_batch=3)
     assert not marker.exists()
     assert R.parse_config(repo / C.TEXT_MODEL / "config.pbtxt").max_batch_size == 3
     other = tmp_path / "user-folder"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     with pytest.raises(AdaplerError, match="not an adapler-export repository"):
-        R.write_model_repository(tiny_artifact, other, overwrite=True)
+        R.write_model_repository(serving_artifact, other, overwrite=True)
     assert (other / "notes.txt").read_text() == "mine"
     with pytest.raises(AdaplerError, match="overlaps the input"):
-        R.write_model_repository(tiny_artifact, tiny_artifact / "repo", artifact_mode="reference")
+        R.write_model_repository(serving_artifact, serving_artifact / "repo", artifact_mode="reference")
 
 
-def test_validation_rejects_broken_configs(tiny_artifact_single, tmp_path):
+@needs_tritonclient
+def test_validation_rejects_broken_configs(serving_artifact_single, tmp_path):
     repo = tmp_path / "repo"
-    R.write_model_repository(tiny_artifact_single, repo)
+    R.write_model_repository(serving_artifact_single, repo)
     cfg_path = repo / C.TEXT_MODEL / "config.pbtxt"
     good = cfg_path.read_text()
     cfg_path.write_text(good + "\nnot_a_field: 3\n")
@@ -407,11 +425,11 @@ def test_tokenizer_matches_the_checkpoint_tokenizer(tiny_classifier, tiny_home):
     assert enc.tokens == [reference.convert_ids_to_tokens(ids) for ids in want]
 
 
-def test_classifier_imports_no_torch(tiny_artifact):
+def test_classifier_imports_no_torch(serving_artifact):
     """What the Triton model runs (runtime, tokenizer, ONNX Runtime backend) never imports torch."""
     code = ("import sys\n"
             "from adapler_export.serving.runtime import TextClassifier\n"
-            f"clf = TextClassifier({str(tiny_artifact)!r})\n"
+            f"clf = TextClassifier({str(serving_artifact)!r})\n"
             "print(clf.classify(['a charming film', ''])[1].empty_input)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
@@ -488,7 +506,7 @@ def test_classifier_over_arbitrary_text(tiny_classifier):
 
 
 def test_find_triton_errors(monkeypatch, tmp_path):
-    pytest.importorskip("pytriton", reason="the tritonserver binary comes with `pip install nvidia-pytriton`")
+    require_module("pytriton", "the tritonserver binary comes with `pip install -e '.[serving]'` (nvidia-pytriton)")
     dist = find_triton()
     assert dist.binary.is_file() and dist.stub.is_file() and "python" in dist.backends
     with pytest.raises(TritonServerError, match="stub for Python 2.7"):
@@ -506,9 +524,10 @@ def test_load_is_loopback_only():
         run_load("10.1.2.3:8000", ["x"])
 
 
-def test_cli_parsers(tiny_artifact, tmp_path, capsys):
+@needs_tritonclient
+def test_cli_parsers(serving_artifact, tmp_path, capsys):
     parser = _parser()
-    args = parser.parse_args(["triton", "--artifact", str(tiny_artifact), "--repo", str(tmp_path / "repo"),
+    args = parser.parse_args(["triton", "--artifact", str(serving_artifact), "--repo", str(tmp_path / "repo"),
                               "--max-batch", "4"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -700,18 +719,19 @@ def _bad_requests(server, max_length):
 
 # ---- the tiny artifact --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_server(tiny_artifact_single, tmp_path_factory):
+def tiny_server(serving_artifact_single, tmp_path_factory):
     """adapler_text (backend: the real one, failing on the marker token) + adapler_tokenizer, and the
     one-graph adapler_onnx + adapler_onnx_ensemble on the stand-in backend; the single engine's adapler_plan
     needs TensorRT, not here."""
     repo = tmp_path_factory.mktemp("tiny-repo") / "repo"
-    R.write_model_repository(tiny_artifact_single, repo, max_batch=MAX_BATCH, backend_factory=MARKER_FACTORY)
+    R.write_model_repository(serving_artifact_single, repo, max_batch=MAX_BATCH, backend_factory=MARKER_FACTORY)
     server = _start(repo, tmp_path_factory, env=F.python_path_env(), stand_in=True)
     assert server._models_to_load() == [C.ONNX_MODEL, C.TEXT_MODEL, C.TOKENIZER_MODEL, C.ONNX_ENSEMBLE_MODEL]
     yield server
     _stop(server)
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_tiny_server_matches_local(tiny_server, tiny_classifier, protocol):
     texts = read_texts(SST2_DEV, limit=40) + ["", "   ", "good " * 100, "Héllo 😀 שלום"]
@@ -720,10 +740,12 @@ def test_tiny_server_matches_local(tiny_server, tiny_classifier, protocol):
         _assert_same(c.classify(texts), ref)
 
 
+@needs_tritonclient
 def test_tiny_server_bad_requests(tiny_server):
     _bad_requests(tiny_server, F.TINY_MAX_LENGTH)
 
 
+@needs_tritonclient
 def test_tiny_server_isolates_a_failing_request(tiny_server, tiny_classifier):
     """Concurrent requests joined by the dynamic batcher: the one whose text makes the backend raise gets
     an error; the others get their results."""
@@ -746,6 +768,7 @@ def test_tiny_server_isolates_a_failing_request(tiny_server, tiny_classifier):
     assert tiny_server.is_ready()
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_tiny_server_tokenizer_model(tiny_server, tiny_classifier, protocol):
     """adapler_tokenizer (the ensemble's front): INT32 ids/mask as the library encodes them, padded to a
@@ -774,29 +797,26 @@ def test_tiny_server_tokenizer_model(tiny_server, tiny_classifier, protocol):
         client.close()
 
 
+@needs_tritonclient
 def test_tiny_server_onnx_ensemble_is_the_library(tiny_server, tiny_classifier):
     """adapler_onnx_ensemble (adapler_tokenizer -> the one graph in adapler_onnx, on the stand-in for the
     stock backend: the server loads the configs as written) answers as the library classifier does, with
     concurrent requests joined by the dynamic batcher (each request gets its rows of the joined batch)."""
     texts = read_texts(SST2_DEV, limit=48) + ["", "   ", "good " * 100, "Héllo 😀 שלום"]
     predictions = [tiny_classifier.classify([t])[0] for t in texts]
-    _assert_ensemble_is_the_library(tiny_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts)
-    joined = re.findall(r"onnxruntime stand-in: ran (\d+) requests as one batch", tiny_server.log_tail(10 ** 7))
-    print(f"requests per joined batch of adapler_onnx: {joined}")
-    assert joined, "no two requests joined: the batched path was not exercised"
+    # Whether the dynamic batcher joins two requests is the scheduler's choice (a busy 2-core machine may run
+    # each alone): up to five rounds of concurrent requests, every answer checked, until one round joined some.
+    for attempt in range(5):
+        _assert_ensemble_is_the_library(tiny_server.http_url, C.ONNX_ENSEMBLE_MODEL, predictions, texts)
+        joined = re.findall(r"onnxruntime stand-in: ran (\d+) requests as one batch",
+                            tiny_server.log_tail(10 ** 7))
+        if joined:
+            break
+    print(f"requests per joined batch of adapler_onnx: {joined} (round {attempt + 1})")
+    assert joined, "no two requests joined in five rounds: the batched path was not exercised"
 
 
-# ---- a sentence-pair artifact (MRPC) ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pair_artifact(tmp_path_factory):
-    """A tiny real MRPC artifact: its graphs take token_type_ids, its Triton models TEXT and TEXT_PAIR."""
-    if not (F.DATA_DIR / "mrpc" / "dev.tsv").is_file():
-        pytest.skip(f"MRPC data not found at {F.DATA_DIR / 'mrpc'}")
-    home = tmp_path_factory.mktemp("pair-home")
-    checkpoint = F.make_tiny_checkpoint(home / "checkpoint", layers=3, eta=0.6, cp_gain=40.0, task="mrpc")
-    return F.make_tiny_artifact(checkpoint, home / "artifact", task="mrpc")
-
-
+# ---- a sentence-pair artifact (MRPC): pair_artifact, tests/conftest.py ----------------------------------------
 PAIR_EXAMPLES = [("a charming film .", "the story is good ."), ("it was dull", "a boring , bleak movie"),
                  ("", "only the second text")]
 
@@ -808,6 +828,7 @@ def _mrpc_dev_pairs(limit: int) -> tuple:
     return dev.texts[:limit] + ["", "only a first text", "good " * 60], dev.pairs[:limit] + ["", "", "bad " * 60]
 
 
+@needs_tritonclient
 def test_pair_repository_configs(pair_artifact, tmp_path):
     """Every text-taking model of a pair artifact takes TEXT and TEXT_PAIR; the tokenizer gives the token types
     the one graph takes; the ensemble maps them between the two."""
@@ -838,6 +859,7 @@ def pair_server(pair_artifact, tmp_path_factory):
     _stop(server)
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_pair_server_matches_local(pair_server, pair_artifact, protocol):
     """A text-pair request (TEXT + TEXT_PAIR) answers as the library's classify(texts, pairs); a request without
@@ -855,6 +877,7 @@ def test_pair_server_matches_local(pair_server, pair_artifact, protocol):
         assert c.is_ready()
 
 
+@needs_tritonclient
 def test_pair_server_onnx_ensemble_is_the_library(pair_server, pair_artifact):
     """adapler_onnx_ensemble on pairs: the tokenizer's token types reach the one graph (its answers are the
     library's, kept positions included)."""
@@ -874,6 +897,7 @@ def _example_client():
     return triton_client
 
 
+@needs_tritonclient
 def test_pair_server_bounded_load(pair_server):
     """run_load on a pair model sends TEXT_PAIR with every text (0 failures, both protocols); without pairs it
     stops before any request with one line, as it does with pairs for a single-text model."""
@@ -891,6 +915,7 @@ def test_pair_server_bounded_load(pair_server):
     assert pair_server.is_ready()
 
 
+@needs_tritonclient
 def test_serve_load_sends_pairs(pair_artifact, capsys):
     """`serve --artifact PAIR --load`: the load sends sentence pairs, by default its task's dev pairs (MRPC
     dev), and every request succeeds over HTTP and gRPC."""
@@ -905,7 +930,8 @@ def test_serve_load_sends_pairs(pair_artifact, capsys):
     assert [(r["protocol"], r["ok"], r["failures"]) for r in report["load"]] == [("http", 6, 0), ("grpc", 6, 0)]
 
 
-def test_serve_load_refuses_a_pair_file_without_tabs(pair_artifact, tiny_artifact, tmp_path, capsys, monkeypatch):
+@needs_tritonclient
+def test_serve_load_refuses_a_pair_file_without_tabs(pair_artifact, serving_artifact, tmp_path, capsys, monkeypatch):
     """A pair artifact (or a repository whose adapler_text takes TEXT_PAIR) given --texts with a line holding no
     tab: one line, exit 2, and no server started. A single-text artifact reads the same file as texts."""
     from adapler_export.cli import main
@@ -924,20 +950,20 @@ def test_serve_load_refuses_a_pair_file_without_tabs(pair_artifact, tiny_artifac
         err = capsys.readouterr().err
         assert err.splitlines() == [f"adapler-export: error: {texts}:2: expected two texts separated by a tab "
                                     "(a sentence pair)"], err
-    args = _parser().parse_args(["serve", "--artifact", str(tiny_artifact), "--load", "--texts", str(texts)])
-    manifest = read_manifest(tiny_artifact)
+    args = _parser().parse_args(["serve", "--artifact", str(serving_artifact), "--load", "--texts", str(texts)])
+    manifest = read_manifest(serving_artifact)
     assert cli_commands._load_inputs(args, manifest) == (["a charming film .\tthe story is good .",
                                                            "no second text here"], None)
 
 
-def test_serve_load_inputs_follow_the_task(pair_artifact, tiny_artifact, tmp_path):
+def test_serve_load_inputs_follow_the_task(pair_artifact, serving_artifact, tmp_path):
     """--load's default: an artifact's own task's dev examples (MRPC dev pairs for MRPC, IMDB reviews for IMDB),
     SST-2 dev for an SST-2 artifact as before; --texts for pairs: "first<TAB>second" lines, or the task's GLUE .tsv."""
     from adapler_export.data import load_dev
     from adapler_export.serving import cli_commands
 
     parser = _parser()
-    pair_manifest, single_manifest = read_manifest(pair_artifact), read_manifest(tiny_artifact)
+    pair_manifest, single_manifest = read_manifest(pair_artifact), read_manifest(serving_artifact)
     dev = load_dev("mrpc")
     args = parser.parse_args(["serve", "--artifact", "a", "--load", "--load-texts", "5"])
     assert cli_commands._load_inputs(args, pair_manifest) == (dev.texts[:5], dev.pairs[:5])
@@ -954,6 +980,7 @@ def test_serve_load_inputs_follow_the_task(pair_artifact, tiny_artifact, tmp_pat
     assert cli_commands._load_inputs(args, pair_manifest) == (["one", "three"], ["two", "four"])
 
 
+@needs_tritonclient
 def test_client_example_classifies_pairs(pair_server, pair_artifact, tmp_path, capsys):
     """examples/triton_client.py on a pair model (it finds TEXT_PAIR in the model's metadata): texts with their
     --pair and --file lines "first<TAB>second", answered as the library classifies the pairs; the ensemble too;
@@ -984,6 +1011,7 @@ def test_client_example_classifies_pairs(pair_server, pair_artifact, tmp_path, c
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@needs_tritonclient
 def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
     """examples/triton_client.py --file: line N is result N, blank lines flagged like `predict --file`."""
     triton_client = _example_client()
@@ -999,6 +1027,7 @@ def test_client_example_keeps_blank_lines(tiny_server, tmp_path, capsys):
     assert capsys.readouterr().out.count("(empty input)") == 2
 
 
+@needs_tritonclient
 def test_tiny_server_model_setup(tiny_server):
     """The model says in the server log which backend `auto` chose and why (the one graph in one ONNX Runtime
     session), and its stubs hold no torch."""
@@ -1008,6 +1037,7 @@ def test_tiny_server_model_setup(tiny_server):
     _assert_stubs_import_no_torch(tiny_server)
 
 
+@needs_tritonclient
 def test_tiny_server_over_arbitrary_text_and_bytes(tiny_server, tiny_classifier):
     """Any text (lone surrogates sent as their 'surrogatepass' bytes) and any bytes through the BYTES input:
     the library's prediction, or a one-line INVALID_ARG error for undecodable input; the server stays
@@ -1062,10 +1092,11 @@ def test_tiny_server_over_arbitrary_text_and_bytes(tiny_server, tiny_classifier)
         assert c.is_ready()
 
 
-def test_stop_escalates_to_sigkill(tiny_artifact, tmp_path_factory):
+@needs_tritonclient
+def test_stop_escalates_to_sigkill(serving_artifact, tmp_path_factory):
     """stop() with no grace: SIGKILL of the server's process group; stubs and their shared memory go too."""
     repo = tmp_path_factory.mktemp("kill-repo") / "repo"
-    R.write_model_repository(tiny_artifact, repo)
+    R.write_model_repository(serving_artifact, repo)
     server = _start(repo, tmp_path_factory)
     pid, prefix = server.pid, server._shm_prefix
     assert list(pathlib.Path("/dev/shm").glob(prefix + "*")), "the Python backend's shm region exists"
@@ -1144,8 +1175,8 @@ class _StderrLines:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_serve_stops_cleanly_on_signals(tiny_artifact, tmp_path, signum):
-    proc = _serve_process(tmp_path, "--artifact", str(tiny_artifact))
+def test_serve_stops_cleanly_on_signals(serving_artifact, tmp_path, signum):
+    proc = _serve_process(tmp_path, "--artifact", str(serving_artifact))
     try:
         stderr = _StderrLines(proc)
         server_pid = int(stderr.until("tritonserver pid", timeout=180).split()[2])
@@ -1181,11 +1212,8 @@ def test_serve_failed_start_is_one_line_and_leaves_nothing(tmp_path):
 
 # ---- the CI artifact ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def real_artifact(request):
-    try:
-        return pathlib.Path(request.getfixturevalue("built_artifact"))
-    except pytest.FixtureLookupError:
-        pytest.skip("tests/conftest.py provides no `built_artifact` fixture")
+def real_artifact(built_artifact):
+    return pathlib.Path(built_artifact)
 
 
 @pytest.fixture(scope="module")
@@ -1208,17 +1236,17 @@ def real_reference(real_artifact):
 
 
 @pytest.fixture(scope="module")
-def pytorch_reference(real_artifact, real_reference):
-    """The PyTorch reference (hard removal, fp32) of the artifact's checkpoint, where it is on disk."""
-    ckpt = read_manifest(real_artifact).checkpoint["path"]
-    if not pathlib.Path(ckpt).is_dir():
-        return None
+def pytorch_reference(real_artifact, real_reference, ci_checkpoint):
+    """The PyTorch reference (hard removal, fp32) of the artifact's checkpoint (the session's ci_checkpoint)."""
+    ckpt = ci_checkpoint
+    assert pathlib.Path(read_manifest(real_artifact).checkpoint["path"]).resolve() == pathlib.Path(ckpt).resolve()
     from adapler_export.backends.pytorch import PyTorchBackend
 
     texts = real_reference[0]
     return _reference(real_artifact, PyTorchBackend.from_checkpoint(ckpt), texts, MAX_BATCH)[1]
 
 
+@needs_tritonclient
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_real_server_matches_local_backend(real_server, real_reference, pytorch_reference, protocol):
     texts, _, ref = real_reference
@@ -1226,21 +1254,25 @@ def test_real_server_matches_local_backend(real_server, real_reference, pytorch_
         got = c.classify(texts)
     labels = read_texts(SST2_DEV, limit=len(texts), column="label")
     acc = np.mean([g["label_id"] == int(y) for g, y in zip(got, labels)])
-    if pytorch_reference is not None:  # and the PyTorch reference: same labels and kept tokens
-        assert [g["label"] for g in got] == [p.label for p in pytorch_reference]
-        assert [g["kept_positions"] for g in got] == [p.kept_positions for p in pytorch_reference]
-        for g, p in zip(got, pytorch_reference):
-            np.testing.assert_allclose(g["probabilities"], p.probabilities, rtol=0, atol=1e-4)
+    # and the PyTorch reference: same labels and kept tokens
+    assert [g["label"] for g in got] == [p.label for p in pytorch_reference]
+    assert [g["kept_positions"] for g in got] == [p.kept_positions for p in pytorch_reference]
+    for g, p in zip(got, pytorch_reference):
+        np.testing.assert_allclose(g["probabilities"], p.probabilities, rtol=0, atol=1e-4)
     _assert_same(got, ref)
     _assert_stubs_import_no_torch(real_server)
     print(f"{protocol}: {len(texts)} SST-2 dev sentences, same as local backend; accuracy {acc:.3f}")
+    # the trained CI model (about 0.8 on all of dev): 0.7 on 96 sentences is ~4 standard deviations above chance
+    assert acc >= 0.7, f"served accuracy {acc:.3f} on {len(texts)} SST-2 dev sentences"
 
 
+@needs_tritonclient
 def test_real_server_bad_requests(real_server, real_reference):
     _, clf, _ = real_reference
     _bad_requests(real_server, clf.max_length)
 
 
+@needs_tritonclient
 def test_real_server_bounded_load(real_server):
     from adapler_export.serving.load import run_load
 
@@ -1248,10 +1280,13 @@ def test_real_server_bounded_load(real_server):
     res = run_load(real_server.http_url, texts, protocol="http", concurrency=8, requests_per_client=25,
                    max_seconds=120)
     print("\n" + res.summary())
-    assert res.failures == 0 and res.ok > 0 and res.p50_ms is not None and res.p99_ms >= res.p50_ms
+    assert res.failures == 0 and res.errors == [] and res.ok == res.requests, res.summary()  # none lost
+    assert res.requests == 8 * 25 or res.stopped_by == "time", res.summary()
+    assert res.ok > 0 and res.p50_ms is not None and res.p99_ms >= res.p50_ms
     assert real_server.is_ready()
 
 
+@needs_tritonclient
 def test_real_server_onnx_ensemble_is_the_library(real_server, real_reference):
     """The CI artifact's adapler_onnx_ensemble (on the stand-in backend) on SST-2 dev sentences: the labels,
     kept positions and empty flags of the library's TextClassifier, logits within 1e-4."""
@@ -1274,6 +1309,7 @@ def _wheel_backends() -> str:
                            f"--load-model={C.ONNX_ENSEMBLE_MODEL}` on a repository written by `adapler-export "
                            "triton --artifact ARTIFACT --repo REPO` (ARTIFACT: the built_artifact fixture's), "
                            "then set ADAPLER_TRITON_ONNX_URL=host:http_port")
+@needs_tritonclient
 def test_onnx_ensemble_on_stock_onnxruntime_backend(real_artifact):
     """adapler_onnx_ensemble on Triton's stock onnxruntime backend: the library's answers on SST-2 dev."""
     texts = read_texts(SST2_DEV, limit=200)
@@ -1286,6 +1322,7 @@ def test_onnx_ensemble_on_stock_onnxruntime_backend(real_artifact):
                     reason="needs a Triton server with the TensorRT backend and a GPU serving the repository "
                            "written with --with-tensorrt-plan; set ADAPLER_TRITON_PLAN_URL=host:http_port "
                            "(see the repository README)")
+@needs_tritonclient
 def test_tensorrt_ensemble_matches_local(real_artifact):
     """adapler_ensemble (tokenizer -> single engine with TokenCompact plugin layers) vs the local backend."""
     manifest = read_manifest(real_artifact)
