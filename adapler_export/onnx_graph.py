@@ -116,6 +116,7 @@ class LinkState(NamedTuple):
     n: str  # [B, 1] fp32: live tokens per row
     index: str  # [S] fp32: 0, 1, ..., S-1
     seq: str  # [1] or scalar fp32: S
+    first: str  # [S] bool: index == 0 (slot 0, where [CLS] is)
 
 
 def state_from_mask(graph: _Graph, prefix: str, mask: str, positions: str | None = None) -> LinkState:
@@ -133,7 +134,8 @@ def state_from_mask(graph: _Graph, prefix: str, mask: str, positions: str | None
     if positions is None:
         index_i32 = node("Cast", [index], p + "slot_index_i32", to=TensorProto.INT32)
         positions = node("Where", [live, index_i32, graph.constant(-1, np.int32)], p + "initial_positions")
-    return LinkState(mask, positions, live, n, index, seq_f)
+    first = node("Equal", [index, graph.constant(0, np.float32)], p + "is_first_slot")
+    return LinkState(mask, positions, live, n, index, seq_f, first)
 
 
 def link_nodes(graph: _Graph, prefix: str, hidden: str, scores: str, state: LinkState, eta, hidden_dtype,
@@ -147,8 +149,7 @@ def link_nodes(graph: _Graph, prefix: str, hidden: str, scores: str, state: Link
     # Which slots stay (fp32 comparison, whatever the hidden dtype).
     delta = node("Div", [graph.constant(eta32, np.float32), state.n], p + "delta")
     above = node("GreaterOrEqual", [scores, delta], p + "at_or_above_delta")
-    first = node("Equal", [state.index, graph.constant(0, np.float32)], p + "is_first_slot")
-    keep = node("And", [state.live, node("Or", [above, first], p + "above_or_first")], p + "keep")
+    keep = node("And", [state.live, node("Or", [above, state.first], p + "above_or_first")], p + "keep")
     keep_f = node("Cast", [keep], p + "keep_f32", to=TensorProto.FLOAT)
     # How many: count per row (exact in fp32), S' = max(1, batch max).
     count = node("ReduceSum", [keep_f, graph.constant([1], np.int64, (1,))], p + "count", keepdims=1)
@@ -173,7 +174,8 @@ def link_nodes(graph: _Graph, prefix: str, hidden: str, scores: str, state: Link
                      positions_out or p + "positions_out")
     mask = node("Cast", [slot_live], p + "mask_out", to=TensorProto.INT32)
     index = node("Slice", [state.index, graph.constant([0], np.int64, (1,)), new_len], p + "next_slot_index")
-    return hidden_out, new_len, LinkState(mask, positions, slot_live, count, index, new_len_f)
+    first = node("Equal", [index, graph.constant(0, np.float32)], p + "next_is_first_slot")
+    return hidden_out, new_len, LinkState(mask, positions, slot_live, count, index, new_len_f, first)
 
 
 def _checked_eta(eta) -> float:
@@ -217,6 +219,153 @@ def link_model(eta, hidden_dtype="float32", hidden_size: int = 8):
     return _model(graph, "adapler_link", inputs, outputs, 8)
 
 
+# ----- what a segment derives from its mask ------------------------------------------------------------------
+# Each encoder segment turns its int32 attention mask into an additive key bias [B,1,1,S] and the CP's weights
+# ([B,S], [CLS] forced live) with a handful of small ops. Inside the one graph the mask comes from the link
+# before, which already holds it as bool flags (`LinkState.live`, `.first`): the segment's derivation is
+# replaced by one Where (or nothing) on those flags, and the int32 mask is not built at all. Each replaced
+# tensor is first identified by *running* the segment's own derivation on probe masks (a padded row, a hole,
+# a dead row, a row with slot 0 dead) and finding it equal, value for value and in dtype, to one of the two
+# forms below; anything else is left exactly as exported. Exact: the same values reach the same consumers.
+PER_KEY, PER_TOKEN_CLS = "per-key", "per-token-cls"  # where(mask == 1, a, b) [B,1,1,S]; where(mask == 1 or slot 0, a, b) [B,S]
+PROBE_MASKS = (np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 1, 1, 1]], np.int32),
+               np.array([[1]], np.int32), np.array([[1, 1, 0], [0, 0, 0]], np.int32))
+
+
+def _mask_derivation(graph, mask: str) -> tuple:
+    """(nodes computed from `mask` and constants alone, in graph order; the tensors among their outputs that
+    other nodes read: the mask features; the constant-only nodes they need; every tensor name they read)."""
+    constants = {i.name for i in graph.initializer}
+    derived, cone, constant_nodes = {mask}, [], []
+    for node in graph.node:
+        inputs = [i for i in node.input if i]
+        if all(i in constants for i in inputs):
+            constants.update(node.output)
+            constant_nodes.append(node)
+        elif any(i in derived for i in inputs) and all(i in derived or i in constants for i in inputs):
+            derived.update(node.output)
+            cone.append(node)
+    cone_ids = {id(n) for n in cone}
+    read_outside = {i for n in graph.node if id(n) not in cone_ids for i in n.input}
+    read_outside |= {o.name for o in graph.output}
+    features = [o for n in cone for o in n.output if o in read_outside]
+    needed, used = set(), []  # only the constant nodes the derivation reads (transitively)
+    wanted = {i for n in cone for i in n.input}
+    for node in reversed(constant_nodes):
+        if any(o in wanted for o in node.output):
+            used.append(node)
+            wanted.update(node.input)
+    needed = wanted
+    return cone, features, used[::-1], needed
+
+
+def _run_derivation(initializers: list, mask: str, cone: list, features: list, constant_nodes: list, masks) \
+        -> list | None:
+    """The features computed by the segment's own nodes for each probe mask (None if ONNX Runtime cannot run it)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = helper.make_model(helper.make_graph(list(constant_nodes) + list(cone), "mask_derivation",
+                                                [helper.make_tensor_value_info(mask, TensorProto.INT32, ["b", "s"])],
+                                                [helper.make_empty_tensor_value_info(f) for f in features],
+                                                initializers),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        del model.graph.output[:]
+        model.graph.output.extend(types[f] for f in features)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [session.run(features, {mask: m}) for m in masks]
+    except Exception:  # noqa: BLE001 - a derivation this check cannot run is simply not replaced
+        return None
+
+
+def _feature_form(values: list, masks) -> tuple | None:
+    """(form, a, b, dtype) when the feature is where(cond, a, b) of one of the two forms on every probe."""
+    for form in (PER_KEY, PER_TOKEN_CLS):
+        found = None
+        for value, mask in zip(values, masks):
+            cond = mask == 1
+            if form == PER_TOKEN_CLS:
+                cond = cond.copy()
+                cond[:, 0] = True
+            else:
+                cond = cond[:, None, None, :]
+            if value.shape != cond.shape:
+                break
+            a, b = value[cond], value[~cond]
+            if (a.size and not (a == a.flat[0]).all()) or (b.size and not (b == b.flat[0]).all()):
+                break
+            pair = (a.flat[0] if a.size else None, b.flat[0] if b.size else None)
+            if found is not None:
+                pair = tuple(x if x is not None else y for x, y in zip(pair, found[1:3]))
+                if any(x is not None and y is not None and x != y for x, y in zip(pair, found[1:3])):
+                    break
+            found = (form, *pair, value.dtype)
+        else:
+            if found is not None and None not in found[1:3]:
+                return found
+    return None
+
+
+def classify_mask_features(graph, mask: str) -> tuple | None:
+    """(nodes of the mask derivation, {feature tensor: (form, a, b, dtype)}) for a segment graph whose input `mask`
+    is its int32 attention mask; None when some feature is not of a known form (leave the segment as exported)."""
+    cone, features, constant_nodes, read = _mask_derivation(graph, mask)
+    if not features:
+        return None
+    initializers = [t for t in graph.initializer if t.name in read]
+    runs = _run_derivation(initializers, mask, cone, features, constant_nodes, PROBE_MASKS)
+    if runs is None:
+        return None
+    forms = {}
+    for i, feature in enumerate(features):
+        form = _feature_form([r[i] for r in runs], PROBE_MASKS)
+        if form is None:
+            return None
+        forms[feature] = form
+    return cone, forms
+
+
+def feature_from_state(graph: "_Graph", prefix: str, form: tuple, state: LinkState, made: dict) -> str:
+    """The tensor `form` = (PER_KEY | PER_TOKEN_CLS, a, b, dtype) from the link state's flags (each made once per
+    segment, kept in `made`)."""
+    kind, a, b, dtype = form
+    key = (kind, a.item(), b.item(), np.dtype(dtype).str)
+    if key in made:
+        return made[key]
+    if kind == PER_KEY:
+        cond = made.get(PER_KEY) or graph.node("Unsqueeze", [state.live, graph.constant([1, 2], np.int64, (2,))],
+                                               prefix + "live_per_key")
+    else:
+        cond = made.get(PER_TOKEN_CLS) or graph.node("Or", [state.live, state.first], prefix + "live_or_first")
+    made[kind] = cond
+    if np.dtype(dtype) == np.bool_ and bool(a) and not bool(b):
+        made[key] = cond
+    else:
+        made[key] = graph.node("Where", [cond, graph.constant(a, dtype), graph.constant(b, dtype)],
+                               f"{prefix}{kind}_{len(made)}")
+    return made[key]
+
+
+def prune_unused(nodes: list, initializers: list, outputs: list) -> tuple:
+    """Drop nodes none of whose outputs is read (repeatedly), then initializers nothing reads."""
+    nodes = list(nodes)
+    while True:
+        read = {i for n in nodes for i in n.input} | set(outputs)
+        kept = [n for n in nodes if any(o in read for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    read = {i for n in nodes for i in n.input}
+    return nodes, [t for t in initializers if t.name in read]
+
+
 # ----- the whole model ---------------------------------------------------------------------------------------
 def _load_segments(onnx_dir: Path, specs) -> list:
     import onnx
@@ -235,8 +384,11 @@ def _load_segments(onnx_dir: Path, specs) -> list:
     return models
 
 
-def compose_one_graph(segments: list, specs, etas):
-    """One `onnx.ModelProto`: the segment graphs (loaded models, in order) joined by link subgraphs."""
+def compose_one_graph(segments: list, specs, etas, share_mask_features: bool = True):
+    """One `onnx.ModelProto`: the segment graphs (loaded models, in order) joined by link subgraphs.
+    `share_mask_features`: segments after a link read their attention bias and CP weights from the link's flags
+    (see "what a segment derives from its mask"); False: every segment as exported (the graph before that
+    change, for comparisons)."""
     from onnx import TensorProto, compose, helper
 
     if len(specs) != len(etas) + 1 or len(segments) != len(specs):
@@ -253,6 +405,16 @@ def compose_one_graph(segments: list, specs, etas):
         # the segment's nodes, subgraphs included, stay exactly as exported.
         for name, source in feeds.items():
             graph.node("Identity", [source], prefix + name)
+        mask_input = prefix + INPUTS[1]
+        derivation = classify_mask_features(seg, mask_input) if share_mask_features and spec.index > 0 else None
+        if derivation is not None:
+            made, replace = {}, {}
+            for feature, form in derivation[1].items():
+                replace[feature] = feature_from_state(graph, f"{prefix}mask/", form, state, made)
+            for node in seg.node:
+                for i, name in enumerate(node.input):
+                    if name in replace:
+                        node.input[i] = replace[name]
         graph.nodes.extend(seg.node)
         graph.initializers.extend(seg.initializer)
         if spec is specs[-1]:
@@ -266,6 +428,7 @@ def compose_one_graph(segments: list, specs, etas):
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT32, ["batch", "seq"]) for name in specs[0].inputs]
     num_labels = specs[-1].outputs[next(iter(specs[-1].outputs))][1][-1]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", num_labels])] + kept
+    graph.nodes, graph.initializers = prune_unused(graph.nodes, graph.initializers, [o.name for o in outputs])
     ir_version = max(s.ir_version for s in segments)
     if ir_version > MAX_IR_VERSION:
         raise AdaplerError(f"one graph: the segments have IR version {ir_version}; ONNX Runtime 1.31 loads at most "
