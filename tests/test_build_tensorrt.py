@@ -4,13 +4,15 @@ explained, and the engines' parity run where a GPU is (reported as not run, with
 
     ADAPLER_TEST_CHECKPOINT=/tmp/ah/checkpoints/ci nice -n 10 python -m pytest -q tests/test_build_tensorrt.py
 """
+import json
+
 import pytest
 
 from adapler_export.artifact import read_manifest
 from adapler_export.cli import main
 from adapler_export.engines import TensorRTUnavailable, import_tensorrt, input_profile
 
-from conftest import sst2_dir
+from conftest import require, sst2_dir
 
 pytestmark = pytest.mark.slow
 MAX_BATCH = 8
@@ -20,7 +22,7 @@ def tensorrt_flavor() -> tuple:
     try:
         trt, flavor = import_tensorrt()
     except TensorRTUnavailable as exc:
-        pytest.skip(f"{exc}; then `python -m pytest tests/test_build_tensorrt.py`")
+        require(False, f"{exc}; then `python -m pytest tests/test_build_tensorrt.py`")
     return flavor, str(trt.__version__)
 
 
@@ -38,13 +40,14 @@ def tensorrt_artifacts(ci_checkpoint, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_build_records_every_segment_engine(tensorrt_artifacts, precision):
+def test_build_records_every_segment_engine(tensorrt_artifacts, ci_checkpoint, precision):
     (flavor, version), artifacts = tensorrt_artifacts
     artifact = artifacts[precision]
     manifest = read_manifest(artifact)
     engines, specs = manifest.engines, manifest.specs()
+    layers = json.loads((ci_checkpoint / "adapler_config.json").read_text())["num_layers"]
     assert (engines.flavor, engines.version) == (flavor, version)
-    assert len(engines.segments) == len(specs) == manifest.num_layers + 1 == 7
+    assert len(engines.segments) == len(specs) == manifest.num_layers + 1 == layers + 1
     for spec, record in zip(specs, engines.segments):
         assert record["plan_path"] == f"engines/segment_{spec.index:02d}.{precision}.plan"
         assert (artifact / record["plan_path"]).stat().st_size > 100_000, "a real serialized engine"
@@ -64,7 +67,7 @@ def test_build_says_why_there_is_no_single_engine(tensorrt_artifacts):
         pytest.skip("full TensorRT and the plugin library are here: the single engine was built")
     reason = manifest.engines.not_built["single"]
     expected = "no plugin support" if flavor == "tensorrt_rtx" else "plugin library not found"
-    assert expected in reason or "build failed" in reason
+    assert expected in reason, reason  # not any other failure
     assert not (artifacts["fp32"] / "plugins").exists()
 
 

@@ -11,7 +11,7 @@ import torch
 
 from adapler_export.artifact import (FORMAT_VERSION, ManifestError, open_artifact, read_manifest, verify_files,
                                      write_manifest)
-from adapler_export.backends import BackendOutput, load_backend, validate_inputs
+from adapler_export.backends import Backend, BackendOutput, load_backend, validate_inputs
 from adapler_export.backends.onnxruntime import OnnxRuntimeBackend
 from adapler_export.backends.pytorch import PyTorchBackend, PyTorchSegmentsBackend
 from adapler_export.checkpoint import load_checkpoint
@@ -52,6 +52,62 @@ def test_every_chain_backend_equals_the_reference_forward(tiny_artifact, tiny_ch
         np.testing.assert_allclose(got.logits, reference.logits, atol=1e-5)
         for k, (g, r) in enumerate(zip(got.kept, reference.kept)):
             np.testing.assert_array_equal(g, r, err_msg=f"{backend.name} link {k}")
+
+
+def test_each_link_applies_its_own_threshold(tiny_checkpoint, tmp_path):
+    """Distinct thresholds per link (the tiny fixtures share one eta, so a chain that mixed the links up would
+    pass them): the ONNX Runtime and PyTorch segment chains keep, at every link, what the reference keeps, and
+    the thresholds in reverse order keep something else (the check can tell the order)."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    etas = [0.3, 0.95, 0.6]
+    assert len(etas) == ckpt.model.num_layers
+    with torch.no_grad():
+        ckpt.model.eta.copy_(torch.tensor(etas))
+    enc = ckpt.tokenizer(TEXTS, padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+    reference = PyTorchBackend(ckpt.model).run(ids, mask)
+    specs = export_segments(ckpt.model, tmp_path, "fp32")
+    for backend in (OnnxRuntimeBackend([tmp_path / s.file_name for s in specs], specs, etas),
+                    PyTorchSegmentsBackend(ckpt.model)):
+        got = backend.run(ids, mask)
+        np.testing.assert_allclose(got.logits, reference.logits, atol=1e-5, err_msg=backend.name)
+        for k, (g, r) in enumerate(zip(got.kept, reference.kept)):
+            np.testing.assert_array_equal(g, r, err_msg=f"{backend.name} link {k}")
+    reversed_order = OnnxRuntimeBackend([tmp_path / s.file_name for s in specs], specs, etas[::-1]).run(ids, mask)
+    assert any(g.shape != r.shape or not np.array_equal(g, r) for g, r in zip(reversed_order.kept, reference.kept))
+
+
+class OneFlipBackend(Backend):
+    """The reference's answers, except one keep decision: the first row's last token kept by the last link
+    is dropped (logits untouched)."""
+    name = "one-flip"
+
+    def __init__(self, reference):
+        self.reference, self.takes_token_types, self.flipped = reference, reference.takes_token_types, False
+
+    def _run_impl(self, input_ids, attention_mask, token_type_ids=None):
+        out = self.reference.run(input_ids, attention_mask)
+        if self.flipped:
+            return out
+        kept = [k.copy() for k in out.kept]
+        row = kept[-1][0]
+        row[np.flatnonzero(row >= 0)[-1]] = -1
+        self.flipped = True
+        return BackendOutput(out.logits, kept)
+
+
+def test_fp32_parity_fails_on_a_single_flipped_decision(tiny_checkpoint):
+    """The tolerance table's fp32 promise (every keep decision the reference's) holds for one flip among
+    hundreds of decisions; fp16's bounded flip rate lets that one through."""
+    ckpt = load_checkpoint(tiny_checkpoint)
+    reference = PyTorchBackend(ckpt.model)
+    texts = TEXTS * 8
+    fp32 = compare_backends(reference, OneFlipBackend(reference), ckpt.tokenizer, texts, 48, "fp32")
+    assert (fp32.flips, fp32.max_abs_logit_diff) == (1, 0.0) and fp32.decisions > 200, fp32
+    assert not fp32.passed and any("flip" in failure for failure in fp32.failures), fp32.failures
+    fp16 = compare_backends(reference, OneFlipBackend(reference), ckpt.tokenizer, texts, 48, "fp16")
+    assert fp16.flips == 1 and fp16.passed, fp16.failures
+    assert compare_backends(reference, reference, ckpt.tokenizer, texts, 48, "fp32").passed
 
 
 def test_eta_zero_means_the_same_in_every_backend(tiny_checkpoint, tmp_path):

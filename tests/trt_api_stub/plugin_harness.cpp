@@ -1318,6 +1318,15 @@ void checkEnqueue()
     runEnqueue(unrecorded.get(), makeProblem(rng, 3, 20, 8, 2, eta), gWorkspaceSize(3, 20),
         "enqueue without a recorded workspace");
 }
+// Runs one section of checks and prints how many it made (`[section] NAME N`): the test asserts that every
+// section ran some, instead of a total read off one run.
+template <typename Section>
+void section(char const* name, Section&& run)
+{
+    int const before = gPassed + gFailed;
+    run();
+    std::printf("[section] %s %d\n", name, gPassed + gFailed - before);
+}
 } // namespace
 
 int main(int argc, char** argv)
@@ -1337,16 +1346,16 @@ int main(int argc, char** argv)
     }
     gWorkspaceSize = reinterpret_cast<WorkspaceSizeFn>(dlsym(lib, "adaplerTokenCompactWorkspaceSize"));
     check(gWorkspaceSize != nullptr, "the library exports the C API (adaplerTokenCompactWorkspaceSize)");
-    checkLoading(lib, argv[1], argv[2]);
+    section("loading", [&] { checkLoading(lib, argv[1], argv[2]); });
     if (gCreator != nullptr && gWorkspaceSize != nullptr)
     {
-        checkCreator();
-        checkIdentityAndClone();
-        checkTypes();
-        checkFormats();
-        checkShapes();
-        checkWorkspace();
-        checkEnqueue();
+        section("creator", checkCreator);
+        section("identity-and-clone", checkIdentityAndClone);
+        section("types", checkTypes);
+        section("formats", checkFormats);
+        section("shapes", checkShapes);
+        section("workspace", checkWorkspace);
+        section("enqueue", checkEnqueue);
     }
     std::printf("%d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
