@@ -29,8 +29,10 @@ Why these ops (measured on the 2-core CPU machine, ONNX Runtime 1.31; ../shared/
 - The hidden padding is zeroed by a multiply, not `Where`: ONNX Runtime's `Where` broadcast over H took
   5.4 ms at [32, 470, 384] against 1.2 ms for `Mul` (values equal the reference's; a padding zero is -0.0
   where the token gathered into that slot was negative).
-- Everything about the mask that the next link needs (live flags, n, slot index, S) comes out of this one
-  in a node or none (`LinkState`), instead of being derived from the int32 mask again: 23 nodes per link.
+- Everything about the mask that the next link needs (live flags, n, slot index, S, the [CLS] slot) comes out
+  of this one in a node or none (`LinkState`), instead of being derived from the int32 mask again; the next
+  segment's attention bias and CP weights too (one Where each on those flags instead of the segment's own
+  derivation from an int32 mask, which is then not built at all: "what a segment derives from its mask").
 - The comparison with delta stays fp32 in fp16 graphs (the scores are fp32 outputs of every segment);
   only the hidden path carries the segments' dtype.
 - Cost (ONNX Runtime, 2 threads, H = 384): about the NumPy host link's, without its session calls — tens
@@ -515,7 +517,7 @@ def check_against_chain(path: Path, onnx_dir: Path, specs, etas, feeds: tuple, p
 
 
 def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, check_inputs: tuple | None = None,
-                    precision: str | None = None) -> Path:
+                    precision: str | None = None, share_mask_features: bool = True) -> Path:
     """Write `model.onnx` (default `onnx_dir/model.onnx`): the segment graphs `onnx_dir/segment_XX.onnx`
     (named by `specs`) joined by link subgraphs at thresholds `etas` (one per link, each in [0, 1]).
 
@@ -523,6 +525,7 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
     Runtime against the segment chain on `check_inputs` ((input_ids, attention_mask[, token_type_ids]); default
     `example_batch`, which has a padded row, a hole and a fully padded row), within `precision`'s export
     tolerance (default: the segments' hidden dtype, fp16 or fp32; int8 segments are fp32 graphs: pass "int8").
+    `share_mask_features`: see `compose_one_graph` (False only to compare with the graph as it was before).
     Written atomically.
     """
     import onnx
@@ -531,7 +534,7 @@ def build_one_graph(onnx_dir: Path, specs, etas, out_path: Path | None = None, c
     out_path = Path(out_path) if out_path is not None else onnx_dir / ONE_GRAPH
     etas = [_checked_eta(e) for e in etas]
     segments = _load_segments(onnx_dir, specs)
-    model = compose_one_graph(segments, specs, etas)
+    model = compose_one_graph(segments, specs, etas, share_mask_features)
     type_vocab = _table_rows(segments[0], TOKEN_TYPE_IDS) if TOKEN_TYPE_IDS in specs[0].inputs else None
     feeds = check_inputs or example_batch(_table_rows(segments[0], INPUTS[0]), type_vocab=type_vocab)
     del segments
