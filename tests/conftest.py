@@ -155,6 +155,29 @@ def assert_backends_match_pytorch(checkpoint, artifact, texts, pairs=None, kinds
     return found
 
 
+def assert_segments_reproduce_pytorch(model, folder, specs, precision: str, input_ids, attention_mask) -> int:
+    """Each exported segment graph under `folder`, run by ONNX Runtime on the inputs the PyTorch segments see
+    (the reference chain), gives their outputs within the tolerance table's segment bounds for `precision`.
+    Returns how many outputs were compared."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from adapler_export.parity import capture_segment_io
+    from adapler_export.tolerances import Tolerances
+
+    tolerance = Tolerances.for_precision(precision)
+    compared = 0
+    for spec, (feeds, expected) in zip(specs, capture_segment_io(model, precision, input_ids, attention_mask),
+                                       strict=True):
+        session = ort.InferenceSession(str(Path(folder) / spec.file_name), providers=["CPUExecutionProvider"])
+        for name, got in zip(spec.outputs, session.run(None, feeds)):
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected[name], np.float32),
+                                       atol=tolerance.segment_atol, rtol=tolerance.segment_rtol,
+                                       err_msg=f"{spec.file_name}:{name}")
+            compared += 1
+    return compared
+
+
 # ----- tiny models ---------------------------------------------------------------------------------------------
 def save_tiny_checkpoint(path: Path, seed: int = 0, eta: float = 0.6, layers: int = 3) -> Path:
     """A tiny random model whose CPs are opinionated enough to drop many tokens (tests/tiny_models.py)."""

@@ -14,7 +14,8 @@ from adapler_export.evaluation import encode
 from adapler_export.modeling_adapler import (BERT_LAYOUT, DISTILBERT_LAYOUT, AdapLeRForSequenceClassification,
                                              UnsupportedBackbone)
 from adapler_export.segments import export_segments
-from conftest import sst2_dir
+from adapler_export.data import load_dev
+from conftest import assert_backends_match_pytorch, assert_segments_reproduce_pytorch, sst2_dir
 from test_bad_input import assert_clean_error, run_cli, write_split
 from tiny_models import (LABELS, TINY_FAMILIES, TINY_MAX_LENGTH, build_tiny, make_tiny_checkpoint,
                          make_tiny_tokenizer, tiny_model)
@@ -107,6 +108,9 @@ def test_checkpoint_round_trip_and_fp32_build_parity(family, tmp_path):
 
     result = build_tiny(checkpoint, tmp_path / "artifact", samples=32)
     assert result.parity.passed and result.parity.flips == 0, result.parity.table()
+    dev = load_dev("sst2", sst2_dir(), 32)  # recomputed here too, not only the build's own parity
+    recomputed = assert_backends_match_pytorch(checkpoint, result.path, dev.texts)
+    assert all(r["rows"] == 32 and r["dropped"] > 0 for r in recomputed.values()), recomputed
     reports = result.manifest.parity["end_to_end"]
     assert set(reports) >= {"onnxruntime", "onnxruntime-graph"}
     for kind, report in reports.items():
@@ -121,9 +125,11 @@ def test_checkpoint_round_trip_and_fp32_build_parity(family, tmp_path):
 def test_fp16_segments_export(family, tmp_path):
     """fp16 segments export and validate against PyTorch (ELECTRA's projection computes in fp32 with the
     embeddings, as segment 0's CP needs)."""
-    model, _ = tiny(family, tmp_path, cp_gain=8.0)
+    model, tokenizer = tiny(family, tmp_path, cp_gain=8.0)
     specs = export_segments(model, tmp_path / "onnx", "fp16")
     assert [s.file_name for s in specs] == [f"segment_{k:02d}.onnx" for k in range(LAYERS + 1)]
+    ids, mask = (t.numpy().astype("int32") for t in tokenized(tokenizer))
+    assert assert_segments_reproduce_pytorch(model, tmp_path / "onnx", specs, "fp16", ids, mask) == 2 * LAYERS + 1
 
 
 # ----- outside the family ------------------------------------------------------------------------------------

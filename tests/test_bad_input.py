@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adapler_export.data import load_folder
+from adapler_export.errors import AdaplerError
 
 CLI = [sys.executable, "-m", "adapler_export.cli"]
 
@@ -130,7 +131,7 @@ def test_bad_label(tmp_path):
     data = tmp_path / "data"
     write_split(data, "train.tsv", "sentence\tlabel\ngood movie\tmaybe\n")
     write_split(data, "dev.tsv", "sentence\tlabel\nfine\t1\n")
-    with pytest.raises(Exception, match="label 'maybe'"):
+    with pytest.raises(AdaplerError, match="label 'maybe'"):
         load_folder("sst2", data)
 
 

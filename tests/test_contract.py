@@ -20,7 +20,7 @@ from adapler_export.errors import AdaplerError, BackendUnavailable
 from adapler_export.parity import compare_backends, link_decisions
 from adapler_export.segments import LINK_NODE_ATTRIBUTES, export_segments
 
-from conftest import REPO, sst2_dir, tiny_model
+from conftest import REPO, assert_segments_reproduce_pytorch, sst2_dir, tiny_model
 from tiny_models import make_tiny_tokenizer
 
 TEXTS = ["a charming and often affecting film .", "the plot was dull , the acting awful",
@@ -270,7 +270,9 @@ def test_fp16_with_dtype_fp32_is_refused_whatever_the_spelling(tiny_checkpoint, 
 def test_export_works_for_a_small_vocabulary(tmp_path):
     model = tiny_model(vocab_size=60, layers=2)
     specs = export_segments(model, tmp_path, "fp32")
-    assert (tmp_path / specs[0].file_name).is_file()
+    ids = np.array([[2, 59, 7, 33, 3], [2, 58, 3, 0, 0]], np.int32)  # the vocabulary's last ids included
+    mask = (np.arange(5) < np.array([[5], [3]])).astype(np.int32)
+    assert assert_segments_reproduce_pytorch(model, tmp_path, specs, "fp32", ids, mask) == 2 + 2 + 1
 
 
 # ----- dependencies point one way ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from adapler_export.errors import AdaplerError
 from adapler_export.rationale import (PNG_MAX_TOKENS, depth_colour, depth_description, explain, render_html,
                                       render_png, render_text, token_depths, write_png)
 from adapler_export.serving.runtime import Prediction, TextClassifier
+from conftest import require
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MALICIOUS = 'a <br /> charming <script>alert("x")</script> film & <img src=http://example.com/x.png>'
@@ -289,8 +290,8 @@ def headless_browser() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip(f"no headless browser binary on PATH (looked for {', '.join(BROWSERS)}; on Debian "
-                f"`apt-get install chromium-headless-shell`)")
+    require(False, f"no headless browser binary on PATH (looked for {', '.join(BROWSERS)}; on Debian "
+                   f"`apt-get install chromium-headless-shell`, as .ci/run does)")
 
 
 def run_browser(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

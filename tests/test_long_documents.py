@@ -8,12 +8,11 @@ from adapler_export.data import load_folder, load_task, task_max_length
 from adapler_export.errors import AdaplerError
 from training.pipeline import TrainConfig, apply_options, apply_setting
 
-IMDB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
+from conftest import task_dir
 
 
-@pytest.mark.skipif(not IMDB_DIR.is_dir(), reason="../shared/data/imdb is not on this machine")
 def test_imdb_task_reads_the_shared_files():
-    data = load_task("imdb")
+    data = load_task("imdb", task_dir("imdb"))
     assert len(data["train"]) == 25_000 and len(data["dev"]) == 2_000
     assert data.labels == ["negative", "positive"]
     assert int(data["dev"].labels.sum()) == 1_031  # positives, as ../shared/data/README.md lists

@@ -90,9 +90,11 @@ def test_soft_removal_with_huge_lambda_equals_hard_removal():
     hard = model.forward_hard(ids, mask)
     torch.testing.assert_close(soft.logits, hard.logits, atol=1e-5, rtol=1e-5)
     for index, kept in enumerate(hard.kept):  # the soft masks after removal are hard and agree
-        soft_live = (soft.masks[index + 1] if index + 1 < len(soft.masks) else None)
-        if soft_live is None:
+        # every link, the last included: as many tokens left (soft lengths count the mask after removal)
+        torch.testing.assert_close(soft.lengths[index], (kept >= 0).sum(1).to(soft.lengths[index].dtype))
+        if index + 1 == len(soft.masks):  # no mask after the last link: the count above is its comparison
             continue
+        soft_live = soft.masks[index + 1]
         for r in range(ids.shape[0]):
             assert sorted(torch.nonzero(soft_live[r] > 0.5).flatten().tolist()) == \
                 sorted(kept[r][kept[r] >= 0].tolist())
