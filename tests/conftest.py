@@ -40,6 +40,18 @@ CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": 300, "stage1.epoch
 CHECKPOINT_SOURCE: list = []  # what ci_checkpoint did this session, for the run's summary
 
 
+# A test that needs one of these is slow (`-m "not slow"` leaves it out), whether or not its file says so: a
+# model trained for real (or copied), a real Triton server, a compiled plugin (minutes, or tens of seconds each).
+SLOW_FIXTURES = {"ci_training", "ci_checkpoint", "built_artifact", "tiny_server", "pair_server", "real_server",
+                 "kernel_build", "harness_build"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # ----- prerequisites -----------------------------------------------------------------------------------------
 def require(condition, reason: str) -> None:
     """Nothing when `condition` holds; else skip saying `reason`, or, under CI=true, fail: CI provides the

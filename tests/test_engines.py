@@ -39,6 +39,7 @@ from adapler_export.tolerances import Tolerances
 
 from conftest import require, tiny_model
 
+pytestmark = pytest.mark.slow  # TensorRT engine builds: about a minute on 2 cores
 MAX_BATCH, MAX_SEQ, OPT_BATCH, LAYERS = 4, 32, 2, 2
 try:
     TRT, FLAVOR, NO_TRT = (*engines.import_tensorrt(), None)
