@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import DATA_DIR, make_tiny_artifact, make_tiny_checkpoint, tiny_model  # noqa: F401 (tests import tiny_model from here)
+# tests import tiny_model from here
+from tiny_models import DATA_DIR, make_tiny_artifact, make_tiny_checkpoint, tiny_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 SST2_DIR = DATA_DIR / "sst2"

@@ -140,7 +140,8 @@ def test_bench_cpu_quick_writes_results(bench_ckpt, loaded, exports, tmp_path):
     long_rows = [r for r in result["rows"] if r["workload"] == "long-256-512"]
     assert all(256 <= r["mean_input_length"] <= 512 for r in long_rows)
     profile = result["profile_onnxruntime_batch1"]["sst2-dev"]
-    assert profile["segments_ms"] > 0 and len(profile["per_link_ms"]) == loaded.config.num_layers and profile["explanation"]
+    assert profile["segments_ms"] > 0 and profile["explanation"]
+    assert len(profile["per_link_ms"]) == loaded.config.num_layers
 
 
 @pytest.mark.slow
