@@ -12,10 +12,13 @@ For each: ms per example, wall-clock speedup over full, and efficiency = wall-cl
 (the share of the saved FLOPs that became saved time). Then ONNX Runtime's profiler on both one graphs
 (profile_one_graph.py: kernel time per part of the model and per op type, nodes run per example; the profiler
 adds a fixed cost per node, so read its small-op times as relative). Then what one link costs alone
-(`onnx_graph.link_model`, H of the model, one session), and one encoder layer segment (segment_01) at batch 1
-for S tokens, fp32 and dynamic INT8 (`quantization.quantize_dynamic_int8`), round robin over S: a layer has a
-floor (its weights are read once per call whatever S is: 7 MB fp32 for MiniLM's 384/1536), below which dropping
-tokens saves no time.
+(`onnx_graph.link_model`, H of the model, one session), and the full model at batch 1 for S tokens, fp32 and
+dynamic INT8 (`quantization.quantize_dynamic_int8`), round robin over S: per layer, t(S) / L. A layer has a
+floor: its weights are read once per call whatever S is (7 MB fp32 per MiniLM layer; the whole model's do not
+fit a 32 MB L3 beside everything else, so they stream from memory; one layer timed alone would stay in cache
+and hide that), below which dropping tokens saves no time. From t and the tokens each layer of the one graph
+kept for each example at batch 1: the wall-clock speedup the layers alone would give (links, CPs, embeddings
+and head free), and its efficiency: the bound that cutting non-layer work cannot pass.
 
     python benchmarks/one_graph_fixed_cost.py --ckpt sst2-small-cal-x2 --output docs/results/sst2-small-x2-fixed-cost.json
 """
@@ -47,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=16)
     p.add_argument("--profile-samples", type=int, default=200, help="sentences profiled per one graph (0: none)")
-    p.add_argument("--layer-tokens", type=common.int_list, default="2,4,8,12,16,24,32,48",
+    p.add_argument("--layer-tokens", type=common.int_list, default="1,2,4,6,8,12,16,20,24,32,40,48,64",
                    help="token counts S of the one-layer timing (empty: none)")
     p.add_argument("--layer-repeats", type=int, default=50)
     p.add_argument("--work-dir", default=None, help="export cache (default $ADAPLER_HOME/bench)")
@@ -83,13 +86,16 @@ def main(argv=None) -> int:
     dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
     workload = common.dev_workload(ckpt.tokenizer, dev, ckpt.config.cut)
     n = len(workload.examples)
-    rows = []
+    rows, kept_batch1 = [], None
     for batch in args.batches:
         batches = common.make_batches(workload, batch, common.pad_id(ckpt.tokenizer))
         outputs = {name: [r.run(*common.batch_inputs(b)) for b in batches] for name, r in runners.items()}
         for a, b in zip(outputs["one-graph before"], outputs["one-graph after"]):  # the change changes no number
             assert np.array_equal(a.logits, b.logits) and all(np.array_equal(x, y) for x, y in zip(a.kept, b.kept))
         flops = common.flops_summary(batches, [o.kept for o in outputs["one-graph after"]], model.config)
+        if batch == 1:
+            kept_batch1 = {"live": [int(b[1].sum()) for b in batches], "flops_speedup": flops["flops_speedup"],
+                           "kept": [[int((k >= 0).sum()) for k in o.kept] for o in outputs["one-graph after"]]}
         times = common.time_round_robin({name: r.run for name, r in runners.items()}, batches, args.repeats,
                                         args.warmup)
         totals = {name: t.sum(axis=1) for name, t in times.items()}
@@ -119,11 +125,16 @@ def main(argv=None) -> int:
     link_cost = time_link(model.config.hidden_size, etas[0], args.threads, args.layer_repeats)
     log(f"one link alone (one session, [1, S, {model.config.hidden_size}]): " +
         ", ".join(f"S={k} {v['p10_us']:.1f} us" for k, v in link_cost.items()))
-    layer = time_layer(onnx_dir / common.fp32_specs(model)[1].file_name, model.config.hidden_size, args.layer_tokens,
-                       args.threads, args.layer_repeats, tmp) if args.layer_tokens else None
+    layer = time_layer(exports["full"], model.num_layers, args.layer_tokens, args.threads, args.layer_repeats,
+                       tmp) if args.layer_tokens else None
+    bound = None
     if layer:
-        log("one encoder layer segment at batch 1 (p10 ms): " + "; ".join(
+        log("per layer (full model at batch 1 / L, p10 ms): " + "; ".join(
             f"S={r['tokens']}: fp32 {r['fp32_p10_ms']:.3f}, int8 {r['int8_p10_ms']:.3f}" for r in layer))
+        if kept_batch1:
+            bound = layer_bound(layer, kept_batch1, model.num_layers)
+            log("layers alone (links, CPs, embeddings, head free), batch 1: " + ", ".join(
+                f"{kind} x{b['speedup']:.3f} = efficiency {b['efficiency']:.3f}" for kind, b in bound.items()))
 
     load_end = common.load_average()
     result = {**common.result_header(Path(args.output).stem, "one_graph_fixed_cost.py", argv, False),
@@ -132,6 +143,7 @@ def main(argv=None) -> int:
               "settings": {"threads": args.threads, "repeats": args.repeats, "warmup_batches": args.warmup,
                            "statistic": "median over repeats of one pass; speedups: median of per-repeat ratios"},
               "rows": rows, "profiles": profiles, "link_alone_us": link_cost, "layer_segment_ms": layer,
+              "layers_alone_bound": bound,
               "machine": common.machine_info(),
               "load_average_start": load_start, "load_average_end": load_end,
               "seconds": round(time.time() - started, 1), "notes": common.run_notes(load_start, load_end, False)}
@@ -160,6 +172,20 @@ def _timed(run, repeats: int, names: list) -> dict:
     return {name: (float(np.percentile(t, 10)), float(np.median(t))) for name, t in times.items()}
 
 
+def layer_bound(layer: list, kept: dict, num_layers: int) -> dict:
+    """The batch-1 speedup of the layers alone: sum over examples of L * t(S) over sum of t(kept_k), t the
+    one-layer time interpolated in S (p10), for fp32 and int8; efficiency = that / the FLOPs speedup."""
+    tokens = np.array([r["tokens"] for r in layer], float)
+    out = {}
+    for kind in ("fp32", "int8"):
+        times = np.array([r[f"{kind}_p10_ms"] for r in layer])
+        t = lambda s: float(np.interp(s, tokens, times))  # noqa: E731
+        full = sum(num_layers * t(s) for s in kept["live"])
+        adaptive = sum(sum(t(k) for k in ks) for ks in kept["kept"])
+        out[kind] = {"speedup": full / adaptive, "efficiency": full / adaptive / kept["flops_speedup"]}
+    return out
+
+
 def time_link(hidden: int, eta: float, threads: int, repeats: int, tokens=(8, 25, 48)) -> dict:
     import onnxruntime as ort
 
@@ -176,22 +202,20 @@ def time_link(hidden: int, eta: float, threads: int, repeats: int, tokens=(8, 25
     return {str(s): {"p10_us": 1e6 * p10, "median_us": 1e6 * med} for s, (p10, med) in timed.items()}
 
 
-def time_layer(segment: Path, hidden: int, tokens: list, threads: int, repeats: int, work: Path) -> list:
-    import onnxruntime as ort
-
-    from adapler_export.backends.onnxruntime import session_options
+def time_layer(full: Path, num_layers: int, tokens: list, threads: int, repeats: int, work: Path) -> list:
+    """Per layer: the full model's batch-1 time for S tokens (random ids) / L, fp32 and dynamic INT8."""
+    from adapler_export.baseline import FullModelBackend
     from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8
 
-    int8 = work / "layer_int8.onnx"
-    quantize_dynamic_int8(segment, int8, choose_int8_settings())
-    sessions = {kind: ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-                for kind, path in (("fp32", segment), ("int8", int8))}
+    int8 = work / "full_int8.onnx"
+    quantize_dynamic_int8(full, int8, choose_int8_settings())
+    models = {kind: FullModelBackend(path, num_layers, device="cpu", threads=threads)
+              for kind, path in (("fp32", full), ("int8", int8))}
     rng = np.random.default_rng(0)
-    feeds = {s: {"hidden": rng.standard_normal((1, s, hidden), np.float32), "attention_mask": np.ones((1, s), np.int32)}
-             for s in tokens}
-    names = [(kind, s) for s in tokens for kind in sessions]
-    timed = _timed(lambda name: sessions[name[0]].run(None, feeds[name[1]]), repeats, names)
-    return [{"tokens": s, **{f"{kind}_{stat}_ms": 1e3 * timed[(kind, s)][i] for kind in sessions
+    feeds = {s: (rng.integers(1000, 2000, (1, s)).astype(np.int32), np.ones((1, s), np.int32)) for s in tokens}
+    names = [(kind, s) for s in tokens for kind in models]
+    timed = _timed(lambda name: models[name[0]].run(*feeds[name[1]]), repeats, names)
+    return [{"tokens": s, **{f"{kind}_{stat}_ms": 1e3 * timed[(kind, s)][i] / num_layers for kind in models
                              for i, stat in enumerate(("p10", "median"))}} for s in tokens]
 
 
