@@ -221,3 +221,19 @@ def test_triton_server_answers_like_the_library_on_int8(int8_artifact, tmp_path_
     for got, want in zip(graph, local):
         assert int(np.argmax(got["logits"])) == want.label_id and got["kept_positions"] == want.kept_positions
         np.testing.assert_allclose(got["logits"], want.logits, atol=1e-4)
+
+
+def test_build_int8_refuses_what_it_cannot_build(tiny_checkpoint, tmp_path, capsys):
+    """One line, exit 2, nothing written: INT8 TensorRT engines come from `quantize --tensorrt`, and --int8 does not
+    combine with another precision."""
+    from adapler_export.cli import main
+
+    cases = [(["--int8", "--backend", "tensorrt"], "quantize --artifact <fp32 artifact> --tensorrt"),
+             (["--int8", "--fp16"], "--fp16 and --int8 contradict each other"),
+             (["--int8", "--dtype", "fp32"], "--int8 and --dtype fp32 contradict each other")]
+    for args, message in cases:
+        out = tmp_path / "never"
+        assert main(["build", "--ckpt", str(tiny_checkpoint), "--output", str(out), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert not out.exists()
