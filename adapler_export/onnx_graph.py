@@ -229,7 +229,9 @@ def link_model(eta, hidden_dtype="float32", hidden_size: int = 8):
 # tensor is first identified by *running* the segment's own derivation on probe masks (a padded row, a hole,
 # a dead row, a row with slot 0 dead) and finding it equal, value for value and in dtype, to one of the two
 # forms below; anything else is left exactly as exported. Exact: the same values reach the same consumers.
-PER_KEY, PER_TOKEN_CLS = "per-key", "per-token-cls"  # where(mask == 1, a, b) [B,1,1,S]; where(mask == 1 or slot 0, a, b) [B,S]
+PER_KEY = "per-key"  # where(mask == 1, a, b) as [B,1,1,S]: the attention bias
+PER_TOKEN_CLS = "per-token-cls"  # where(mask == 1 or slot 0, a, b) as [B,S]: the CP weights and their flags
+# The first probe has slots of both kinds for both forms (a and b are read off it).
 PROBE_MASKS = (np.array([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [0, 0, 0, 0, 0], [0, 1, 1, 1, 1]], np.int32),
                np.array([[1]], np.int32), np.array([[1, 1, 0], [0, 0, 0]], np.int32))
 
@@ -251,14 +253,12 @@ def _mask_derivation(graph, mask: str) -> tuple:
     read_outside = {i for n in graph.node if id(n) not in cone_ids for i in n.input}
     read_outside |= {o.name for o in graph.output}
     features = [o for n in cone for o in n.output if o in read_outside]
-    needed, used = set(), []  # only the constant nodes the derivation reads (transitively)
-    wanted = {i for n in cone for i in n.input}
+    read, used = {i for n in cone for i in n.input}, []  # only the constant nodes the derivation reads, transitively
     for node in reversed(constant_nodes):
-        if any(o in wanted for o in node.output):
+        if any(o in read for o in node.output):
             used.append(node)
-            wanted.update(node.input)
-    needed = wanted
-    return cone, features, used[::-1], needed
+            read.update(node.input)
+    return cone, features, used[::-1], read
 
 
 def _run_derivation(initializers: list, mask: str, cone: list, features: list, constant_nodes: list, masks) \
@@ -287,31 +287,25 @@ def _run_derivation(initializers: list, mask: str, cone: list, features: list, c
         return None
 
 
+def _condition(form: str, mask: np.ndarray) -> np.ndarray:
+    if form == PER_KEY:
+        return (mask == 1)[:, None, None, :]
+    cond = mask == 1
+    cond[:, 0] = True
+    return cond
+
+
 def _feature_form(values: list, masks) -> tuple | None:
-    """(form, a, b, dtype) when the feature is where(cond, a, b) of one of the two forms on every probe."""
+    """(form, a, b, dtype) when the feature equals where(cond, a, b) of one of the two forms on every probe."""
     for form in (PER_KEY, PER_TOKEN_CLS):
-        found = None
-        for value, mask in zip(values, masks):
-            cond = mask == 1
-            if form == PER_TOKEN_CLS:
-                cond = cond.copy()
-                cond[:, 0] = True
-            else:
-                cond = cond[:, None, None, :]
-            if value.shape != cond.shape:
-                break
-            a, b = value[cond], value[~cond]
-            if (a.size and not (a == a.flat[0]).all()) or (b.size and not (b == b.flat[0]).all()):
-                break
-            pair = (a.flat[0] if a.size else None, b.flat[0] if b.size else None)
-            if found is not None:
-                pair = tuple(x if x is not None else y for x, y in zip(pair, found[1:3]))
-                if any(x is not None and y is not None and x != y for x, y in zip(pair, found[1:3])):
-                    break
-            found = (form, *pair, value.dtype)
-        else:
-            if found is not None and None not in found[1:3]:
-                return found
+        first = _condition(form, masks[0])
+        if values[0].shape != first.shape:
+            continue
+        a, b = values[0][first].flat[0], values[0][~first].flat[0]
+        if all(v.shape == _condition(form, m).shape and np.array_equal(v, np.where(_condition(form, m), a, b)
+                                                                       .astype(v.dtype))
+               for v, m in zip(values, masks)):
+            return form, a, b, values[0].dtype
     return None
 
 

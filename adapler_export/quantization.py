@@ -231,7 +231,8 @@ def quantization_record(settings: Int8Settings, segments: list, keep_cp_fp32: bo
             "onnxruntime": onnxruntime.__version__, "op_types": ["MatMul"],
             "weights": "int8 symmetric, " + ("per-channel" if settings.per_channel else "per-tensor")
                        + (", 7-bit range (reduce_range)" if settings.reduce_range else ""),
-            "activations": "uint8 asymmetric, scale and zero point from each tensor at run time (DynamicQuantizeLinear)",
+            "activations": "uint8 asymmetric, scale and zero point from each tensor at run time "
+                           "(DynamicQuantizeLinear)",
             "per_channel": settings.per_channel, "reduce_range": settings.reduce_range,
             "cp_path": "fp32" if keep_cp_fp32 else "int8", "cpu": cpu_record(settings), "reason": settings.reason,
             "segments": segments, "accuracy": None, "speed": None}

@@ -190,8 +190,8 @@ def main(argv=None) -> int:
     result["summary"] = summarize(result)
     table = Table(["model", "B", "ms/ex", "x one-graph fp32", "x full fp32", "acc %"])
     for r in rows:
-        table.add(r["model"], r["batch"], r["ms_per_example"], r["vs_one_graph_fp32"], r.get("vs_full_fp32", float("nan")),
-                  r["dev_accuracy"] * 100)
+        table.add(r["model"], r["batch"], r["ms_per_example"], r["vs_one_graph_fp32"],
+                  r.get("vs_full_fp32", float("nan")), r["dev_accuracy"] * 100)
     log(table.render())
     log(json.dumps(result["summary"], indent=1))
     common.write_json(Path(args.output), result)

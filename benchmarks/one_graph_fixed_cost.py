@@ -20,7 +20,7 @@ and hide that), below which dropping tokens saves no time. From t and the tokens
 kept for each example at batch 1: the wall-clock speedup the layers alone would give (links, CPs, embeddings
 and head free), and its efficiency: the bound that cutting non-layer work cannot pass.
 
-    python benchmarks/one_graph_fixed_cost.py --ckpt sst2-small-cal-x2 --output docs/results/sst2-small-x2-fixed-cost.json
+    python benchmarks/one_graph_fixed_cost.py --ckpt sst2-small-x2 --output docs/results/sst2-small-x2-fixed-cost.json
 """
 from __future__ import annotations
 
