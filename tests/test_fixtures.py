@@ -66,3 +66,15 @@ def test_a_missing_prerequisite_skips_locally_and_fails_under_ci(tmp_path):
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert outcome in done.stdout, done.stdout[-2000:]
         assert "no-such-task data not found" in done.stdout
+
+
+def test_every_mutant_of_the_mutation_check_still_applies():
+    """tests/mutations.py (run by hand: minutes) mutates one line per rule; each line must still be there once,
+    or the check would stop mutating anything."""
+    import mutations
+
+    assert len({m.path for m in mutations.MUTANTS}) >= 5
+    for mutant in mutations.MUTANTS:
+        text = (conftest.REPO / mutant.path).read_text(encoding="utf-8")
+        assert text.count(mutant.old) == 1, f"{mutant.name}: update MUTANTS in tests/mutations.py"
+        assert mutant.old != mutant.new
