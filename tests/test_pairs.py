@@ -32,10 +32,6 @@ PAIRS = [("a charming film .", "the story is good ."), ("it was dull", "a boring
          ("fun !", "not fun at all , and too long for a film like this one"), ("", "only the second text")]
 
 
-def pair_dir(task: str):
-    return task_dir(task)
-
-
 # ----- data -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task,train,dev,dev_first", [
     ("mrpc", (3667, [1194, 2473]), (408, [129, 279]), ("He said the foodservice pie business doesn 't fit",
@@ -46,7 +42,7 @@ def pair_dir(task: str):
 def test_glue_pair_files_load(task, train, dev, dev_first):
     """GLUE's own files (MRPC: a byte-order mark, the label in `Quality`; RTE: text labels) give every row, the
     labels as integers of the task's names, and both texts."""
-    data = load_task(task, pair_dir(task))
+    data = load_task(task, task_dir(task))
     for split, (rows, counts) in (("train", train), ("dev", dev)):
         part = data[split]
         assert len(part) == len(part.pairs) == rows
@@ -102,9 +98,9 @@ def test_read_text_pairs(tmp_path):
 def test_read_text_pairs_reads_the_tasks_glue_file(task, tmp_path):
     """A `.tsv` whose header names a pair task's two text columns (GLUE's own dev.tsv) gives those columns, as
     `load_task` reads them; a row without them is one line of error; the same header in a `.txt` is a pair."""
-    dev = load_task(task, pair_dir(task), splits=("dev",))["dev"]
-    assert read_text_pairs(pair_dir(task) / "dev.tsv") == (dev.texts, dev.pairs)
-    assert read_text_pairs(pair_dir(task) / "dev.tsv", limit=3) == (dev.texts[:3], dev.pairs[:3])
+    dev = load_task(task, task_dir(task), splits=("dev",))["dev"]
+    assert read_text_pairs(task_dir(task) / "dev.tsv") == (dev.texts, dev.pairs)
+    assert read_text_pairs(task_dir(task) / "dev.tsv", limit=3) == (dev.texts[:3], dev.pairs[:3])
     first, second = TASKS[task]["text_column"], TASKS[task]["pair_column"]
     table = tmp_path / "pairs.tsv"
     table.write_text(f"\ufeffid\t{first}\t{second}\r\n1\ta\tb\r\n\r\n2\tc\n", encoding="utf-8")
@@ -212,7 +208,7 @@ def test_training_steps_on_pairs(pair_checkpoint):
 
 def test_evaluate_reports_f1_for_mrpc(pair_checkpoint):
     ckpt = load_checkpoint(pair_checkpoint)
-    dev = load_task("mrpc", pair_dir("mrpc"), splits=("dev",))["dev"].subset(24)
+    dev = load_task("mrpc", task_dir("mrpc"), splits=("dev",))["dev"].subset(24)
     result = evaluate_adaptive(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, 48, pairs=dev.pairs,
                                metrics=task_metrics("mrpc"))
     assert result.f1 is not None and "f1" in result.to_dict()
@@ -234,7 +230,7 @@ def test_pair_artifact_takes_token_types_and_passes_parity(pair_artifact, pair_c
         names = [i.name for i in onnx.load(str(pair_artifact / graph), load_external_data=False).graph.input]
         assert names == ["input_ids", "attention_mask", TOKEN_TYPE_IDS], graph
     assert set(manifest.parity["end_to_end"]) == {"onnxruntime", "onnxruntime-graph"}, "build checked both"
-    dev = load_task("mrpc", pair_dir("mrpc"), splits=("dev",))["dev"]
+    dev = load_task("mrpc", task_dir("mrpc"), splits=("dev",))["dev"]
     found = assert_backends_match_pytorch(pair_checkpoint, pair_artifact, dev.texts[:96], dev.pairs[:96])
     for kind, result in found.items():
         assert result["rows"] == 96 and result["dropped"] > 0, (kind, result)
@@ -341,7 +337,7 @@ def test_bench_one_graph_times_a_pair_model_on_its_pairs(pair_checkpoint, tmp_pa
 
     from adapler_export.data import load_dev
 
-    pair_dir("mrpc")
+    task_dir("mrpc")
     bench = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     sys.path.insert(0, str(bench))
     import common
