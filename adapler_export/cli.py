@@ -30,6 +30,7 @@ def cmd_train(args) -> int:
     output = resolve_output_dir(args.output or args.task)
     check_output_dir(output, "checkpoint", args.force, inputs=[args.data_dir])  # before hours of training
 
+    from training.common import is_main_process
     from training.pipeline import MULTI_FIELD_OPTIONS, OPTION_FIELDS, TrainConfig, apply_options, apply_setting, train
 
     use_threads(args.threads)
@@ -38,7 +39,8 @@ def cmd_train(args) -> int:
     options["length_grouped"] = False if args.no_length_grouping else None  # a flag that only switches off
     cfg = apply_options(cfg, options)
     path = train(cfg, output, log=_log, force=args.force)
-    print(f"checkpoint written to {path}")
+    if is_main_process():  # several training processes: one line, from the one that wrote it
+        print(f"checkpoint written to {path}")
     return 0
 
 

@@ -55,17 +55,86 @@ def seed_everything(seed: int) -> None:
 
 
 def make_accelerator(seed: int):
-    """One CPU process here; `accelerate launch` gives multi-GPU / multi-node DDP with the same code."""
+    """This process's place among the processes that train one model together (see `local_rows` and
+    `average_gradients`): one process by default; `torchrun --nproc_per_node N -m adapler_export train ...`
+    on CPUs (gloo) and `accelerate launch --multi_gpu --num_processes N -m adapler_export train ...` on GPUs
+    (NCCL) give N. `cpu=True` without CUDA: Accelerate otherwise ignores torchrun's ranks on a CPU machine
+    and each process trains alone (and `accelerate launch --cpu` starts only one process: it needs MPI)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
 
-    accelerator = Accelerator()
+    # split_batches: every process walks the same global batches (`local_rows`), so a learning-rate scheduler
+    # steps once per optimiser step; without it Accelerate steps each scheduler once per process and every
+    # schedule of N processes ends after 1/N of the run.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     set_seed(seed)
     if accelerator.device.type == "cuda":
         # TF32 matrix products, as TensorFlow (the official code) uses by default on Ampere and later GPUs.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def is_main_process() -> bool:
+    """Whether this process speaks for the processes that train together (always, when it trains alone)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+
+
+def local_rows(accelerator, batch: dict) -> tuple:
+    """This process's contiguous share of one global batch, on its device, and the share's fraction of the
+    batch's rows. Every process walks the same batches in the same order (the loaders are not sharded), so
+    `--batch-size` is the global batch whatever the process count, the schedules count the same steps, and
+    N processes train what one process trains: each scales its loss by its fraction of the rows and
+    `average_gradients` sums, which gives the gradient of the whole batch's mean loss (up to summation order)."""
+    rows = len(batch["labels"])
+    start = rows * accelerator.process_index // accelerator.num_processes
+    stop = rows * (accelerator.process_index + 1) // accelerator.num_processes
+    local = {key: value[start:stop].to(accelerator.device) for key, value in batch.items()}
+    return local, (stop - start) / rows
+
+
+def average_gradients(accelerator, parameters) -> None:
+    """Sum every process's (row-weighted) gradients into each process's .grad, in one all-reduce.
+
+    By hand, not through DDP's hooks: the stages run the unwrapped model, and stage 3 takes two separate
+    gradients per batch (backbone + CPs, then eta + theta), which DDP's one-backward-per-forward reducer does
+    not cover. Gloo and NCCL give every process the same reduced values, so the optimisers stay in step."""
+    if accelerator.num_processes == 1:
+        return
+    params = [p for p in parameters if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for param in params:
+        param.grad = flat[offset:offset + param.numel()].view_as(param).clone()
+        offset += param.numel()
+
+
+def sum_over_processes(accelerator, value) -> float:
+    """A row-weighted running total (a float or a tensor) summed over the processes: the whole batch's value."""
+    if accelerator.num_processes == 1:
+        return float(value)
+    return float(accelerator.reduce(torch.as_tensor(value, dtype=torch.float32, device=accelerator.device), "sum"))
+
+
+def check_replicas(accelerator, model, what: str) -> None:
+    """Refuse to go on if the processes no longer hold one model: eta, theta and a checksum of every weight
+    gathered from each process must be identical (they are, bit for bit, when `average_gradients` is used)."""
+    if accelerator.num_processes == 1:
+        return
+    with torch.no_grad():
+        mine = torch.cat([model.eta.detach().reshape(-1), model.theta.detach().reshape(-1),
+                          torch.stack([p.detach().double().abs().sum().float() for p in model.parameters()])])
+    every = accelerator.gather(mine.to(accelerator.device)[None]).cpu()
+    if not bool((every == every[0]).all()):
+        from adapler_export.errors import AdaplerError
+
+        raise AdaplerError(f"{what}: the {accelerator.num_processes} training processes hold different models "
+                           f"(largest difference {float((every - every[0]).abs().max()):.3g})")
 
 
 def warmup_then_linear_decay(optimizer, total_steps: int, warmup_ratio: float):

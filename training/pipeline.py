@@ -22,7 +22,7 @@ from adapler_export.storage import adapler_home
 from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, UnsupportedBackbone
 from adapler_export.serving.tokenization import Cut, check_truncation
 
-from .common import epoch_model_path, load_model_state, seed_everything, work_settings
+from .common import epoch_model_path, load_model_state, make_accelerator, seed_everything, work_settings
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
 from .stage3_adapler import Stage3Config, check_selection_fallback, run_stage3
@@ -170,6 +170,10 @@ def slow_model_warning(speedup: float, kept_per_layer: list, eta: list, cfg: Tra
             f"and the saliencies are reused) for a faster model, or give it more training data")
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """The log of a process other than the main one: one process speaks for all."""
+
+
 def stage1_f1(stage1: dict) -> float | None:
     """The dev F1 of stage 1's selected epoch, where the task reports F1."""
     return next((h.get("dev_f1") for h in stage1["history"] if h["epoch"] == stage1["epoch"]), None)
@@ -181,6 +185,12 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     if cfg.truncation is None:
         cfg.truncation = task_truncation(cfg.task)
     check_config(cfg)
+    # Several processes (torchrun / accelerate launch) train one model: the main one logs and writes, the others
+    # wait for it where they read what it wrote (common.local_rows and average_gradients keep them in step).
+    accelerator = make_accelerator(cfg.seed)
+    if not accelerator.is_main_process:
+        log = _silent
+    processes = accelerator.num_processes
     seed_everything(cfg.seed)
     data = load_task(cfg.task, cfg.data_dir)
     data.splits["train"] = data["train"].subset(cfg.max_train_samples, cfg.seed)
@@ -194,7 +204,9 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     work_dir = work_dir or adapler_home() / "work" / Path(output).name
     key1, key3 = cfg.stage_keys()
     cut = Cut(cfg.max_length, cfg.truncation)
-    log(f"training {cfg.task}: {len(data['train'])} train / {len(data['dev'])} dev examples, "
+    log(f"training {cfg.task} on {processes} process{'es' if processes > 1 else ''} "
+        f"({accelerator.device.type}{', ' + str(accelerator.state.backend) if processes > 1 else ''}): "
+        f"{len(data['train'])} train / {len(data['dev'])} dev examples, "
         f"backbone {cfg.backbone}, inputs at most {cut}, work dir {work_dir}")
 
     id2label = dict(enumerate(data.labels))
@@ -214,8 +226,9 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     subset = "" if cfg.stage3_train_samples is None else f"-n{len(stage3_data['train'])}"
     stage1_dir = work_dir / f"stage1-{key1}"
     checkpoints = {epoch: epoch_model_path(stage1_dir, epoch) for epoch in stage1["best_epochs"]}
-    saliencies = run_stage2(model, tokenizer, stage3_data, cut, checkpoints,
-                            work_dir / f"stage2-{key1}{subset}", log=log, batch_size=cfg.stage1.batch_size)
+    with accelerator.main_process_first():  # the main process computes and writes them, the others read them
+        saliencies = run_stage2(model, tokenizer, stage3_data, cut, checkpoints,
+                                work_dir / f"stage2-{key1}{subset}", log=log, batch_size=cfg.stage1.batch_size)
     if cfg.stage3_init == "pretrained":
         seed_everything(cfg.seed)  # the same fresh classifier head on every run
         pretrained, _ = load_backbone(cfg.backbone, len(data.labels), id2label)
@@ -243,7 +256,10 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
                  **({"stage1_dev_f1": finetuned_f1} if finetuned_f1 is not None else {}), **final.to_dict()},
     )
     model.eval()
-    path = save_checkpoint(Checkpoint(model, tokenizer, config), Path(output), force=force)
+    path = Path(output)
+    if accelerator.is_main_process:  # written once, by the main process
+        path = save_checkpoint(Checkpoint(model, tokenizer, config), Path(output), force=force)
+    accelerator.wait_for_everyone()
     warning = slow_model_warning(final.flops_speedup, final.kept_per_layer, model.eta.tolist(), cfg)
     if warning is not None:
         log(warning)

@@ -17,8 +17,9 @@ from adapler_export.evaluation import F1, evaluate_full_scores, scores_text
 from adapler_export.progress import progress
 from adapler_export.serving.tokenization import HEAD, Cut
 
-from .common import (accumulation_groups, adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator,
-                     optimizer_steps, read_marker, save_model_state, write_json_atomic)
+from .common import (accumulation_groups, adamw_with_warmup, average_gradients, check_replicas, epoch_model_path,
+                     load_model_state, local_rows, make_accelerator, optimizer_steps, read_marker, save_model_state,
+                     sum_over_processes, write_json_atomic)
 from .data import EncodedDataset
 
 
@@ -78,19 +79,22 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
     unwrapped = accelerator.unwrap_model(model)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        loader = accelerator.prepare_data_loader(
-            train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, length_grouped=cfg.length_grouped))
+        loader = train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, length_grouped=cfg.length_grouped)
         running = 0.0
         bar = progress(accumulation_groups(loader, cfg.grad_accumulation), f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
                        total=steps_per_epoch, enabled=accelerator.is_local_main_process)
         for step, group in enumerate(bar):
             optimizer.zero_grad()
             for batch in group:
+                batch, share = local_rows(accelerator, batch)
+                if share == 0:  # a batch with fewer rows than processes
+                    continue
                 logits = unwrapped.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                             token_type_ids=batch.get("token_type_ids")).logits
-                loss = torch.nn.functional.cross_entropy(logits, batch["labels"]) / len(group)
+                loss = torch.nn.functional.cross_entropy(logits, batch["labels"]) * share / len(group)
                 accelerator.backward(loss)
                 running += loss.detach()  # a tensor: no per-step wait for the GPU
+            average_gradients(accelerator, unwrapped.backbone.parameters())
             accelerator.clip_grad_norm_(unwrapped.backbone.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -99,11 +103,13 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
         scores = evaluate_full_scores(unwrapped, tokenizer, dev.texts, dev.labels, cfg.cut, pairs=dev.pairs,
                                       metrics=task_metrics(data.task))
         accuracy = scores["accuracy"]
-        history.append({"epoch": epoch, "train_loss": float(running) / max(1, steps_per_epoch),
+        train_loss = sum_over_processes(accelerator, running) / max(1, steps_per_epoch)
+        history.append({"epoch": epoch, "train_loss": train_loss,
                         "dev_accuracy": accuracy,
                         **({"dev_f1": scores[F1]} if F1 in scores else {})})
         log(f"stage 1 epoch {epoch + 1}: train loss {history[-1]['train_loss']:.4f}, "
             f"{scores_text(accuracy, scores.get(F1))}")
+        check_replicas(accelerator, unwrapped, f"stage 1 epoch {epoch + 1}")
         if accelerator.is_main_process:
             keep = best_epochs(history, cfg.keep_best_epochs)
             if epoch in keep:
@@ -112,7 +118,10 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
                 if old["epoch"] not in keep:
                     shutil.rmtree(epoch_model_path(stage_dir, old["epoch"]).parent, ignore_errors=True)
             shutil.rmtree(stage_dir / "last", ignore_errors=True)
-            accelerator.save_state(str(stage_dir / "last"))
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(stage_dir / "last"))  # every process: its RNG state (weights by the main one)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             write_json_atomic(progress_file, {"epoch": epoch, "history": history})
 
     keep = best_epochs(history, cfg.keep_best_epochs)
@@ -120,6 +129,9 @@ def run_stage1(model, tokenizer, data, cfg: Stage1Config, stage_dir: Path, log=p
     load_model_state(unwrapped, epoch_model_path(stage_dir, best["epoch"]))
     result = {"dev_accuracy": best["dev_accuracy"], "epoch": best["epoch"], "best_epochs": keep,
               "history": history}
-    write_json_atomic(stage_dir / "done.json", result)
-    shutil.rmtree(stage_dir / "last", ignore_errors=True)
+    accelerator.wait_for_everyone()  # every process has loaded the best epoch before "last" goes
+    if accelerator.is_main_process:
+        write_json_atomic(stage_dir / "done.json", result)
+        shutil.rmtree(stage_dir / "last", ignore_errors=True)
+    accelerator.wait_for_everyone()
     return result

@@ -35,9 +35,9 @@ from adapler_export.modeling_adapler import scale_cls
 from adapler_export.progress import progress
 from adapler_export.serving.tokenization import HEAD, Cut
 
-from .common import (accumulation_groups, adamw_with_warmup, epoch_model_path, load_model_state, make_accelerator,
-                     optimizer_steps, read_marker, save_model_state, warmup_then_linear_decay, work_settings,
-                     write_json_atomic)
+from .common import (accumulation_groups, adamw_with_warmup, average_gradients, check_replicas, epoch_model_path,
+                     load_model_state, local_rows, make_accelerator, optimizer_steps, read_marker, save_model_state,
+                     sum_over_processes, warmup_then_linear_decay, work_settings, write_json_atomic)
 from .data import EncodedDataset
 
 SELECTION_FALLBACKS = ("none", "most-accurate")
@@ -261,8 +261,8 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        loader = accelerator.prepare_data_loader(train.loader(
-            cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch, length_grouped=cfg.length_grouped))
+        loader = train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch,
+                              length_grouped=cfg.length_grouped)
         totals = {"ce": 0.0, "kl": 0.0, "length": 0.0}  # tensors after the first step (no per-step sync)
         bar = progress(accumulation_groups(loader, cfg.grad_accumulation, batches),
                        f"stage 3 epoch {epoch + 1}/{cfg.epochs} (lambda={cfg.lam(epoch):g})",
@@ -272,10 +272,14 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
             optimizer.zero_grad()
             threshold_optimizer.zero_grad()
             for batch in group:
+                batch, share = local_rows(accelerator, batch)
+                if share == 0:  # a batch with fewer rows than processes
+                    continue
                 parts = compute_gradients(unwrapped, batch, cfg.step_lambda(epoch, steps), cfg, accelerator.backward,
-                                          scale=1.0 / len(group))
+                                          scale=share / len(group))
                 for key, value in parts.items():
-                    totals[key] += value / len(group)
+                    totals[key] += value * share / len(group)
+            average_gradients(accelerator, [*main, unwrapped.eta, unwrapped.theta])
             accelerator.clip_grad_norm_(main, cfg.clip_norm)
             accelerator.clip_grad_norm_([unwrapped.eta, unwrapped.theta], cfg.clip_norm)
             optimizer.step()
@@ -288,6 +292,8 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
                 bar.set_postfix(ce=f"{totals['ce'] / steps:.4f}", length=f"{totals['length'] / steps:.1f}",
                                 eta=f"{unwrapped.eta.mean().item():.3f}")
         seconds = time.time() - started
+        totals = {key: sum_over_processes(accelerator, value) for key, value in totals.items()}
+        check_replicas(accelerator, unwrapped, f"stage 3 epoch {epoch + 1}")
         result = evaluate_adaptive(unwrapped, tokenizer, dev.texts, dev.labels, cfg.cut, pairs=dev.pairs,
                                    metrics=task_metrics(data.task))
         record = {"epoch": epoch, "lambda": cfg.lam(epoch), "steps": steps, "train_seconds": round(seconds, 1),
@@ -304,20 +310,28 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
             save_model_state(unwrapped, epoch_model_path(stage_dir, epoch))
             prune_epoch_models(stage_dir, history, finetuned_accuracy, cfg.selection_tolerance)
             shutil.rmtree(stage_dir / "last", ignore_errors=True)
-            accelerator.save_state(str(stage_dir / "last"))
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(stage_dir / "last"))  # every process: its RNG state (weights by the main one)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
             write_json_atomic(stage_dir / "progress.json", {"epoch": epoch, "history": history})
 
     selected, how = select_epoch(history, finetuned_accuracy, cfg.selection_tolerance, cfg.selection_fallback)
     if selected is None:
         raise AdaplerError(f"stage 3: {how}")
     log(f"stage 3: selected epoch {selected['epoch'] + 1} ({how})")
-    copy_to_selected(stage_dir, selected["epoch"])
+    if accelerator.is_main_process:
+        copy_to_selected(stage_dir, selected["epoch"])
+    accelerator.wait_for_everyone()
     load_model_state(unwrapped, stage_dir / "selected" / "model.pt")
     result = {"selected_epoch": selected["epoch"], "lambda_final": selected["lambda"], "selection": how,
               "selection_fallback": cfg.selection_fallback,
               "finetuned_accuracy": finetuned_accuracy, "history": history}
-    write_json_atomic(stage_dir / "done.json", result)
-    shutil.rmtree(stage_dir / "last", ignore_errors=True)
+    accelerator.wait_for_everyone()  # every process has loaded the selected epoch
+    if accelerator.is_main_process:
+        write_json_atomic(stage_dir / "done.json", result)
+        shutil.rmtree(stage_dir / "last", ignore_errors=True)
+    accelerator.wait_for_everyone()
     return result
 
 
