@@ -14,6 +14,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -203,6 +204,8 @@ def test_predict_writes_each_result_as_it_comes(tiny_artifact):
                "--json", "--batch-size", "2", "--threads", "1"]
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True, bufsize=1) as process:
+        deadline = threading.Timer(240, process.kill)  # a command that waits for the end of input fails, not hangs
+        deadline.start()
         try:
             # the default window at batch 2 is 64 texts: 70 lines let at least 6 results out
             process.stdin.write("a charming film\n" * 70)
@@ -213,6 +216,7 @@ def test_predict_writes_each_result_as_it_comes(tiny_artifact):
             process.stdin.close()
             rest = process.stdout.read().splitlines()
         finally:
+            deadline.cancel()
             process.kill()
     assert len(rest) == 70 and json.loads(rest[-1])["text"] == "the end"
 
