@@ -55,7 +55,8 @@ import common  # noqa: E402  (benchmarks/common.py; also puts the repository on 
 from common import log  # noqa: E402
 
 FAMILIES = ("full", "full-int8", "optimized", "truncation", "shallow", "attention-pruning", "adapler")
-SKIPPABLE = ("static", "optimized", "truncation", "shallow", "attention-pruning", "int8")
+# "extra-int8": the full model through the product's quantizer and the s=1 graph through plain quantize_dynamic.
+SKIPPABLE = ("static", "optimized", "truncation", "shallow", "attention-pruning", "int8", "extra-int8")
 # Shorter max lengths a user would try (wordpieces); other tasks: 1/2 and 1/4 of the checkpoint's.
 TRUNCATIONS = {"sst2": (32, 16), "imdb": (256, 128)}
 FULL_FP32, FULL_INT8 = "full fp32", "full int8 dynamic"
@@ -357,22 +358,32 @@ def panel_key(threads: int, batch: int) -> str:
     return f"threads={threads},batch={batch}"
 
 
-def measure(candidates: list, workloads: dict, order, args, pad_id: int) -> tuple:
-    """Outputs (an untimed pass per batch size) and timings (per thread count and batch size) of every candidate.
+def timed_subset(order: np.ndarray, count: int | None) -> np.ndarray:
+    """`count` examples spread evenly over `order` (sorted by length: the subset keeps the length distribution),
+    in that order; all of them when `count` is None or not smaller."""
+    if count is None or count >= len(order):
+        return order
+    return order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
+
+
+def measure(candidates: list, workloads: dict, order, timed_order, args, pad_id: int, on_panel=None) -> tuple:
+    """Outputs (an untimed pass over `order` per batch size, with the first thread count) and timings (per thread
+    count and batch size, over `timed_order`) of every candidate; `on_panel(outputs, times)` after each panel.
     Returns ({name: {batch: [BackendOutput per batch]}}, {panel: {name: [repeats] pass seconds}})."""
     outputs, times = {}, {}
-    main = workloads["main"]
     for t_index, threads in enumerate(args.threads):
         runners = {c.name: c.open(threads) for c in candidates}
         try:
             for batch in args.batches:
-                per_input = {key: common.make_batches(w, batch, pad_id, order=order) for key, w in workloads.items()}
+                if t_index == 0:
+                    for key, workload in workloads.items():
+                        batches = common.make_batches(workload, batch, pad_id, order=order)
+                        for c in [c for c in candidates if c.inputs == key]:
+                            outputs.setdefault(c.name, {})[batch] = [runners[c.name].run(*b.inputs) for b in batches]
+                per_input = {key: common.make_batches(w, batch, pad_id, order=timed_order)
+                             for key, w in workloads.items()}
                 lookup = {key: {id(m[0]): b.inputs for m, b in zip(per_input["main"], batches)}
                           for key, batches in per_input.items()}
-                if t_index == 0:
-                    for c in candidates:
-                        outputs.setdefault(c.name, {})[batch] = [runners[c.name].run(*b.inputs)
-                                                                 for b in per_input[c.inputs]]
                 timed = {c.name: reader(runners[c.name], lookup[c.inputs]) for c in candidates}
                 start = time.time()
                 result = common.time_round_robin(timed, per_input["main"], args.repeats, args.warmup)
@@ -380,7 +391,9 @@ def measure(candidates: list, workloads: dict, order, args, pad_id: int) -> tupl
                 full = np.median(times[panel_key(threads, batch)][FULL_FP32])
                 log(f"threads {threads} batch {batch}: {len(candidates)} models x {len(per_input['main'])} batches x "
                     f"{args.repeats} passes in {time.time() - start:.0f} s (full fp32 "
-                    f"{1e3 * full / len(main.examples):.3f} ms/example)")
+                    f"{1e3 * full / len(timed_order):.3f} ms/example; load {common.load_average()})")
+                if on_panel is not None:
+                    on_panel(outputs, times)
         finally:
             for runner in runners.values():
                 runner.close()
@@ -395,7 +408,7 @@ def reader(backend, lookup: dict):
 
 
 # ----------------------------------------------------------------------------------------------- rows
-def build_rows(candidates, outputs, times, workloads, order, args, config, metrics) -> list:
+def build_rows(candidates, outputs, times, workloads, order, timed_examples: int, args, config, metrics) -> list:
     from adapler_export.evaluation import classification_scores
 
     main = workloads["main"]
@@ -425,7 +438,7 @@ def build_rows(candidates, outputs, times, workloads, order, args, config, metri
         reference = full_reference.get(c.precision, FULL_FP32)
         for panel, panel_times in times.items():
             mine = panel_times[c.name]
-            row["ms_per_example"][panel] = 1e3 * float(np.median(mine)) / len(main.examples)
+            row["ms_per_example"][panel] = 1e3 * float(np.median(mine)) / timed_examples
             row["vs_full_fp32"][panel] = float(np.median(panel_times[FULL_FP32] / mine))
             if FULL_INT8 in panel_times:
                 row["vs_full_int8"][panel] = float(np.median(panel_times[FULL_INT8] / mine))
@@ -573,6 +586,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_checkpoint_args(p, "")
     p.add_argument("--examples", type=int, default=None, help="first N dev examples (default: all)")
+    p.add_argument("--timed-examples", type=int, default=None,
+                   help="time on N of the examples, spread evenly over the length order (default: all); accuracy "
+                        "is always from all of them")
     p.add_argument("--batches", type=common.int_list, default="1,32")
     p.add_argument("--threads", type=common.int_list, default="1,2")
     p.add_argument("--repeats", type=int, default=3, help="timed passes (median; at least 3 for a result)")
@@ -581,6 +597,8 @@ def parse_args(argv=None):
                    help="AdapLeR operating points: eta * s (calibration.sweep.scaled_eta); 1 = as trained")
     p.add_argument("--truncations", type=common.int_list, default=None,
                    help="shorter max lengths (default: SST-2 32,16; IMDB 256,128; else 1/2 and 1/4 of the max)")
+    p.add_argument("--pruning-scales", type=float_list, default=None,
+                   help="the AdapLeR points whose kept counts attention pruning matches (default: every --scales)")
     p.add_argument("--shallow-layers", type=common.int_list, default="2,3,4")
     p.add_argument("--shallow-init", choices=("pretrained", "checkpoint"), default="pretrained",
                    help="the shallow models start from the pre-trained backbone (as stage 1 does) or the "
@@ -646,7 +664,7 @@ def main(argv=None) -> int:
         candidates.append(Candidate(FULL_INT8, "full-int8", "int8-dynamic",
                                     plain_quantize_dynamic(full, derived / "full-int8-dynamic.onnx"), False, num_layers))
     int8_settings = choose_int8_settings()
-    if "int8" not in args.skip:
+    if not {"int8", "extra-int8"} & args.skip:
         info = quantize_dynamic_int8(full, derived / "full-int8-product.onnx", int8_settings)
         candidates.append(Candidate("full int8 (product)", "full-int8", "int8-dynamic", derived / "full-int8-product.onnx",
                                     False, num_layers, details={"int8": "adapler_export.quantization.quantize_dynamic_int8",
@@ -691,7 +709,7 @@ def main(argv=None) -> int:
             points.append(Candidate(label + " int8", "adapler", "int8-dynamic", int8_graph, True, num_layers,
                                     details={**details, "int8": PRODUCT_INT8, "int8_settings": int8_settings.to_dict(),
                                              "int8_matmuls": int8_matmuls}))
-        if "int8" not in args.skip and scale == 1:  # the issue's row: the user's quantize_dynamic on the file
+        if not {"int8", "extra-int8"} & args.skip and scale == 1:  # the issue's row: the user's quantize_dynamic on the file
             points.append(Candidate(label + " int8 quantize_dynamic", "adapler", "int8-dynamic",
                                     plain_quantize_dynamic(graph, derived / "adapler-s1-quantize-dynamic.onnx"),
                                     True, num_layers, details={**details, "int8": "quantize_dynamic(QInt8) as is"}))
@@ -708,7 +726,8 @@ def main(argv=None) -> int:
         pad_id = common.pad_id(ckpt.tokenizer)
         batches = common.make_batches(workloads["main"], max(args.batches), pad_id, order=order)
         lengths = workloads["main"].lengths.sum()
-        for point in [c for c in points if c.precision == "fp32"]:
+        pruning_scales = args.scales if args.pruning_scales is None else args.pruning_scales
+        for point in [c for c in points if c.precision == "fp32" and c.details["scale"] in pruning_scales]:
             with point.open(1) as backend:
                 kept = kept_lengths([backend.run(*b.inputs) for b in batches])
             fractions = [float(v) for v in kept.sum(axis=1) / lengths]
@@ -719,48 +738,64 @@ def main(argv=None) -> int:
                                         details={"matches": point.name, "target_kept_fraction_per_layer": fractions,
                                                  "keep_ratio_per_link": ratios}))
 
-    outputs, times = measure(candidates, workloads, order, args, common.pad_id(ckpt.tokenizer))
-    rows = build_rows(candidates, outputs, times, workloads, order, args, model.config, metrics)
-    panels = list(times)
-    load_end = common.load_average()
-    result = {
-        "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    timed_order = timed_subset(order, args.timed_examples)
+    header = {
+        "name": name,
         "command": " ".join(["python", "benchmarks/alternatives.py", *(sys.argv[1:] if argv is None else argv)]),
         "quick": args.repeats < 3,
         "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "backbone": ckpt.config.backbone,
                        "task": task, "num_layers": num_layers, "eta": base_eta, "max_length": cut.max_length,
                        "truncation": cut.truncation, "metrics": ckpt.config.metrics},
-        "machine": common.machine_info(), "load_average_start": load_start, "load_average_end": load_end,
-        "seconds": round(time.time() - started, 1),
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": args.threads,
-                     "batches": args.batches, "scales": args.scales,
+                     "batches": args.batches, "scales": args.scales, "accuracy_examples": len(order),
+                     "timed_examples": len(timed_order),
                      "session_options": "backends.onnxruntime.session_options(threads) for every model",
                      "order": "every example sorted by its wordpiece length at the checkpoint's max length "
                               "(numpy stable argsort: equal lengths in dataset order), then consecutive batches; "
-                              "truncated models read the same examples in the same batches, cut shorter",
+                              "truncated models read the same examples in the same batches, cut shorter"
+                              + ("" if len(timed_order) == len(order) else
+                                 f"; timed on {len(timed_order)} of them spread evenly over that order"),
                      "timing": "round robin batch by batch (common.time_round_robin), who goes first rotates"},
         "workloads": {k: w.summary() for k, w in workloads.items()},
         "definitions": DEFINITIONS,
-        "rows": rows,
-        "summary": summarize(rows, panels),
-        "notes": common.run_notes(load_start, load_end, args.repeats < 3),
     }
-    table = markdown_tables(rows, panels, args.threads)
-    log("")
-    log(table)
-    log(json.dumps({k: v for k, v in result["summary"].items()}, indent=1))
-    for note in result["notes"]:
-        log("NOTE: " + note)
-    common.write_json(json_path, result)
-    md_path = json_path.with_suffix(".md")
-    md_path.write_text(f"# {name}\n\n`{result['command']}` ({result['created']}, {common.cpu_model()}, "
-                       f"load {load_start} -> {load_end})\n\n{table}\n")
-    log(f"results: {json_path}, {md_path}")
-    if not args.no_plot:
-        png = plot(rows, panels, args.threads, args.batches, png_path,
-                   f"{name}: accuracy vs latency, ONNX Runtime CPU ({common.cpu_model()}), {len(order)} dev examples")
-        if png:
-            log(f"plot: {png}")
+
+    def save(outputs, times, complete: bool) -> None:
+        """The results so far (after every panel, so that an interrupted run leaves what it measured)."""
+        rows = build_rows(candidates, outputs, times, workloads, order, len(timed_order), args, model.config,
+                          metrics)
+        panels, load_end = list(times), common.load_average()
+        notes = common.run_notes(load_start, load_end, args.repeats < 3)
+        if not complete:
+            notes.append(f"INCOMPLETE: {len(panels)} of {len(args.threads) * len(args.batches)} panels measured")
+        result = {**header, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": complete,
+                  "machine": common.machine_info(), "load_average_start": load_start, "load_average_end": load_end,
+                  "seconds": round(time.time() - started, 1), "rows": rows, "summary": summarize(rows, panels),
+                  "notes": notes}
+        table = markdown_tables(rows, panels, [t for t in args.threads if any(p.startswith(f"threads={t},")
+                                                                               for p in panels)])
+        common.write_json(json_path, result)
+        md_path = json_path.with_suffix(".md")
+        md_path.write_text(f"# {name}\n\n`{result['command']}` ({result['created']}, {common.cpu_model()}, "
+                           f"load {load_start} -> {load_end}; {len(order)} dev examples for accuracy, "
+                           f"{len(timed_order)} timed)\n\n{table}\n")
+        if complete:
+            log("")
+            log(table)
+            log(json.dumps(result["summary"], indent=1))
+            for note in notes:
+                log("NOTE: " + note)
+            log(f"results: {json_path}, {md_path}")
+            if not args.no_plot:
+                png = plot(rows, panels, args.threads, args.batches, png_path,
+                           f"{name}: accuracy vs latency, ONNX Runtime CPU ({common.cpu_model()}), {len(order)} dev "
+                           f"examples")
+                if png:
+                    log(f"plot: {png}")
+
+    outputs, times = measure(candidates, workloads, order, timed_order, args, common.pad_id(ckpt.tokenizer),
+                             on_panel=lambda o, t: save(o, t, complete=False))
+    save(outputs, times, complete=True)
     return 0
 
 

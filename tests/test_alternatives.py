@@ -34,6 +34,13 @@ def test_pareto_front_keeps_only_unbeaten_points():
     assert alternatives.pareto_front([]) == []
 
 
+def test_timed_subset_spreads_over_the_length_order():
+    order = np.arange(100)[::-1]
+    assert alternatives.timed_subset(order, None) is order and alternatives.timed_subset(order, 100) is order
+    subset = alternatives.timed_subset(order, 5)
+    assert subset.tolist() == [99, 74, 49, 25, 0]  # evenly spread, first and last included, order kept
+
+
 def test_matching_ratios_reproduce_the_kept_fractions():
     # Link 0 keeps everything (nothing to rank by before the first layer); link k keeps the share of what enters it.
     assert alternatives.matching_ratios([0.8, 0.4, 0.1]) == [1.0, 0.4, 0.25]
@@ -69,7 +76,7 @@ def test_alternatives_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_pat
                    "checkpoint", "--shallow-epochs", "1", "--shallow-train-samples", "16", "--shallow-eval-samples",
                    "8", "--work-dir", str(work), "--output-dir", str(out)]
     proc = run_script(common_args + ["--shallow-layers", "1,2", "--scales", "1,1.5,2", "--truncations", "16,8",
-                                     "--static-calib-samples", "8", "--name", "t"], home)
+                                     "--static-calib-samples", "8", "--timed-examples", "8", "--name", "t"], home)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "t.json").read_text())
     assert (out / "t.png").stat().st_size > 0
@@ -110,6 +117,8 @@ def test_alternatives_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_pat
     assert np.all(np.diff(pruning["kept_per_layer"]) <= 0) and pruning["kept_per_layer"][-1] >= 1.0
     assert point["flops_speedup"] > 1.0 and len(point["kept_per_layer"]) == 3
     assert result["settings"]["order"] and result["machine"]["versions"]["onnxruntime"]
+    assert result["complete"] and result["settings"]["accuracy_examples"] == 12
+    assert result["settings"]["timed_examples"] == 8
 
     # A rerun finds the fine-tuned shallow model in $ADAPLER_HOME/work instead of training it again.
     again = run_script(common_args + ["--shallow-layers", "1", "--scales", "1", "--skip",
