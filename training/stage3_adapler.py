@@ -12,7 +12,8 @@ step averages the gradients of `grad_accumulation` batches; 1 by default, as off
   theta_PR the CP-side [CLS] weight, held at 1.
 lambda is annealed per epoch, lambda = base * mult**epoch, and the very first step runs at
 `lambda_first_step`. A run shorter than the official 10,525 steps (less data) scales the CP and eta/theta
-learning rates up by official steps / its steps (Stage3Config.official_steps says why). Each epoch ends with a hard-removal dev evaluation (the official lambda = 1e20).
+learning rates up by official steps / its steps, at most x25 (Stage3Config.official_steps and MAX_LR_SCALE
+say why). Each epoch ends with a hard-removal dev evaluation (the official lambda = 1e20).
 Model selection (official): an epoch is kept only if it is faster than every epoch kept before and its
 dev accuracy is above the best fine-tuned accuracy minus `selection_tolerance` (1 point); if no epoch
 qualifies nothing is kept (an error that says so) unless `selection_fallback` is "most-accurate".
@@ -49,6 +50,12 @@ SELECTION_ONLY_FIELDS = ("selection_fallback",)
 # The official SST-2 stage-3 run: 67,349 sentences in batches of 32 (2,105 steps per epoch), 5 epochs.
 OFFICIAL_SST2_STEPS_PER_EPOCH = 2105
 OFFICIAL_SST2_STEPS = 5 * OFFICIAL_SST2_STEPS_PER_EPOCH
+# The most a short run multiplies the CP and eta learning rates by. Stage 3 starts from the pre-trained backbone,
+# whose cross-entropy says nothing about which tokens matter until it has relearnt the task (a number of steps,
+# not a share of the run), so in a very short run eta, moved too fast, follows the length term alone. Measured
+# on 1,000 SST-2 sentences (160 steps; docs/results/schedule-small-data.md): x66 pushed eta to 0.9 in the first
+# epoch and ended 6 points below stage 1; x10 kept stage 1's accuracy at 1.13x FLOPs; x25 at 1.70x.
+MAX_LR_SCALE = 25.0
 
 
 @dataclass
@@ -94,10 +101,11 @@ class Stage3Config:
 
     def lr_scale(self, total_steps: int) -> float:
         """How much a run of `total_steps` optimiser steps multiplies the CP and eta/theta learning rates:
-        official_steps / total_steps, never below 1 (a run as long as the official one or longer is official)."""
+        official_steps / total_steps, never below 1 (a run as long as the official one or longer is official)
+        and never above MAX_LR_SCALE."""
         if self.official_steps is None:
             return 1.0
-        return max(1.0, self.official_steps / max(1, total_steps))
+        return min(MAX_LR_SCALE, max(1.0, self.official_steps / max(1, total_steps)))
 
     @property
     def cut(self) -> Cut:
@@ -244,7 +252,7 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     if scale > 1.0:
         log(f"stage 3: {total_steps} optimiser steps against the official {cfg.official_steps:,}: the CP and eta "
             f"learning rates are scaled by {scale:.1f} (CPs {(cfg.cp_lr or cfg.lr) * scale:.3g}, eta "
-            f"{cfg.eta_lr * scale:.3g}) so that they can travel as far")
+            f"{cfg.eta_lr * scale:.3g}; at most x{MAX_LR_SCALE:g}) so that they can travel about as far")
     optimizers = make_optimizers(model, cfg, total_steps)
     model, *optimizers = accelerator.prepare(model, *optimizers)
     optimizer, scheduler, threshold_optimizer, threshold_scheduler = optimizers
