@@ -6,8 +6,9 @@ Candidates, all on the same dev sentences, batch by batch round robin (who goes 
   one-graph fp32            the fp32 artifact's model.onnx (the baseline of every ratio)
   static-qdq                the one graph of a `quantize --scheme static-qdq` artifact (calibration/int8.py: QDQ,
                             uint8 activations calibrated on train sentences, per-channel weights, FFN down fp32)
-  dynamic <w> rr=<r>        `adapler_export.quantization.quantize_dynamic_int8` of the fp32 model.onnx: weight
-                            MatMuls int8 (<w>: per-tensor or per-channel), reduce_range <r>, CP path fp32
+  dynamic <w> [rr] [...]    `adapler_export.quantization.quantize_dynamic_int8` of the fp32 model.onnx: weight
+                            MatMuls int8 (<w>: per-tensor or per-channel), reduce_range (rr) or not, CP path fp32;
+                            ffn-down-fp32: the FFN down projection kept fp32 too (as the static scheme does)
   dynamic ... cp-int8       the same with the CP scoring path quantized too (what fp32 CPs buy in keep decisions)
   full fp32 / full dynamic  the checkpoint's backbone without CPs (baseline.export_full_onnx) and its dynamic INT8
 
@@ -32,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (benchmarks/common.py; also puts the repository on sys.path)
 from common import Table, log  # noqa: E402
 
-DYNAMIC = [  # (name, per_channel, reduce_range, keep_cp_fp32)
-    ("dynamic per-tensor", False, False, True),
-    ("dynamic per-tensor rr", False, True, True),
-    ("dynamic per-channel", True, False, True),
-    ("dynamic per-channel rr", True, True, True),
-    ("dynamic per-tensor cp-int8", False, False, False),
+DYNAMIC = [  # (name, per_channel, reduce_range, keep_cp_fp32, keep_ffn_down_fp32)
+    ("dynamic per-tensor", False, False, True, False),
+    ("dynamic per-channel", True, False, True, False),
+    ("dynamic per-tensor ffn-down-fp32", False, False, True, True),
+    ("dynamic per-channel ffn-down-fp32", True, False, True, True),
+    ("dynamic per-tensor rr", False, True, True, False),
+    ("dynamic per-tensor cp-int8", False, False, False, False),
 ]
 
 
@@ -109,12 +111,14 @@ def main(argv=None) -> int:
             raise SystemExit(f"{static_dir} is not a static-qdq int8 artifact ({static.precision}, {scheme})")
         graphs["static-qdq"] = static_dir / static.one_graph["file"]
     quantized = {}
-    for name, per_channel, reduce_range, keep_cp in DYNAMIC:
+    for name, per_channel, reduce_range, keep_cp, keep_ffn_down in DYNAMIC:
         path = tmp / (name.replace(" ", "_") + ".onnx")
         info = quantize_dynamic_int8(graphs["one-graph fp32"], path,
-                                     Int8Settings(per_channel, reduce_range, "benchmark", "benchmark grid"), keep_cp)
+                                     Int8Settings(per_channel, reduce_range, "benchmark", "benchmark grid"), keep_cp,
+                                     keep_ffn_down)
         quantized[name] = {"per_channel": per_channel, "reduce_range": reduce_range, "cp_path": "fp32" if keep_cp
-                           else "int8", "quantized_matmuls": len(info["quantized_nodes"])}
+                           else "int8", "ffn_down": "fp32" if keep_ffn_down else "int8",
+                           "quantized_matmuls": len(info["quantized_nodes"])}
         graphs[name] = path
     etas = list(fp32.eta)
     models = {name: OneGraphBackend(path, fp32.num_layers, device="cpu", threads=args.threads, etas=etas)
@@ -210,7 +214,7 @@ def summarize(result: dict) -> dict:
             out[f"fastest_passing_batch_{batch}"] = {"model": best["model"], "ms_per_example": best["ms_per_example"],
                                                      "vs_one_graph_fp32": best["vs_one_graph_fp32"]}
     p = result["parity"]
-    if "dynamic per-tensor" in p and "dynamic per-tensor cp-int8" in p:
+    if "dynamic per-tensor" in p and "dynamic per-tensor cp-int8" in p:  # [CP fp32, CP int8]
         out["flip_rate_cp_fp32_vs_cp_int8"] = [p["dynamic per-tensor"]["flip_rate"],
                                                p["dynamic per-tensor cp-int8"]["flip_rate"]]
     return out

@@ -162,9 +162,9 @@ def add_calibrate_parser(subparsers) -> None:
                    help="activation ranges (histogram methods need equal shapes; compacted inputs are ragged)")
     scales = q.add_mutually_exclusive_group()
     scales.add_argument("--per-tensor", dest="per_channel", action="store_false", default=None,
-                        help="one weight scale per tensor (the dynamic scheme's default)")
+                        help="one weight scale per tensor")
     scales.add_argument("--per-channel", dest="per_channel", action="store_true",
-                        help="a weight scale per output channel (the static scheme's default)")
+                        help="a weight scale per output channel (the default of both schemes)")
     q.add_argument("--symmetric", action="store_true",
                    help="symmetric int8 activations in the ONNX Runtime graphs too (default: uint8, faster on x86)")
     q.add_argument("--quantize-attention", action="store_true", help="also quantize Q.K^T and P.V")

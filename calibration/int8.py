@@ -83,7 +83,7 @@ class QuantizeOptions:
     calib_split: str = "train"
     calib_batch: int = 1  # batch 1: no padded rows in the calibration ranges
     calibrate_method: str = "minmax"
-    per_channel: bool | None = None  # None: the scheme's default (static: per channel; dynamic: the library's)
+    per_channel: bool | None = None  # None: per channel (both schemes' measured default)
     reduce_range: bool | None = None  # None: from this CPU's flags (adapler_export.quantization)
     symmetric_activations: bool = False  # ONNX Runtime graphs: uint8 asymmetric (fast on x86); True: int8 zp 0
     quantize_attention: bool = False  # also the activation x activation MatMuls (Q.K^T, P.V)
@@ -313,7 +313,7 @@ def _load_calibration_data(task: str, options: QuantizeOptions, calibrate: bool)
 
 def int8_settings(options: QuantizeOptions):
     """The weight settings: this CPU's choice (`adapler_export.quantization.choose_int8_settings`), with what the
-    options fix by hand; per-channel by default for static QDQ (its measured setting), the library's for dynamic."""
+    options fix by hand (per channel by default: docs/results/int8-schemes.json)."""
     from adapler_export.quantization import choose_int8_settings
 
     chosen = choose_int8_settings()
