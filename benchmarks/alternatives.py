@@ -561,6 +561,10 @@ def plot(rows: list, panels: list, threads: list, batches: list, path: Path, tit
         ys = [100 * panel_accuracy(r, panel) for r in front]
         ax.step(xs, ys, where="post", color="black", lw=1, alpha=0.6, label="Pareto front", zorder=2)
         ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=6)
         ax.set_xlabel("ms per example (log)")
         ax.set_ylabel("dev accuracy %")
         ax.set_title(f"batch {b}, {t} thread{'s' * (t > 1)}", fontsize=9)
