@@ -317,10 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cp-lr", type=POSITIVE,
                    help="learning rate of the Contribution Predictors (official: stage 3's)")
     p.add_argument("--eta-lr", type=POSITIVE, help="learning rate of eta and theta (official 5e-4)")
-    p.add_argument("--official-steps", type=_count_or_off,
-                   help="the CP and eta learning rates are for a stage 3 of this many optimiser steps (official "
-                        "SST-2: 10525); a shorter one (less data) scales them up by this / its steps, at most x25; "
-                        "'off': never")
+    p.add_argument("--lr-reference-steps", type=_count_or_off,
+                   help="a stage 3 of fewer optimiser steps (less data) multiplies the CP and eta learning rates by "
+                        "this / its steps (default 4700; the official SST-2 run has 10525); 'off': never")
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],

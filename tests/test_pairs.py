@@ -190,7 +190,7 @@ def test_training_steps_on_pairs(pair_checkpoint):
     batch = next(iter(dataset.loader(4, shuffle=False)))
     np.testing.assert_array_equal(batch[TOKEN_TYPE_IDS].numpy(), _pair_batch(ckpt.tokenizer)[2].numpy())
     batch["saliency"] = torch.rand(batch["input_ids"].shape) * batch["attention_mask"]
-    cfg = Stage3Config(official_steps=None)  # the official learning rates, not scaled up for a 3-step run
+    cfg = Stage3Config(lr_reference_steps=None)  # the official learning rates, not scaled up for a 3-step run
     optimizer, scheduler, threshold_optimizer, _ = make_optimizers(model, cfg, total_steps=3)
     types = model.base.embeddings.token_type_embeddings.weight
     before = types.detach().clone()

@@ -15,7 +15,7 @@ from adapler_export.serving.tokenization import HEAD
 # Settings added after work directories existed, with the values every earlier run had: a setting at one of
 # these values stays out of the work-directory key, so earlier runs keep their directories and resume.
 KEY_NEUTRAL_VALUES = {"truncation": (None, HEAD), "grad_accumulation": (1,),
-                      "official_steps": (None,)}  # no learning-rate scaling: what every run before it did
+                      "lr_reference_steps": (None,)}  # no learning-rate scaling: what every run before it did
 
 
 def work_settings(settings: dict) -> dict:

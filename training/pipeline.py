@@ -71,12 +71,12 @@ STAGE3_INITS = ("pretrained", "finetuned")
 # on eta (4x phi, 10x eta's learning rate) so that eta moves within those steps. Measured on SST-2 /
 # MiniLM, 4,000 sentences (stage 1: 82.80 %): official -> eta 0.26-0.30, no token dropped (0.99x);
 # fast -> eta 0.28-0.49, 82.00 % at 1.55x FLOPs (issue 11 notes). That "official" run predates the learning-rate
-# scaling of short runs (Stage3Config.official_steps); fast sets its own rates and keeps them unscaled.
+# scaling of short runs (Stage3Config.lr_reference_steps); fast sets its own rates and keeps them unscaled.
 SETTINGS = {
     "official": {},
     "fast": {"stage3_init": "finetuned",
              "stage3": {"epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "cp_lr": 1e-3, "eta_lr": 5e-3,
-                        "phi": 0.002, "official_steps": None}},
+                        "phi": 0.002, "lr_reference_steps": None}},
 }
 
 
@@ -102,7 +102,7 @@ OPTION_FIELDS = {
     "eta_lr": "stage3.eta_lr", "gamma": "stage3.gamma", "phi": "stage3.phi",
     "lambda_first_step": "stage3.lambda_first_step", "selection_tolerance": "stage3.selection_tolerance",
     "selection_fallback": "stage3.selection_fallback",
-    "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch", "official_steps": "stage3.official_steps",
+    "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch", "lr_reference_steps": "stage3.lr_reference_steps",
 }
 # Options that set several fields: name -> (the stages, the fields the value fills, in order).
 MULTI_FIELD_OPTIONS = {"batch_size": (("stage1", "stage3"), ("batch_size",)),
