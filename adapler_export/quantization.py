@@ -5,8 +5,13 @@ static QDQ scheme in docs/results/int8-schemes.json).
 Dynamic quantization needs no calibration data (each activation gets its scale from its own min/max at run
 time), so it lives in the library: `build` writes an int8 artifact in one step without `calibration/`.
 
+Measured on README command 1's SST-2 model (872 dev sentences, 1 thread, AMD EPYC with VNNI): 1.95x / 2.25x faster
+than the fp32 one graph at batch 1 / 32, where static QDQ gave 1.48x / 1.69x; label agreement with the fp32
+reference 98.05 %, keep decisions flipped 1.01 %, dev accuracy 82.80 % (fp32 82.68 %).
+
 **What is quantized:** every MatMul whose B input is a constant weight (Q, K, V, the attention output, the
-FFN up and down projections): weights int8 (symmetric, zero point 0), activations uint8 quantized per call
+FFN up and down projections): weights int8 (symmetric, zero point 0, a scale per output channel: one per
+tensor was as fast but agreed on only 95.18 % of labels), activations uint8 quantized per call
 (`DynamicQuantizeLinear` -> `MatMulInteger`, standard ONNX ops that ONNX Runtime fuses into its integer
 kernels). **Kept fp32:** the CP scoring path (every node that feeds a `scores` tensor and nothing else: the
 keep decisions compare s~ with eta/n, so the CPs stay exact), the activation x activation attention MatMuls
