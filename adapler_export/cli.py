@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta-lr", type=POSITIVE, help="learning rate of eta and theta (official 5e-4)")
     p.add_argument("--lr-reference-steps", type=_count_or_off,
                    help="a stage 3 of fewer optimiser steps (less data) multiplies the CP and eta learning rates by "
-                        "this / its steps (default 4700; the official SST-2 run has 10525); 'off': never")
+                        "this / its steps, at most x25 (default 4700; the official SST-2 run has 10525); 'off': never")
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],
