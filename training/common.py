@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapler_export.errors import AdaplerError
 from adapler_export.serving.tokenization import HEAD
 
 
@@ -54,6 +55,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def cpu_only() -> bool:
+    """Whether the training processes run on CPUs: what `make_accelerator` and `is_main_process` must agree on."""
+    return not torch.cuda.is_available()
+
+
 def make_accelerator(seed: int):
     """This process's place among the processes that train one model together (see `local_rows` and
     `average_gradients`): one process by default; `torchrun --nproc_per_node N -m adapler_export train ...`
@@ -66,7 +72,7 @@ def make_accelerator(seed: int):
     # split_batches: every process walks the same global batches (`local_rows`), so a learning-rate scheduler
     # steps once per optimiser step; without it Accelerate steps each scheduler once per process and every
     # schedule of N processes ends after 1/N of the run.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(cpu=cpu_only(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     set_seed(seed)
     if accelerator.device.type == "cuda":
@@ -80,7 +86,7 @@ def is_main_process() -> bool:
     """Whether this process speaks for the processes that train together (always, when it trains alone)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    return PartialState(cpu=cpu_only()).is_main_process
 
 
 def local_rows(accelerator, batch: dict) -> tuple:
@@ -131,8 +137,6 @@ def check_replicas(accelerator, model, what: str) -> None:
                           torch.stack([p.detach().double().abs().sum().float() for p in model.parameters()])])
     every = accelerator.gather(mine.to(accelerator.device)[None]).cpu()
     if not bool((every == every[0]).all()):
-        from adapler_export.errors import AdaplerError
-
         raise AdaplerError(f"{what}: the {accelerator.num_processes} training processes hold different models "
                            f"(largest difference {float((every - every[0]).abs().max()):.3g})")
 
