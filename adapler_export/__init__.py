@@ -4,7 +4,7 @@ What a Python user classifying texts needs, from the top level::
 
     from adapler_export import TextClassifier
 
-    classifier = TextClassifier("sst2-small-fp32")  # a build artifact: a path, or a name under $ADAPLER_HOME
+    classifier = TextClassifier("sst2-fp32")  # a build artifact: a path, or a name under $ADAPLER_HOME
     for prediction in classifier.classify_iter(texts, batch_size=32):  # any iterable, read lazily
         print(prediction.label, prediction.probabilities)
 

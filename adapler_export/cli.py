@@ -322,8 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "this / its steps, at most x25 (default 4700; the official SST-2 run has 10525); 'off': never")
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
-    p.add_argument("--stage3-init", choices=["finetuned", "pretrained"],
-                   help="stage 3 starts from the pre-trained backbone (official) or the fine-tuned one")
+    p.add_argument("--target-speedup", type=_optional_float,
+                   help="a FLOPs speed-up stage 3 trains towards (a floor: phi still pulls; 'off': none). Default: "
+                        "1.6 on a stage 3 shorter than --lr-reference-steps (small data), none on a longer one "
+                        "(the official recipe)")
+    p.add_argument("--stage3-init", choices=["finetuned", "pretrained", "auto"],
+                   help="stage 3 starts from the pre-trained backbone (official) or the fine-tuned one; default auto: "
+                        "pre-trained on a stage 3 as long as --lr-reference-steps, fine-tuned on a shorter one")
     p.add_argument("--no-length-grouping", action="store_true",
                    help="batches in plain random order (the official code's; more padding, slower)")
     p.add_argument("--stage3-samples-per-epoch", type=COUNT, help="cap on stage-3 examples per epoch")

@@ -12,13 +12,21 @@ import numpy as np
 from .modeling_adapler import CP_HIDDEN
 
 
-def layer_flops(seq, hidden: int, intermediate: int):
-    seq = np.asarray(seq, dtype=np.float64)
+# The formulas take numpy arrays (evaluation) and torch tensors alike (soft_flops_fraction, training).
+def _layer_flops(seq, hidden: int, intermediate: int):
     return 8.0 * seq * hidden**2 + 4.0 * seq**2 * hidden + 4.0 * seq * hidden * intermediate
 
 
+def _cp_flops(seq, hidden: int):
+    return 2.0 * seq * (CP_HIDDEN * hidden + CP_HIDDEN)
+
+
+def layer_flops(seq, hidden: int, intermediate: int):
+    return _layer_flops(np.asarray(seq, dtype=np.float64), hidden, intermediate)
+
+
 def cp_flops(seq, hidden: int):
-    return 2.0 * np.asarray(seq, dtype=np.float64) * (CP_HIDDEN * hidden + CP_HIDDEN)
+    return _cp_flops(np.asarray(seq, dtype=np.float64), hidden)
 
 
 def full_model_flops(input_lengths, num_layers: int, hidden: int, intermediate: int) -> np.ndarray:
@@ -37,3 +45,14 @@ def adaptive_flops(input_lengths, kept_lengths, hidden: int, intermediate: int) 
 def flops_speedup(input_lengths, kept_lengths, num_layers: int, hidden: int, intermediate: int) -> float:
     full = full_model_flops(input_lengths, num_layers, hidden, intermediate).sum()
     return float(full / adaptive_flops(input_lengths, kept_lengths, hidden, intermediate).sum())
+
+
+def soft_flops_fraction(input_lengths, kept_lengths: list, hidden: int, intermediate: int):
+    """The adaptive model's FLOPs over the full model's, summed over a batch, from torch tensors: input_lengths
+    [B] and kept_lengths, one [B] per layer (soft live counts in training, so the result is differentiable in
+    them). The same accounting as flops_speedup, whose reciprocal it is for hard lengths."""
+    entering = [input_lengths, *kept_lengths[:-1]]
+    adaptive = sum((_layer_flops(kept, hidden, intermediate) + _cp_flops(before, hidden)).sum()
+                   for kept, before in zip(kept_lengths, entering))
+    full = len(kept_lengths) * _layer_flops(input_lengths, hidden, intermediate).sum()
+    return adaptive / full

@@ -36,6 +36,9 @@ def run_record(label: str, checkpoint: str, lr_scale: float | None, command: str
         "stage1_dev_accuracy": metrics["stage1_dev_accuracy"],
         **({"stage1_dev_f1": metrics["stage1_dev_f1"]} if "stage1_dev_f1" in metrics else {}),
         "stage3_steps": steps, "lr_scale": scale,
+        # recorded since the run-length defaults exist (earlier runs: the pre-trained start, no target)
+        "stage3_init": training["config"].get("stage3_init", "pretrained"),
+        "target_speedup": stage3_cfg.get("target_speedup"),
         "selected_epoch": training["stage3"]["selected_epoch"] + 1, "selection": training["stage3"]["selection"],
         "dev_accuracy": metrics["accuracy"], **({"dev_f1": metrics["f1"]} if metrics.get("f1") is not None else {}),
         "accuracy_drop_points": round(100 * (metrics["stage1_dev_accuracy"] - metrics["accuracy"]), 2),
@@ -44,7 +47,9 @@ def run_record(label: str, checkpoint: str, lr_scale: float | None, command: str
         "epochs": [{"epoch": h["epoch"] + 1, "lambda": h["lambda"], "steps": h["steps"],
                     "train_seconds": h["train_seconds"], "dev_accuracy": h["dev_accuracy"],
                     **({"dev_f1": h["dev_f1"]} if "dev_f1" in h else {}), "flops_speedup": h["flops_speedup"],
-                    "kept_per_layer": h["kept_per_layer"], "eta": h["eta"]} for h in history],
+                    "kept_per_layer": h["kept_per_layer"], "eta": h["eta"],
+                    **({"train_decided_speedup": 1 / h["decided_fraction"]} if "decided_fraction" in h else {}),
+                    **({"multiplier": h["multiplier"]} if "multiplier" in h else {})} for h in history],
     }
 
 

@@ -1,4 +1,4 @@
-"""The shared fixtures do what the README says: README command 1's `sst2-small` is found in the user's
+"""The shared fixtures do what the README says: README command 1's `sst2` is found in the user's
 $ADAPLER_HOME as it was when pytest started (not in the test run's own home), and a prerequisite missing under
 CI=true fails instead of skipping."""
 import json
@@ -13,7 +13,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def readme_like_checkpoint(home: Path, **changes) -> Path:
-    """An `sst2-small` whose recorded training config is README command 1's (the fields readme_checkpoint reads)."""
+    """An `sst2` whose recorded training config is README command 1's (the fields readme_checkpoint reads)."""
     config = {"seed": 42, "task": "sst2"}
     for key, value in {**conftest.CI_TRAINING, **changes}.items():
         *parents, last = key.split(".")
@@ -51,8 +51,8 @@ def test_readme_checkpoint_with_other_settings_is_not_reused(tmp_path):
     readme_like_checkpoint(tmp_path / "a", **{"stage3.phi": 0.001})
     assert conftest.readme_checkpoint(tmp_path / "a") is None
     readme_like_checkpoint(tmp_path / "b")
-    assert conftest.readme_checkpoint(tmp_path / "b") == tmp_path / "b" / "checkpoints" / "sst2-small"
-    (tmp_path / "b" / "checkpoints" / "sst2-small" / "adapler_config.json").write_text("{}")
+    assert conftest.readme_checkpoint(tmp_path / "b") == tmp_path / "b" / "checkpoints" / conftest.README_CHECKPOINT
+    (tmp_path / "b" / "checkpoints" / conftest.README_CHECKPOINT / "adapler_config.json").write_text("{}")
     assert conftest.readme_checkpoint(tmp_path / "b") is None
 
 

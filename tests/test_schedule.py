@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.pipeline import TrainConfig, apply_options, apply_setting, slow_model_warning
-from training.stage3_adapler import (LR_REFERENCE_STEPS, MAX_LR_SCALE, OFFICIAL_SST2_STEPS,
+from training.pipeline import (TrainConfig, apply_options, apply_setting, check_config,
+                               resolve_run_length_defaults, slow_model_warning)
+from training.stage3_adapler import (LR_REFERENCE_STEPS, MAX_LR_SCALE, OFFICIAL_SST2_STEPS, SHORT_RUN_TARGET_SPEEDUP,
                                      OFFICIAL_SST2_STEPS_PER_EPOCH, Stage3Config, make_optimizers)
 
 from adapler_export.cli import build_parser
+from adapler_export.errors import AdaplerError
 
 
 class ThresholdedModel(torch.nn.Module):
@@ -129,5 +131,50 @@ def test_a_slow_trained_model_ends_with_a_warning_that_names_the_numbers_and_a_b
     warning = slow_model_warning(1.04, [25.2, 24.0, 23.5], [0.25, 0.29, 0.31], cfg)
     assert warning.startswith("warning: the trained model is only 1.04x faster")
     assert "25.2, 24.0, 23.5" in warning and "0.25, 0.29, 0.31" in warning
-    assert "--phi 0.002 --force" in warning
+    assert "--target-speedup 1.6 --force" in warning
     assert slow_model_warning(1.1, [20.0], [0.5], cfg) is None
+    cfg.stage3.target_speedup = 1.6
+    assert "--target-speedup 2 --force" in slow_model_warning(1.04, [25.2], [0.25], cfg), "a target: a higher one"
+
+
+def resolved(examples: int, **options) -> TrainConfig:
+    cfg = apply_options(TrainConfig(), options)
+    resolve_run_length_defaults(cfg, examples)
+    return cfg
+
+
+def test_full_sst2_runs_the_official_recipe_and_small_data_the_short_run_one():
+    """The whole training set (10,525 steps): stage 3 from the pre-trained backbone, no speed target, the work key
+    of every run before the option existed. 3,000 sentences (470 steps): from the fine-tuned model, towards
+    at least SHORT_RUN_TARGET_SPEEDUP; explicit options win, and --lr-reference-steps off is the official recipe."""
+    full = resolved(67349)
+    assert (full.stage3_init, full.stage3.target_speedup) == ("pretrained", None)
+    assert "target_speedup" not in full.stage3.work_key() and full.stage3.lr_scale(OFFICIAL_SST2_STEPS) == 1.0
+    assert resolve_run_length_defaults(apply_options(TrainConfig(), {}), 67349) is None, "nothing to say"
+    small = resolved(3000)
+    assert (small.stage3_init, small.stage3.target_speedup) == ("finetuned", 1.6)
+    assert SHORT_RUN_TARGET_SPEEDUP == 1.6
+    note = resolve_run_length_defaults(apply_options(TrainConfig(), {}), 3000)
+    assert "470 optimiser steps" in note and "at least 1.6x" in note and "fine-tuned" in note
+    chosen = resolved(3000, stage3_init="pretrained", target_speedup=2.0)
+    assert (chosen.stage3_init, chosen.stage3.target_speedup) == ("pretrained", 2.0)
+    assert resolved(3000, target_speedup="off").stage3.target_speedup is None
+    official = resolved(3000, lr_reference_steps="off")
+    assert (official.stage3_init, official.stage3.target_speedup, official.stage3.lr_scale(470)) == \
+        ("pretrained", None, 1.0)
+    fast = apply_setting(TrainConfig(), "fast")
+    resolve_run_length_defaults(fast, 4000)
+    assert (fast.stage3_init, fast.stage3.target_speedup) == ("finetuned", None), "fast keeps its own recipe"
+    assert TrainConfig().stage3.target_speedup == Stage3Config().target_speedup == "auto"
+    assert Stage3Config().with_run_length(470).target_speedup == 1.6
+    assert Stage3Config().with_run_length(OFFICIAL_SST2_STEPS).target_speedup is None
+
+
+def test_target_speedup_option():
+    parser = build_parser()
+    cfg = apply_options(TrainConfig(), {"target_speedup": parser.parse_args(["train", "--target-speedup", "2"]).target_speedup})
+    assert cfg.stage3.target_speedup == 2.0
+    off = parser.parse_args(["train", "--target-speedup", "off"]).target_speedup
+    assert apply_options(TrainConfig(), {"target_speedup": off}).stage3.target_speedup is None
+    with pytest.raises(AdaplerError, match="above 1"):
+        check_config(apply_options(TrainConfig(), {"target_speedup": 1.0}))

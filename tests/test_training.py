@@ -17,7 +17,10 @@ from training.data import length_grouped_batches
 from training.stage1_finetune import Stage1Config, best_epochs, run_stage1
 from training.pipeline import TrainConfig, apply_setting
 from training.stage2_saliency import compute_saliencies, run_stage2
-from training.stage3_adapler import Stage3Config, compute_gradients, length_term, run_stage3, select_epoch
+from training.stage3_adapler import (Stage3Config, compute_gradients, decided_lengths, flops_fraction, length_term, run_stage3,
+                                     average_fraction, constraint_multiplier, select_epoch)
+from adapler_export.evaluation import evaluate_adaptive
+from adapler_export.flops import flops_speedup
 
 LAMBDA = 10.0
 
@@ -104,6 +107,59 @@ def test_eta0_length_gradient_counts_the_later_layers():
     assert (full[1:] < 0).all(), "every eta is credited through its own and later layers"
 
 
+def test_a_speed_target_adds_multiplier_times_the_flops_fraction_to_eta_and_nothing_else():
+    """With a speed target eta's gradient is d(CE + phi * length + mu * FLOPs fraction)/d(eta); the backbone and
+    CPs never see it."""
+    phi, mu = 0.5, 3.0
+    model, batch = opinionated_model(), tiny_batch()
+    compute_gradients(model, batch, LAMBDA, Stage3Config(phi=phi), multiplier=mu)
+    with_target = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert_same(cp_and_backbone(with_target), cp_and_backbone(gradients_with(phi=phi)))
+    model = opinionated_model()
+    out = model.forward_soft(batch["input_ids"], batch["attention_mask"], LAMBDA)
+    fraction = flops_fraction(model, batch, out.lengths)
+    assert 0.2 < fraction.item() < 0.95, "the opinionated CPs remove part of every row"
+    loss = (torch.nn.functional.cross_entropy(out.logits, batch["labels"])
+            + phi * torch.stack(out.lengths).sum(0).mean() + mu * fraction)
+    (expected,) = torch.autograd.grad(loss, model.eta)
+    torch.testing.assert_close(with_target["eta"], expected)
+    assert (with_target["eta"] < gradients_with(phi=phi)["eta"]).all(), "the target pushes every eta up"
+
+
+def test_the_soft_flops_fraction_is_the_evaluated_speedup_once_the_mask_is_hard():
+    """At the evaluation's lambda the soft lengths are the hard ones, the FLOPs fraction is 1 / the speed-up
+    evaluation reports (one accounting, flops.py), and the decided lengths the speed target measures are the hard
+    ones too; at a training lambda the soft lengths overstate what the model will run."""
+    model, batch = opinionated_model(), tiny_batch()
+    with torch.no_grad():
+        soft = model.forward_soft(batch["input_ids"], batch["attention_mask"], 1e20)
+        hard = model.forward_hard(batch["input_ids"], batch["attention_mask"])
+    kept = np.stack([length.numpy() for length in hard.lengths]).astype(np.float64)
+    inputs = batch["attention_mask"].sum(1).numpy().astype(np.float64)
+    speedup = flops_speedup(inputs, kept, model.num_layers, model.config.hidden_size, model.intermediate_size)
+    assert speedup > 1.2
+    assert float(flops_fraction(model, batch, soft.lengths)) == pytest.approx(1 / speedup, rel=1e-5)
+    for decided, kept in zip(decided_lengths(model, batch, soft), hard.lengths):
+        assert decided.tolist() == kept.float().tolist(), "the decided lengths are the hard ones"
+    with torch.no_grad():
+        dimmed = model.forward_soft(batch["input_ids"], batch["attention_mask"], LAMBDA)
+    assert float(flops_fraction(model, batch, decided_lengths(model, batch, dimmed))) < \
+        0.95 * float(flops_fraction(model, batch, dimmed.lengths)), "at lambda 10 the soft lengths overstate"
+
+
+def test_the_multiplier_pulls_in_proportion_to_the_shortfall_and_lets_go_at_the_target():
+    assert constraint_multiplier(0.8, None, 5.0) == 0.0, "no target: no multiplier"
+    assert constraint_multiplier(None, 2.0, 5.0) == 0.0, "nothing measured yet"
+    assert constraint_multiplier(0.8, 2.0, 5.0) == pytest.approx(5.0 * 0.6), "1.25x where 2x is asked: 60 % short"
+    assert constraint_multiplier(0.55, 2.0, 5.0) == pytest.approx(5.0 * 0.1)
+    assert constraint_multiplier(0.5, 2.0, 5.0) == constraint_multiplier(0.3, 2.0, 5.0) == 0.0, "a floor, not a price"
+    average = average_fraction(None, 0.8)
+    assert average == 0.8, "the first step starts the average"
+    for _ in range(10):
+        average = average_fraction(average, 0.4)
+    assert 0.4 < average < 0.6, "about ten steps to follow a change"
+
+
 def test_theta_gets_the_proxy_gradient_divided_by_theta():
     at_one, at_two = gradients_with(theta=1.0), gradients_with(theta=2.0)
     assert at_one["theta"][1:].abs().min() > 0
@@ -147,7 +203,7 @@ def test_official_lambda_schedule():
     fast = apply_setting(TrainConfig(), "fast")
     assert [fast.stage3.lam(epoch) for epoch in range(fast.stage3.epochs)] == [50.0, 2500.0, 125000.0]
     assert fast.stage3_init == "finetuned" and fast.stage3.gamma == cfg.gamma, "the rest stays official"
-    assert TrainConfig().stage3_init == "pretrained"
+    assert TrainConfig().stage3_init == "auto", "pre-trained on a run as long as the official one (test_schedule)"
     with pytest.raises(AdaplerError, match="unknown training setting 'quick'"):
         apply_setting(TrainConfig(), "quick")
 
@@ -298,6 +354,29 @@ def test_stage3_with_nothing_selectable_says_so_and_a_fallback_reuses_the_epochs
     assert "fallback" in result["selection"] and len(result["history"]) == 2
     assert all(h["steps"] == 3 for h in result["history"])  # 48 examples in batches of 16
     assert not (tmp_path / "last").exists()
+
+
+def test_a_speed_target_trains_a_faster_model_than_the_same_run_without_one(tiny_task, tmp_path):
+    """The same three epochs, seeds and data with and without --target-speedup 3 (no length term): the target's
+    run ends at least 1.5x faster in FLOPs (hard removal, the dev set) and records the multiplier it learnt."""
+    tokenizer, data = tiny_task
+    results = {}
+    for target in (None, 3.0):
+        model = tiny_model(vocab_size=len(tokenizer), layers=2, cp_gain=5.0)  # CPs that rank: eta can remove
+        saliencies = compute_saliencies(model, tokenizer, data["train"], 32, show=False)
+        # eta's rate raised so that nine steps can move it (x25, the cap, is applied on top); no length term, so
+        # only the target can pull eta up (Adam moves eta by about its rate whatever pulls it). Measured: 0.98x
+        # without the target, 1.87x with it.
+        cfg = Stage3Config(epochs=3, batch_size=16, max_length=32, target_speedup=target, eta_lr=1e-2, phi=0.0,
+                           selection_fallback="most-accurate")
+        result = run_stage3(model, tokenizer, data, saliencies, cfg, tmp_path / str(target), finetuned_accuracy=1.5,
+                            log=lambda m: None)
+        dev = data["dev"]
+        results[target] = (evaluate_adaptive(model, tokenizer, dev.texts, dev.labels, cfg.cut).flops_speedup,
+                           result["history"][-1]["multiplier"])
+    (plain, plain_multiplier), (targeted, multiplier) = results[None], results[3.0]
+    assert plain_multiplier == 0.0 and multiplier > 0.0
+    assert targeted > 1.5 * plain, results
 
 
 def without_dropout(model):

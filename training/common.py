@@ -16,7 +16,9 @@ from adapler_export.serving.tokenization import HEAD
 # Settings added after work directories existed, with the values every earlier run had: a setting at one of
 # these values stays out of the work-directory key, so earlier runs keep their directories and resume.
 KEY_NEUTRAL_VALUES = {"truncation": (None, HEAD), "grad_accumulation": (1,),
-                      "lr_reference_steps": (None,)}  # no learning-rate scaling: what every run before it did
+                      "lr_reference_steps": (None,),  # no learning-rate scaling: what every run before it did
+                      # no speed target, and the multiplier's step (used only with a target) at its default
+                      "target_speedup": (None,), "constraint_weight": (5.0,)}
 
 
 def work_settings(settings: dict) -> dict:

@@ -25,7 +25,7 @@ from adapler_export.serving.tokenization import Cut, check_truncation
 from .common import epoch_model_path, load_model_state, make_accelerator, seed_everything, work_settings
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
-from .stage3_adapler import Stage3Config, check_selection_fallback, run_stage3
+from .stage3_adapler import AUTO, SHORT_RUN_TARGET_SPEEDUP, Stage3Config, check_selection_fallback, run_stage3
 
 
 @dataclass
@@ -39,8 +39,10 @@ class TrainConfig:
     truncation: str | None = None  # how a longer text is cut to max_length ("head", "head+tail"); None: the task's
     seed: int = 42
     # Stage 3 starts from the pre-trained backbone (the official run: the fine-tuned model only produces
-    # the saliencies) or from the best fine-tuned epoch ("finetuned").
-    stage3_init: str = "pretrained"
+    # the saliencies) or from the best fine-tuned epoch ("finetuned"). "auto": pretrained for a stage 3 as long as
+    # the reference run (Stage3Config.short_run), finetuned for a shorter one, which cannot relearn the task while
+    # it learns to drop tokens (docs/results/schedule-small-data.md).
+    stage3_init: str = AUTO
     # Stages 2-3 on a fixed random subset of the training split (None: all of it). Saliency extraction
     # and CP training then cost in proportion; stage 1 still fine-tunes on everything.
     stage3_train_samples: int | None = None
@@ -62,7 +64,27 @@ class TrainConfig:
         return key1, key3
 
 
-STAGE3_INITS = ("pretrained", "finetuned")
+STAGE3_INITS = ("pretrained", "finetuned", AUTO)
+
+
+def resolve_run_length_defaults(cfg: TrainConfig, stage3_examples: int) -> str | None:
+    """Resolve the "auto" stage-3 start and speed target for a stage 3 on `stage3_examples` examples (in place,
+    before the work keys are taken); returns the line `train` logs about a short run's defaults (None otherwise)."""
+    steps = cfg.stage3.steps(stage3_examples)
+    short = cfg.stage3.short_run(steps)
+    chosen = []
+    if cfg.stage3_init == AUTO:
+        cfg.stage3_init = "finetuned" if short else "pretrained"
+        chosen += [f"starts from the fine-tuned model"] if short else []
+    if cfg.stage3.target_speedup == AUTO:
+        cfg.stage3 = cfg.stage3.with_run_length(steps)
+        if cfg.stage3.target_speedup is not None:
+            chosen.append(f"trains towards at least {cfg.stage3.target_speedup:g}x FLOPs (--target-speedup)")
+    if not chosen:
+        return None
+    return (f"stage 3 has {steps} optimiser steps, fewer than the {cfg.stage3.lr_reference_steps:,} the official "
+            f"length term needs to find a speed on its own, so it {' and '.join(chosen)}; "
+            "--lr-reference-steps off runs the official recipe")
 
 # Named settings: "official" is the dataclass defaults (the official recipe). "fast" fits a CPU budget
 # (hundreds of stage-3 steps instead of the official 10,525) without changing the method: stage 3 starts
@@ -76,7 +98,7 @@ SETTINGS = {
     "official": {},
     "fast": {"stage3_init": "finetuned",
              "stage3": {"epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "cp_lr": 1e-3, "eta_lr": 5e-3,
-                        "phi": 0.002, "lr_reference_steps": None}},
+                        "phi": 0.002, "lr_reference_steps": None, "target_speedup": None}},
 }
 
 
@@ -103,6 +125,7 @@ OPTION_FIELDS = {
     "lambda_first_step": "stage3.lambda_first_step", "selection_tolerance": "stage3.selection_tolerance",
     "selection_fallback": "stage3.selection_fallback",
     "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch", "lr_reference_steps": "stage3.lr_reference_steps",
+    "target_speedup": "stage3.target_speedup",
 }
 # Options that set several fields: name -> (the stages, the fields the value fills, in order).
 MULTI_FIELD_OPTIONS = {"batch_size": (("stage1", "stage3"), ("batch_size",)),
@@ -141,6 +164,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.stage3_init not in STAGE3_INITS:
         raise AdaplerError(f"unknown stage-3 start {cfg.stage3_init!r} (choose from {', '.join(STAGE3_INITS)})")
     check_selection_fallback(cfg.stage3.selection_fallback)
+    if cfg.stage3.target_speedup not in (None, AUTO) and cfg.stage3.target_speedup <= 1.0:
+        raise AdaplerError(f"a target speed-up must be above 1 (got {cfg.stage3.target_speedup:g}): 1 is the "
+                           "backbone's own speed")
     if cfg.truncation is not None:
         try:
             check_truncation(cfg.truncation, task_reads_pairs(cfg.task))
@@ -160,14 +186,16 @@ SLOW_SPEEDUP = 1.1
 
 def slow_model_warning(speedup: float, kept_per_layer: list, eta: list, cfg: TrainConfig) -> str | None:
     """The warning `train` ends with when the selected model's FLOPs speed-up is under SLOW_SPEEDUP (None
-    otherwise): the numbers, and the re-run that would do better (a heavier length term)."""
+    otherwise): the numbers, and the re-run that would do better (a speed target)."""
     if speedup >= SLOW_SPEEDUP:
         return None
     kept = ", ".join(f"{k:.1f}" for k in kept_per_layer)
+    target = cfg.stage3.target_speedup if isinstance(cfg.stage3.target_speedup, float) else None
+    better = SHORT_RUN_TARGET_SPEEDUP if target is None else round(target + 0.4, 1)
     return (f"warning: the trained model is only {speedup:.2f}x faster than its backbone in FLOPs (under "
             f"{SLOW_SPEEDUP}x; dev tokens kept per layer {kept}; learned eta {', '.join(f'{e:.2f}' for e in eta)}). "
-            f"Re-run the same command with --phi {cfg.stage3.phi * 4:g} --force (4x the length weight; stage 1 "
-            f"and the saliencies are reused) for a faster model, or give it more training data")
+            f"Re-run the same command with --target-speedup {better:g} --force (stage 3 then trains towards "
+            f"{better:g}x; stage 1 and the saliencies are reused) for a faster model")
 
 
 def _silent(*_args, **_kwargs) -> None:
@@ -202,12 +230,17 @@ def train(cfg: TrainConfig, output: Path, work_dir: Path | None = None, log=prin
     cfg.stage1.truncation = cfg.stage3.truncation = cfg.truncation
     cfg.stage1.seed = cfg.stage3.seed = cfg.seed
     work_dir = work_dir or adapler_home() / "work" / Path(output).name
+    stage3_examples = len(data["train"]) if cfg.stage3_train_samples is None else \
+        min(len(data["train"]), cfg.stage3_train_samples)
+    run_length_note = resolve_run_length_defaults(cfg, stage3_examples)
     key1, key3 = cfg.stage_keys()
     cut = Cut(cfg.max_length, cfg.truncation)
     log(f"training {cfg.task} on {processes} process{'es' if processes > 1 else ''} "
         f"({accelerator.device.type}{', ' + str(accelerator.state.backend) if processes > 1 else ''}): "
         f"{len(data['train'])} train / {len(data['dev'])} dev examples, "
         f"backbone {cfg.backbone}, inputs at most {cut}, work dir {work_dir}")
+    if run_length_note is not None:
+        log(run_length_note)
 
     id2label = dict(enumerate(data.labels))
     backbone, tokenizer = load_backbone(cfg.backbone, len(data.labels), id2label)

@@ -111,7 +111,7 @@ class TextClassifier:
     function) called with ``backend_kind`` and ``log``, and ``threads`` where given (ONNX Runtime's intra-op
     threads; default: every core).
 
-    >>> classifier = TextClassifier("sst2-small-fp32")  # doctest: +SKIP
+    >>> classifier = TextClassifier("sst2-fp32")  # doctest: +SKIP
     >>> lines = (line.rstrip("\\n") for line in open("texts.txt", encoding="utf-8"))  # doctest: +SKIP
     >>> for prediction in classifier.classify_iter(lines, batch_size=32):  # doctest: +SKIP
     ...     print(prediction.label, prediction.probabilities)
