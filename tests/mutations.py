@@ -31,7 +31,7 @@ DATA_DIR = Path(os.environ.get("ADAPLER_DATA_DIR") or REPO.parent / "shared" / "
 
 # Fast tests (about a minute on 2 cores) that between them exercise every mutated rule.
 SUBSET = ["tests/test_link.py", "tests/test_model.py", "tests/test_contract.py", "tests/test_int8.py",
-          "tests/test_one_graph.py", "tests/test_calibration.py"]
+          "tests/test_one_graph.py", "tests/test_calibration.py", "tests/test_schedule.py", "tests/test_training.py"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,14 @@ MUTANTS = [
            "for n in weights if n in cp_path and keep_cp_fp32}",
            "for n in weights if False}",
            "the INT8 path (dynamic, the default): the CP scoring MatMuls are quantized, not kept fp32"),
+    Mutant("speed-target-ignored", "training/stage3_adapler.py",
+           "backward(scale * (ce + cfg.phi * length + multiplier * fraction), inputs=[model.eta, cls_weights])",
+           "backward(scale * (ce + cfg.phi * length), inputs=[model.eta, cls_weights])",
+           "stage 3's speed target: eta's loss never gains the multiplier's term, so a short run stays near 1x"),
+    Mutant("short-run-official-start", "training/pipeline.py",
+           'cfg.stage3_init = "finetuned" if short else "pretrained"',
+           'cfg.stage3_init = "pretrained"',
+           "the short-run recipe: a stage 3 on little data restarts from the pre-trained backbone"),
 ]
 
 
