@@ -60,7 +60,11 @@ def test_training_resumes_finished_stages(ci_training, tmp_path, monkeypatch, ca
     copy = copy_checkpoint(checkpoint, work, home, "ci")
     monkeypatch.setenv("ADAPLER_HOME", str(home))
     before = (copy / "adapler_heads.safetensors").read_bytes()
-    argv = ["train", "--task", "sst2", "--data-dir", str(sst2_dir()), "--output", "ci", *CI_TRAIN_ARGS]
+    # The data folder is part of the stage-1 work key: the command the checkpoint was trained with, so README
+    # command 1's (no --data-dir) resumes as well as the one conftest trains (with it).
+    recorded = json.loads((copy / "adapler_config.json").read_text())["training"]["config"]["data_dir"]
+    argv = ["train", "--task", "sst2", *(["--data-dir", recorded] if recorded else []), "--output", "ci",
+            *CI_TRAIN_ARGS]
     assert main(argv) == 2, "an existing checkpoint is replaced only with --force"
     assert "pass --force" in capsys.readouterr().err
     assert main(argv + ["--force"]) == 0
