@@ -34,12 +34,19 @@ def full_model_flops(input_lengths, num_layers: int, hidden: int, intermediate: 
     return num_layers * layer_flops(input_lengths, hidden, intermediate)
 
 
+def _adaptive_flops(input_lengths, kept_per_layer, hidden: int, intermediate: int):
+    """Per example, for numpy arrays or torch tensors: kept_per_layer holds one length array per layer, the
+    tokens layer l runs on; CP_l runs on the tokens entering it (the input for l = 0, layer l-1's kept tokens
+    after that)."""
+    entering = [input_lengths, *kept_per_layer[:-1]]
+    return sum(_layer_flops(kept, hidden, intermediate) + _cp_flops(before, hidden)
+               for kept, before in zip(kept_per_layer, entering))
+
+
 def adaptive_flops(input_lengths, kept_lengths, hidden: int, intermediate: int) -> np.ndarray:
-    """Per example. kept_lengths: [num_layers, N], the tokens layer l runs on; CP_l runs on the tokens
-    entering it (the input for l = 0, layer l-1's kept tokens after that)."""
-    kept = np.asarray(kept_lengths, dtype=np.float64)
-    entering = np.vstack([np.asarray(input_lengths, dtype=np.float64)[None], kept[:-1]])
-    return (layer_flops(kept, hidden, intermediate) + cp_flops(entering, hidden)).sum(axis=0)
+    """Per example. kept_lengths: [num_layers, N] (see _adaptive_flops)."""
+    return _adaptive_flops(np.asarray(input_lengths, dtype=np.float64),
+                           list(np.asarray(kept_lengths, dtype=np.float64)), hidden, intermediate)
 
 
 def flops_speedup(input_lengths, kept_lengths, num_layers: int, hidden: int, intermediate: int) -> float:
@@ -51,8 +58,5 @@ def soft_flops_fraction(input_lengths, kept_lengths: list, hidden: int, intermed
     """The adaptive model's FLOPs over the full model's, summed over a batch, from torch tensors: input_lengths
     [B] and kept_lengths, one [B] per layer (soft live counts in training, so the result is differentiable in
     them). The same accounting as flops_speedup, whose reciprocal it is for hard lengths."""
-    entering = [input_lengths, *kept_lengths[:-1]]
-    adaptive = sum((_layer_flops(kept, hidden, intermediate) + _cp_flops(before, hidden)).sum()
-                   for kept, before in zip(kept_lengths, entering))
-    full = len(kept_lengths) * _layer_flops(input_lengths, hidden, intermediate).sum()
-    return adaptive / full
+    adaptive = _adaptive_flops(input_lengths, kept_lengths, hidden, intermediate).sum()
+    return adaptive / (len(kept_lengths) * _layer_flops(input_lengths, hidden, intermediate).sum())

@@ -75,7 +75,8 @@ def resolve_run_length_defaults(cfg: TrainConfig, stage3_examples: int) -> str |
     chosen = []
     if cfg.stage3_init == AUTO:
         cfg.stage3_init = "finetuned" if short else "pretrained"
-        chosen += [f"starts from the fine-tuned model"] if short else []
+        if short:
+            chosen.append("starts from the fine-tuned model")
     if cfg.stage3.target_speedup == AUTO:
         cfg.stage3 = cfg.stage3.with_run_length(steps)
         if cfg.stage3.target_speedup is not None:

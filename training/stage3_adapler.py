@@ -135,12 +135,17 @@ class Stage3Config:
         target = SHORT_RUN_TARGET_SPEEDUP if self.short_run(total_steps) else None
         return dataclasses.replace(self, target_speedup=target)
 
-    def steps(self, examples: int) -> int:
-        """Optimiser steps of a stage 3 on `examples` training examples (every epoch, every batch)."""
+    def batches_per_epoch(self, examples: int) -> int:
+        """Batches one epoch on `examples` training examples draws (the loader's count, capped by
+        max_train_samples_per_epoch)."""
         batches = -(-examples // self.batch_size)
         if self.max_train_samples_per_epoch is not None:
             batches = min(batches, -(-self.max_train_samples_per_epoch // self.batch_size))
-        return optimizer_steps(batches, self.grad_accumulation) * self.epochs
+        return batches
+
+    def steps(self, examples: int) -> int:
+        """Optimiser steps of a stage 3 on `examples` training examples (every epoch, every batch)."""
+        return optimizer_steps(self.batches_per_epoch(examples), self.grad_accumulation) * self.epochs
 
     def lr_scale(self, total_steps: int) -> float:
         """How much a run of `total_steps` optimiser steps multiplies the CP and eta/theta learning rates:
@@ -148,7 +153,7 @@ class Stage3Config:
         never above MAX_LR_SCALE."""
         if not self.short_run(total_steps):
             return 1.0
-        return min(MAX_LR_SCALE, max(1.0, self.lr_reference_steps / max(1, total_steps)))
+        return min(MAX_LR_SCALE, self.lr_reference_steps / max(1, total_steps))
 
     @property
     def cut(self) -> Cut:
@@ -331,11 +336,9 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
     accelerator = make_accelerator(cfg.seed)
     train = EncodedDataset(tokenizer, data["train"], cfg.cut, saliency=saliencies)
     dev = data["dev"]
-    batches = len(train.loader(cfg.batch_size, shuffle=True, length_grouped=cfg.length_grouped))
-    if cfg.max_train_samples_per_epoch is not None:
-        batches = min(batches, -(-cfg.max_train_samples_per_epoch // cfg.batch_size))
+    batches = cfg.batches_per_epoch(len(train))
     steps_per_epoch = optimizer_steps(batches, cfg.grad_accumulation)
-    total_steps = steps_per_epoch * cfg.epochs  # cfg.steps(len(train)), counted from the loader itself
+    total_steps = cfg.steps(len(train))  # steps_per_epoch * epochs: the count the run-length defaults used
     cfg = cfg.with_run_length(total_steps)
     scale = cfg.lr_scale(total_steps)
     if scale > 1.0:
