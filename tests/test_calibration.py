@@ -350,10 +350,18 @@ def test_sweep_points_are_consistent(ci_checkpoint, sweep_report):
     ckpt = load_checkpoint(ci_checkpoint)
     dev = load_dev("sst2", sst2_dir(), 64)
     assert none.accuracy == pytest.approx(evaluate_full(ckpt.model, ckpt.tokenizer, dev.texts, dev.labels, 64))
-    # larger scales keep fewer tokens (monotone in every layer) and the largest one removes something
+    # A dropped token never comes back: within every point, each layer runs on no more tokens than the one before.
     glob = sorted([p for p in points if p.kind == "global"], key=lambda p: p.scale)
+    for point in glob:
+        kept = point.kept_per_layer
+        assert all(b <= a + 1e-9 for a, b in zip(kept, kept[1:])), (point.label, kept)
+    # A larger scale keeps fewer tokens at the first link: its scores come from the embeddings, the same at every
+    # scale, so each example's kept set shrinks as the threshold grows. Later links are not monotone in the scale
+    # (their scores are computed over whatever the earlier links kept, and a shorter sequence re-normalises them),
+    # which a CI checkpoint trained on another CPU showed (global s=1.322 vs s=1.402); only the first is a rule.
     for lo, hi in zip(glob, glob[1:]):
-        assert all(b <= a + 1e-9 for a, b in zip(lo.kept_per_layer, hi.kept_per_layer)), (lo.label, hi.label)
+        assert hi.kept_per_layer[0] <= lo.kept_per_layer[0] + 1e-9, (lo.label, hi.label)
+    # ... and the largest one removes something
     assert glob[-1].flops_speedup > 1.2, "the CI checkpoint must drop tokens at eta = 1"
     assert glob[-1].eta == [1.0] * len(glob[-1].eta)
     # the model's eta was restored after the sweep's in-place changes
