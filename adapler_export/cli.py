@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--saliency-epochs", type=COUNT,
                    help="average the saliencies of this many best fine-tuning epochs (official 3)")
     p.add_argument("--epochs-stage3", type=COUNT, help="CP training epochs (official 5)")
-    p.add_argument("--lr-stage3", type=POSITIVE, help="backbone learning rate in stage 3 (official 3e-5)")
+    p.add_argument("--lr-stage3", type=POSITIVE, help="backbone learning rate in stage 3 (default: the official 3e-5 "
+                                                    "from the pre-trained backbone, 1e-5 from the fine-tuned one)")
     p.add_argument("--lambda-schedule", type=_lambda_schedule,
                    help="BASE:MULT, lambda = BASE * MULT**epoch (official: 10:10 for 5 epochs, 50:50 for 3)")
     p.add_argument("--lambda-first-step", type=_optional_float,
@@ -323,9 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=NON_NEGATIVE, help="KL weight (official SST-2 0.005)")
     p.add_argument("--phi", type=NON_NEGATIVE, help="length-loss weight (official SST-2 0.0005)")
     p.add_argument("--target-speedup", type=_optional_float,
-                   help="a FLOPs speed-up stage 3 trains towards (a floor: phi still pulls; 'off': none). Default: "
+                   help="a FLOPs speed-up stage 3 trains towards ('off': none; --target-mode says how). Default: "
                         "1.6 on a stage 3 shorter than --lr-reference-steps (small data), none on a longer one "
                         "(the official recipe)")
+    p.add_argument("--target-mode", choices=["floor", "set-point"],
+                   help="set-point (default): the target pulls while the model is slower and pushes back while it is "
+                        "faster; floor: it only pulls (phi may push further)")
     p.add_argument("--stage3-init", choices=["finetuned", "pretrained", "auto"],
                    help="stage 3 starts from the pre-trained backbone (official) or the fine-tuned one; default auto: "
                         "pre-trained on a stage 3 as long as --lr-reference-steps, fine-tuned on a shorter one")

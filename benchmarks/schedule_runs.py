@@ -39,6 +39,8 @@ def run_record(label: str, checkpoint: str, lr_scale: float | None, command: str
         # recorded since the run-length defaults exist (earlier runs: the pre-trained start, no target)
         "stage3_init": training["config"].get("stage3_init", "pretrained"),
         "target_speedup": stage3_cfg.get("target_speedup"),
+        # recorded since the set point and the fine-tuned start's backbone rate exist (earlier: a floor, 3e-5)
+        "target_mode": stage3_cfg.get("target_mode", "floor"), "stage3_backbone_lr": stage3_cfg.get("lr"),
         "selected_epoch": training["stage3"]["selected_epoch"] + 1, "selection": training["stage3"]["selection"],
         "dev_accuracy": metrics["accuracy"], **({"dev_f1": metrics["f1"]} if metrics.get("f1") is not None else {}),
         "accuracy_drop_points": round(100 * (metrics["stage1_dev_accuracy"] - metrics["accuracy"]), 2),

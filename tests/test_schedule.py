@@ -155,7 +155,13 @@ def test_full_sst2_runs_the_official_recipe_and_small_data_the_short_run_one():
     assert (small.stage3_init, small.stage3.target_speedup) == ("finetuned", 1.6)
     assert SHORT_RUN_TARGET_SPEEDUP == 1.6
     note = resolve_run_length_defaults(apply_options(TrainConfig(), {}), 3000)
-    assert "470 optimiser steps" in note and "at least 1.6x" in note and "fine-tuned" in note
+    assert "470 optimiser steps" in note and "towards 1.6x" in note and "fine-tuned" in note and "1e-05" in note
+    assert (small.stage3.lr, small.stage3.cp_lr, small.stage3.target_mode) == (1e-5, 3e-5, "set-point")
+    assert (full.stage3.lr, full.stage3.cp_lr) == (3e-5, None), "the official rates"
+    explicit = resolved(67349, stage3_init="finetuned")
+    assert explicit.stage3.lr == 1e-5 and explicit.stage3.target_speedup is None
+    assert resolve_run_length_defaults(apply_options(TrainConfig(), {"stage3_init": "finetuned"}), 67349) == \
+        "stage 3 trains its backbone at 1e-05 (--lr-stage3)"
     chosen = resolved(3000, stage3_init="pretrained", target_speedup=2.0)
     assert (chosen.stage3_init, chosen.stage3.target_speedup) == ("pretrained", 2.0)
     assert resolved(3000, target_speedup="off").stage3.target_speedup is None
@@ -178,3 +184,17 @@ def test_target_speedup_option():
     assert apply_options(TrainConfig(), {"target_speedup": off}).stage3.target_speedup is None
     with pytest.raises(AdaplerError, match="above 1"):
         check_config(apply_options(TrainConfig(), {"target_speedup": 1.0}))
+
+
+def test_target_mode_option():
+    parser = build_parser()
+    mode = parser.parse_args(["train", "--target-mode", "set-point"]).target_mode
+    cfg = apply_options(TrainConfig(), {"target_mode": mode})
+    assert cfg.stage3.target_mode == "set-point" and cfg.stage3.work_key()["target_mode"] == "set-point"
+    floor = apply_options(TrainConfig(), {"target_mode": "floor", "target_speedup": 1.6})
+    assert "target_mode" not in floor.stage3.work_key(), "the floor (every earlier target run's) keeps old keys"
+    assert "target_mode" not in apply_options(TrainConfig(), {"target_speedup": "off"}).stage3.work_key(), \
+        "without a target the mode changes nothing"
+    cfg.stage3.target_mode = "ceiling"
+    with pytest.raises(AdaplerError, match="unknown target mode"):
+        check_config(cfg)

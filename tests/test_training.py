@@ -153,6 +153,10 @@ def test_the_multiplier_pulls_in_proportion_to_the_shortfall_and_lets_go_at_the_
     assert constraint_multiplier(0.8, 2.0, 5.0) == pytest.approx(5.0 * 0.6), "1.25x where 2x is asked: 60 % short"
     assert constraint_multiplier(0.55, 2.0, 5.0) == pytest.approx(5.0 * 0.1)
     assert constraint_multiplier(0.5, 2.0, 5.0) == constraint_multiplier(0.3, 2.0, 5.0) == 0.0, "a floor, not a price"
+    # a set point pushes back once the model is faster than the target, in proportion to the excess
+    assert constraint_multiplier(0.8, 2.0, 5.0, "set-point") == pytest.approx(5.0 * 0.6)
+    assert constraint_multiplier(0.5, 2.0, 5.0, "set-point") == 0.0
+    assert constraint_multiplier(0.3, 2.0, 5.0, "set-point") == pytest.approx(5.0 * -0.4)
     average = average_fraction(None, 0.8)
     assert average == 0.8, "the first step starts the average"
     for _ in range(10):
@@ -209,9 +213,12 @@ def test_official_lambda_schedule():
 
 
 def test_official_optimiser_defaults():
-    cfg = Stage3Config()
+    cfg = Stage3Config().with_start("pretrained")
     assert (cfg.lr, cfg.cp_lr, cfg.eta_lr, cfg.adam_eps, cfg.warmup_ratio, cfg.clip_norm) == \
         (3e-5, None, 5e-4, 1e-12, 0.06, 1.0)
+    # from the fine-tuned model the backbone need not relearn the task: a third of the rate, the CPs' unchanged
+    assert (Stage3Config().with_start("finetuned").lr, Stage3Config().with_start("finetuned").cp_lr) == (1e-5, 3e-5)
+    assert Stage3Config(lr=2e-5).with_start("finetuned").lr == 2e-5, "an explicit rate wins"
     assert (cfg.gamma, cfg.phi, cfg.selection_tolerance, cfg.selection_fallback) == (0.005, 0.0005, 0.01, "none")
 
 

@@ -18,7 +18,8 @@ from adapler_export.serving.tokenization import HEAD
 KEY_NEUTRAL_VALUES = {"truncation": (None, HEAD), "grad_accumulation": (1,),
                       "lr_reference_steps": (None,),  # no learning-rate scaling: what every run before it did
                       # no speed target, and the multiplier's step (used only with a target) at its default
-                      "target_speedup": (None,), "constraint_weight": (5.0,)}
+                      "target_speedup": (None,), "constraint_weight": (5.0,),
+                      "target_mode": ("floor",)}
 
 
 def work_settings(settings: dict) -> dict:

@@ -25,7 +25,8 @@ from adapler_export.serving.tokenization import Cut, check_truncation
 from .common import epoch_model_path, load_model_state, make_accelerator, seed_everything, work_settings
 from .stage1_finetune import Stage1Config, run_stage1
 from .stage2_saliency import run_stage2
-from .stage3_adapler import AUTO, SHORT_RUN_TARGET_SPEEDUP, Stage3Config, check_selection_fallback, run_stage3
+from .stage3_adapler import (AUTO, OFFICIAL_STAGE3_LR, SHORT_RUN_TARGET_SPEEDUP, TARGET_MODES, Stage3Config,
+                             check_selection_fallback, run_stage3)
 
 
 @dataclass
@@ -77,14 +78,21 @@ def resolve_run_length_defaults(cfg: TrainConfig, stage3_examples: int) -> str |
         cfg.stage3_init = "finetuned" if short else "pretrained"
         if short:
             chosen.append("starts from the fine-tuned model")
+    if cfg.stage3.lr == AUTO:
+        cfg.stage3 = cfg.stage3.with_start(cfg.stage3_init)
+        if cfg.stage3_init == "finetuned":
+            chosen.append(f"trains its backbone at {cfg.stage3.lr:g} (--lr-stage3)")
     if cfg.stage3.target_speedup == AUTO:
         cfg.stage3 = cfg.stage3.with_run_length(steps)
         if cfg.stage3.target_speedup is not None:
-            chosen.append(f"trains towards at least {cfg.stage3.target_speedup:g}x FLOPs (--target-speedup)")
+            chosen.append(f"trains towards {cfg.stage3.target_speedup:g}x FLOPs (--target-speedup)")
     if not chosen:
         return None
+    said = ", ".join(chosen[:-1]) + (" and " if len(chosen) > 1 else "") + chosen[-1]
+    if not short:  # an explicit --stage3-init finetuned on a long run
+        return f"stage 3 {said}"
     return (f"stage 3 has {steps} optimiser steps, fewer than the {cfg.stage3.lr_reference_steps:,} the official "
-            f"length term needs to find a speed on its own, so it {' and '.join(chosen)}; "
+            f"length term needs to find a speed on its own, so it {said}; "
             "--lr-reference-steps off runs the official recipe")
 
 # Named settings: "official" is the dataclass defaults (the official recipe). "fast" fits a CPU budget
@@ -98,7 +106,7 @@ def resolve_run_length_defaults(cfg: TrainConfig, stage3_examples: int) -> str |
 SETTINGS = {
     "official": {},
     "fast": {"stage3_init": "finetuned",
-             "stage3": {"epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "cp_lr": 1e-3, "eta_lr": 5e-3,
+             "stage3": {"lr": OFFICIAL_STAGE3_LR, "epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "cp_lr": 1e-3, "eta_lr": 5e-3,
                         "phi": 0.002, "lr_reference_steps": None, "target_speedup": None}},
 }
 
@@ -126,7 +134,7 @@ OPTION_FIELDS = {
     "lambda_first_step": "stage3.lambda_first_step", "selection_tolerance": "stage3.selection_tolerance",
     "selection_fallback": "stage3.selection_fallback",
     "stage3_samples_per_epoch": "stage3.max_train_samples_per_epoch", "lr_reference_steps": "stage3.lr_reference_steps",
-    "target_speedup": "stage3.target_speedup",
+    "target_speedup": "stage3.target_speedup", "target_mode": "stage3.target_mode",
 }
 # Options that set several fields: name -> (the stages, the fields the value fills, in order).
 MULTI_FIELD_OPTIONS = {"batch_size": (("stage1", "stage3"), ("batch_size",)),
@@ -165,6 +173,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.stage3_init not in STAGE3_INITS:
         raise AdaplerError(f"unknown stage-3 start {cfg.stage3_init!r} (choose from {', '.join(STAGE3_INITS)})")
     check_selection_fallback(cfg.stage3.selection_fallback)
+    if cfg.stage3.target_mode not in TARGET_MODES:
+        raise AdaplerError(f"unknown target mode {cfg.stage3.target_mode!r} (choose from {', '.join(TARGET_MODES)})")
     if cfg.stage3.target_speedup not in (None, AUTO) and cfg.stage3.target_speedup <= 1.0:
         raise AdaplerError(f"a target speed-up must be above 1 (got {cfg.stage3.target_speedup:g}): 1 is the "
                            "backbone's own speed")
