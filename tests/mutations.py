@@ -76,6 +76,14 @@ MUTANTS = [
            'cfg.stage3_init = "finetuned" if short else "pretrained"',
            'cfg.stage3_init = "pretrained"',
            "the short-run recipe: a stage 3 on little data restarts from the pre-trained backbone"),
+    Mutant("set-point-as-floor", "training/stage3_adapler.py",
+           'return weight * (shortfall if mode == "set-point" else max(0.0, shortfall))',
+           "return weight * max(0.0, shortfall)",
+           "the set point: past the target the multiplier stays 0, so phi pushes the model beyond it"),
+    Mutant("finetuned-start-official-rate", "training/stage3_adapler.py",
+           "return dataclasses.replace(self, lr=FINETUNED_START_LR, cp_lr=self.cp_lr or OFFICIAL_STAGE3_LR)",
+           "return dataclasses.replace(self, lr=OFFICIAL_STAGE3_LR)",
+           "the fine-tuned start's backbone rate: it trains at the official 3e-5, which drifted on 10,000 sentences"),
 ]
 
 
