@@ -148,11 +148,13 @@ def test_the_soft_flops_fraction_is_the_evaluated_speedup_once_the_mask_is_hard(
 
 
 def test_the_multiplier_pulls_in_proportion_to_the_shortfall_and_lets_go_at_the_target():
-    assert constraint_multiplier(0.8, None, 5.0) == 0.0, "no target: no multiplier"
-    assert constraint_multiplier(None, 2.0, 5.0) == 0.0, "nothing measured yet"
-    assert constraint_multiplier(0.8, 2.0, 5.0) == pytest.approx(5.0 * 0.6), "1.25x where 2x is asked: 60 % short"
-    assert constraint_multiplier(0.55, 2.0, 5.0) == pytest.approx(5.0 * 0.1)
-    assert constraint_multiplier(0.5, 2.0, 5.0) == constraint_multiplier(0.3, 2.0, 5.0) == 0.0, "a floor, not a price"
+    assert constraint_multiplier(0.8, None, 5.0, "floor") == 0.0, "no target: no multiplier"
+    assert constraint_multiplier(None, 2.0, 5.0, "floor") == 0.0, "nothing measured yet"
+    assert constraint_multiplier(0.8, 2.0, 5.0, "floor") == pytest.approx(5.0 * 0.6), \
+        "1.25x where 2x is asked: 60 % short"
+    assert constraint_multiplier(0.55, 2.0, 5.0, "floor") == pytest.approx(5.0 * 0.1)
+    assert constraint_multiplier(0.5, 2.0, 5.0, "floor") == constraint_multiplier(0.3, 2.0, 5.0, "floor") == 0.0, \
+        "a floor, not a price"
     # a set point pushes back once the model is faster than the target, in proportion to the excess
     assert constraint_multiplier(0.8, 2.0, 5.0, "set-point") == pytest.approx(5.0 * 0.6)
     assert constraint_multiplier(0.5, 2.0, 5.0, "set-point") == 0.0

@@ -106,8 +106,9 @@ def resolve_run_length_defaults(cfg: TrainConfig, stage3_examples: int) -> str |
 SETTINGS = {
     "official": {},
     "fast": {"stage3_init": "finetuned",
-             "stage3": {"lr": OFFICIAL_STAGE3_LR, "epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0, "cp_lr": 1e-3, "eta_lr": 5e-3,
-                        "phi": 0.002, "lr_reference_steps": None, "target_speedup": None}},
+             "stage3": {"lr": OFFICIAL_STAGE3_LR, "epochs": 3, "lambda_base": 50.0, "lambda_mult": 50.0,
+                        "cp_lr": 1e-3, "eta_lr": 5e-3, "phi": 0.002, "lr_reference_steps": None,
+                        "target_speedup": None}},
 }
 
 

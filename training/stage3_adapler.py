@@ -72,8 +72,9 @@ MAX_LR_SCALE = 25.0
 SHORT_RUN_TARGET_SPEEDUP = 1.6
 # The official backbone rate of stage 3, which restarts from the pre-trained weights and relearns the task. A stage 3
 # that starts from the fine-tuned model need not relearn it: at the official rate its 10,000-sentence SST-2 run
-# drifted (84.17 % at 1.83x after epoch 2 against stage 1's 86.70 %); at a third of it, 85.44 % at 1.67x. Its CPs
-# keep the official rate (the CP rate follows the backbone's only where it is not set).
+# drifted (every epoch 2.2-3.9 points below stage 1's 86.70 %); at a third of it, with the set point, 85.78 % at
+# 1.72x (docs/results/schedule-small-data.md). Its CPs keep the official rate (the CP rate follows the
+# backbone's only where it is not set).
 OFFICIAL_STAGE3_LR = 3e-5
 FINETUNED_START_LR = 1e-5
 AUTO = "auto"  # a default that depends on the run's length (short_run)
@@ -117,7 +118,7 @@ class Stage3Config:
     # "set-point": past the target the multiplier goes negative in proportion and holds the training speed at the
     # target against phi. "floor": it is 0 there, and phi may push further (the first default: MRPC, whose pairs
     # are twice as long as SST-2's sentences, so that phi pulls twice as hard, trained at 2.03x with the multiplier
-    # at 0 and ended 1.23 points below stage 1 at 1.88x; as a set point, 78.92 % at 1.60x, above stage 1).
+    # at 0 and ended 1.23 points below stage 1 at 1.88x; as a set point, 78.19 % at 1.63x, stage 1's accuracy).
     target_mode: str = "set-point"
     max_length: int = 64
     truncation: str = HEAD  # how a text longer than max_length is cut (tokenization.TRUNCATIONS)
@@ -293,8 +294,7 @@ def average_fraction(average: float | None, fraction: float) -> float:
 TARGET_MODES = ("floor", "set-point")
 
 
-def constraint_multiplier(fraction: float | None, target_speedup: float | None, weight: float,
-                          mode: str = "floor") -> float:
+def constraint_multiplier(fraction: float | None, target_speedup: float | None, weight: float, mode: str) -> float:
     """The speed target's multiplier for a (recent, decided) FLOPs fraction: weight * the relative shortfall
     target * fraction - 1 while the model is slower than the target; once it is as fast, 0 (a floor) or that
     same negative value (a set point: eta is pushed back towards the target)."""
@@ -406,7 +406,8 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
             optimizer.zero_grad()
             threshold_optimizer.zero_grad()
             step_fraction = 0.0
-            multiplier = constraint_multiplier(recent_fraction, cfg.target_speedup, cfg.constraint_weight, cfg.target_mode)
+            multiplier = constraint_multiplier(recent_fraction, cfg.target_speedup, cfg.constraint_weight,
+                                               cfg.target_mode)
             for batch in group:
                 batch, share = local_rows(accelerator, batch)
                 if share == 0:  # a batch with fewer rows than processes
@@ -442,7 +443,8 @@ def run_stage3(model, tokenizer, data, saliencies, cfg: Stage3Config, stage_dir:
                   "flops_speedup": result.flops_speedup,
                   "kept_per_layer": result.kept_per_layer, "eta": unwrapped.eta.tolist(),
                   "theta": unwrapped.theta.tolist(), "recent_decided_fraction": recent_fraction,
-                  "multiplier": constraint_multiplier(recent_fraction, cfg.target_speedup, cfg.constraint_weight, cfg.target_mode)}
+                  "multiplier": constraint_multiplier(recent_fraction, cfg.target_speedup, cfg.constraint_weight,
+                                                      cfg.target_mode)}
         history.append(record)
         log(f"stage 3 epoch {epoch + 1}: lambda {record['lambda']:g}, {seconds:.0f} s, "
             f"{scores_text(result.accuracy, result.f1)}, FLOPs speedup {result.flops_speedup:.2f}x, kept/layer "
