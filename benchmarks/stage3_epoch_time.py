@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Stage-3 training time per epoch with the short-run defaults and with the official recipe (issue 26).
 
-A short run's defaults change two learning rates and add the speed target (per step: the decided lengths, a
-few comparisons per layer, and one more term in eta's loss); this measures what that costs on the clock. Each
-round trains one stage-3 epoch (run_stage3, a fresh model each time, the same data and saliencies) with the
-defaults (scaled rates, target 1.6x) and with `lr_reference_steps` and the target off (the official recipe),
-alternating so that a busy machine slows both alike; the epoch's own `train_seconds` (training only, no dev
-evaluation) is reported:
+A short run's defaults change three learning rates (CPs and eta scaled, the fine-tuned backbone's lowered) and add
+the speed target (per step: the decided lengths, a few comparisons per layer, and one more term in eta's loss);
+this measures what that costs on the clock. Each round trains one stage-3 epoch (run_stage3, a fresh model each
+time, the same data and saliencies) with the defaults (scaled rates, set point 1.6x, backbone 1e-5) and with
+`lr_reference_steps` and the target off (the official recipe), alternating so that a busy machine slows both
+alike; the epoch's own `train_seconds` (training only, no dev evaluation) is reported:
 
     OMP_NUM_THREADS=1 python benchmarks/stage3_epoch_time.py --samples 1000 --rounds 2 --output FILE.json
 """
@@ -63,8 +63,10 @@ def main() -> int:
             seconds[name].append(result["history"][0]["train_seconds"])
             common.log(f"{name}: {seconds[name][-1]} s")
     summary = {"samples": args.samples, "steps_per_epoch": result["history"][0]["steps"], "seconds": seconds,
-               "median_default_over_official": statistics.median(seconds["default"]) / statistics.median(seconds["official"]),
-               "recipes": {"default": "Stage3Config() on a short run: scaled CP and eta rates, set point 1.6x, backbone 1e-5",
+               "median_default_over_official":
+                   statistics.median(seconds["default"]) / statistics.median(seconds["official"]),
+               "recipes": {"default": "Stage3Config() on a short run: scaled CP and eta rates, set point 1.6x, "
+                                      "backbone 1e-5",
                            "official": "lr_reference_steps None, target_speedup None"},
                "load_average": common.load_average(), "machine": common.machine_info()}
     print(json.dumps({k: v for k, v in summary.items() if k != "machine"}))

@@ -31,8 +31,9 @@ USER_ADAPLER_HOME = Path(os.environ.get("ADAPLER_HOME") or Path.home() / ".cache
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 # CI-sized training: the default recipe on 4,000 SST-2 sentences (a short stage 3: scaled rates, the fine-tuned
-# start at a third of the backbone rate, a 1.6x speed set point), minutes on 2 cores. The README's first command trains exactly this as `sst2`; the
-# tests reuse that checkpoint. CI_TRAINING: the recorded (resolved) settings that make a checkpoint this one.
+# start at a third of the backbone rate, a 1.6x speed set point), minutes on 2 cores. The README's first command
+# trains exactly this as `sst2`; the tests reuse that checkpoint. CI_TRAINING: the recorded (resolved) settings that
+# make a checkpoint this one.
 CI_TRAIN_ARGS = ["--max-train-samples", "4000"]
 README_CHECKPOINT = "sst2"
 CI_TRAINING = {"max_train_samples": 4000, "max_eval_samples": None, "stage1.epochs": 5, "stage1.lr": 2e-5,

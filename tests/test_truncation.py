@@ -228,8 +228,8 @@ def test_head_keeps_the_work_directories_of_earlier_runs():
     393eab7f9b (IMDB); stages 1-2 and the fast setting kept theirs. IMDB's official key changed a second time
     (2026-12-07, issue 26: its 25,000 reviews make a stage 3 shorter than the reference, which now starts from the
     fine-tuned model with a speed target); it was 444134d8d3. And a third time (2026-12-07, issue 26: such a stage 3
-    now trains its backbone at 1e-5 and holds the target as a set point); it was ed587c82cd. The keys are taken as train() takes them: after the
-    run-length defaults are resolved for the task's whole training set."""
+    now trains its backbone at 1e-5 and holds the target as a set point); it was ed587c82cd. The keys are taken
+    as train() takes them: after the run-length defaults are resolved for the task's whole training set."""
     from training.pipeline import TrainConfig, apply_setting, resolve_run_length_defaults
 
     before = {("sst2", 64, "official"): ("ee07b30706", "c64d7482cd"),
