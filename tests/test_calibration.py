@@ -16,7 +16,7 @@ import torch
 
 from adapler_export.errors import AdaplerError
 from adapler_export.storage import check_output_dir
-from adapler_export.tolerances import Tolerances
+from adapler_export.tolerances import Tolerances, agreement_bound
 from calibration.sweep import (CalibrateOptions, SweepPoint, default_scales, format_table,
                                mark_pareto, objective, refine_per_layer, reference_accuracy, scaled_eta,
                                select_point, temporary_eta, write_derived_checkpoint)
@@ -583,7 +583,7 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
     out = tmp_path / "int8"
     rc = main(["quantize", "--artifact", str(built_artifact), "--output", str(out), "--scheme", "static-qdq",
                "--calib-samples", "32",
-               "--samples", "96", "--data-dir", str(sst2_dir()), "--threads", "1", "--json", *trt_args])
+               "--samples", "192", "--data-dir", str(sst2_dir()), "--threads", "1", "--json", *trt_args])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert tree_digest(built_artifact) == before
@@ -597,8 +597,10 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
     parity = json.loads((out / "parity.json").read_text())
     report = parity["end_to_end"]["onnxruntime"]
     assert manifest.parity["end_to_end"]["onnxruntime"] == report
-    assert report["passed"] and report["examples"] == 96 and report["tolerances"] == INT8.to_dict()
-    assert report["label_agreement"] >= INT8.min_label_agreement and report["flip_rate"] <= INT8.max_flip_rate
+    assert report["passed"] and report["examples"] == 192 and report["tolerances"] == INT8.to_dict()
+    assert report["label_agreement_bound"] >= INT8.min_label_agreement and report["flip_rate"] <= INT8.max_flip_rate
+    assert report["label_agreement_bound"] == agreement_bound(round(report["label_agreement"] * 192), 192,
+                                                              INT8.label_confidence)
     assert summary["accuracy"]["int8"] >= summary["accuracy"]["fp32_reference"] - 0.05
     assert summary["speed"]["batch_1"]["int8_ms"] > 0
 
@@ -647,7 +649,7 @@ def test_int8_artifact_with_parity_report(built_artifact, tmp_path, capsys):
     # engines exactly when the symmetric graphs pass the int8 bounds: either outcome is allowed, not a mix
     assert bool(engines.segments) == bool(trt_parity["passed"]), (engines.not_built, trt_parity.get("failures"))
     if trt_parity["passed"]:
-        assert trt_parity["label_agreement"] >= INT8.min_label_agreement
+        assert trt_parity["label_agreement_bound"] >= INT8.min_label_agreement
     else:  # graphs outside the int8 bounds are reported and get no engines
         assert "fail parity" in engines.not_built["segments"]
     sym = onnx.load(str(out / "onnx" / "tensorrt_int8" / "segment_01.onnx"))

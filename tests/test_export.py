@@ -94,6 +94,26 @@ def test_polygraphy_cli_compares_a_segment_with_saved_pytorch_outputs(built_arti
     assert wrong.returncode != 0
 
 
+def test_label_agreement_is_judged_by_its_confidence_bound():
+    """The label rule (`tolerances.agreement_bound`): a small sample near the tolerance passes, the same rate on a
+    full dev set does not, and the CI's failing sample and the measured per-tensor int8 land where they should."""
+    from adapler_export.tolerances import Tolerances, agreement_bound
+
+    int8 = Tolerances.for_precision("int8")
+    bound = lambda k, n: agreement_bound(k, n, int8.label_confidence)  # noqa: E731
+    assert bound(96, 96) == 1.0 and bound(0, 0) == 1.0
+    assert 0.990 < bound(93, 96) < 0.992  # the CI run's 3 of 96: no evidence against 97 %
+    assert bound(88, 96) < int8.min_label_agreement  # 8 of 96: the sample shows a form under 97 %
+    assert bound(830, 872) < int8.min_label_agreement < bound(844, 872)  # per-tensor 95.18 % fails, 96.79 % not
+    assert bound(8360, 8720) < int8.min_label_agreement  # 95.87 %: ten times the sample is judged tighter
+    rates = [bound(k, 200) for k in range(201)]
+    assert rates == sorted(rates) and all(k / 200 <= r <= 1.0 for k, r in enumerate(rates))
+    # fp32: one disagreement in 96 is already evidence against 99.5 % only with a looser confidence
+    fp32 = Tolerances.for_precision("fp32")
+    assert agreement_bound(95, 96, fp32.label_confidence) > fp32.min_label_agreement
+    assert agreement_bound(860, 872, fp32.label_confidence) < fp32.min_label_agreement
+
+
 def test_failing_parity_exits_nonzero_and_leaves_no_artifact(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     from adapler_export import tolerances
 
