@@ -84,14 +84,12 @@ class FullModelBackend(Backend):
     name = "onnxruntime-full"
 
     def __init__(self, path, num_layers: int, device: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
-
-        from .backends.onnxruntime import providers, session_options
+        from .backends.onnxruntime import open_session, providers, session_options
 
         path = Path(path)
         if not path.is_file():
             raise AdaplerError(f"no full model at {path} (export it with adapler_export.baseline.export_full_onnx)")
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+        self.session = open_session(path, session_options(threads), providers(device))
         self.providers = self.session.get_providers()
         self.num_layers = int(num_layers)
         self.takes_token_types = TOKEN_TYPE_IDS in {i.name for i in self.session.get_inputs()}

@@ -26,14 +26,12 @@ class OneGraphBackend(Backend):
 
     def __init__(self, path, num_links: int, device: str = "auto", threads: int | None = None,
                  etas: list | None = None):
-        import onnxruntime as ort
-
-        from .onnxruntime import providers, session_options
+        from .onnxruntime import open_session, providers, session_options
 
         path = Path(path)
         if not path.is_file():
             raise AdaplerError(f"no one graph at {path} (write it with adapler_export.onnx_graph.build_one_graph)")
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+        self.session = open_session(path, session_options(threads), providers(device))
         self.providers = self.session.get_providers()
         self.output_names = model_output_names(int(num_links))
         found = [o.name for o in self.session.get_outputs()]
