@@ -31,7 +31,8 @@ DATA_DIR = Path(os.environ.get("ADAPLER_DATA_DIR") or REPO.parent / "shared" / "
 
 # Fast tests (about a minute on 2 cores) that between them exercise every mutated rule.
 SUBSET = ["tests/test_link.py", "tests/test_model.py", "tests/test_contract.py", "tests/test_int8.py",
-          "tests/test_one_graph.py", "tests/test_calibration.py", "tests/test_schedule.py", "tests/test_training.py"]
+          "tests/test_one_graph.py", "tests/test_calibration.py", "tests/test_schedule.py", "tests/test_training.py",
+          "tests/test_export.py"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,10 @@ MUTANTS = [
            "return cls(max_abs_logit=1e-3, mean_abs_logit=1e-4, max_flip_rate=0.0, min_label_agreement=0.995)",
            "return cls(max_abs_logit=1e-3, mean_abs_logit=1e-4, max_flip_rate=0.01, min_label_agreement=0.995)",
            "a tolerance: fp32 parity lets 1 % of the keep decisions flip (the table says fp32 keeps every one)"),
+    Mutant("parity-labels-point-rule", "adapler_export/parity.py",
+           "    if report.label_agreement_bound < t.min_label_agreement:",
+           "    if report.label_agreement < t.min_label_agreement:",
+           "the parity label rule: a sample's point rate is judged instead of its confidence bound"),
     Mutant("manifest-digests-unchecked", "adapler_export/artifact.py",
            "        if sha256_file(path) != digest:",
            "        if False:",

@@ -114,6 +114,35 @@ def test_label_agreement_is_judged_by_its_confidence_bound():
     assert agreement_bound(860, 872, fp32.label_confidence) < fp32.min_label_agreement
 
 
+@pytest.mark.parametrize("disagreeing, passes", [(3, True), (8, False)])
+def test_compare_backends_judges_labels_by_the_bound(tiny_checkpoint, disagreeing, passes):
+    """`parity.compare_backends` applies the bound: an int8 candidate whose labels differ on 3 of 96 texts (96.9 %,
+    under 97 % as a point) passes; on 8 of 96 the sample shows a form under 97 % and it fails."""
+    import numpy as np
+
+    from adapler_export.backends import Backend, BackendOutput
+    from adapler_export.checkpoint import load_checkpoint
+    from adapler_export.parity import compare_backends
+
+    class Labels(Backend):  # logits from the row's position in the run; every token kept at both links
+        def __init__(self, flip: int):
+            self.flip, self.seen = flip, 0
+
+        def _run_impl(self, input_ids, attention_mask, token_type_ids=None):
+            rows = np.arange(self.seen, self.seen + len(input_ids))
+            self.seen += len(input_ids)
+            label = (rows % 2 == 0) ^ (rows < self.flip)
+            logits = np.stack([~label, label], axis=1).astype(np.float32)
+            kept = np.where(attention_mask == 1, np.arange(attention_mask.shape[1]), -1).astype(np.int32)
+            return BackendOutput(logits, [kept, kept])
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    texts = [f"text number {i}" for i in range(96)]
+    report = compare_backends(Labels(0), Labels(disagreeing), ckpt.tokenizer, texts, 16, "int8")
+    assert report.label_agreement == (96 - disagreeing) / 96 and report.flips == 0
+    assert report.passed == passes, report.failures
+
+
 def test_failing_parity_exits_nonzero_and_leaves_no_artifact(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     from adapler_export import tolerances
 
