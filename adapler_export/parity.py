@@ -67,8 +67,8 @@ class ParityReport:
     def table(self) -> str:
         lines = [f"parity: {self.backend} ({self.precision}) vs PyTorch reference, {self.examples} examples",
                  f"  max |Δlogit| {self.max_abs_logit_diff:.3g}   mean |Δlogit| {self.mean_abs_logit_diff:.3g}   "
-                 f"label agreement {self.label_agreement * 100:.2f}% (bound {self.label_agreement_bound * 100:.2f}%)   flips {self.flips}/{self.decisions} "
-                 f"({self.flip_rate * 100:.3f}%)",
+                 f"label agreement {self.label_agreement * 100:.2f}% (bound {self.label_agreement_bound * 100:.2f}%)   "
+                 f"flips {self.flips}/{self.decisions} ({self.flip_rate * 100:.3f}%)",
                  "  link  flips  decisions  flip rate  kept(ref)  kept(cand)"]
         for link in self.links:
             lines.append(f"  {link['link']:>4}  {link['flips']:>5}  {link['decisions']:>9}  "

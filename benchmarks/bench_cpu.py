@@ -227,9 +227,8 @@ def optimized_node_counts(paths: list, threads: int) -> list:
     """Nodes left in each graph after ONNX Runtime's own optimisations (same session options): every
     node costs a fixed dispatch time, whatever the sequence length."""
     import onnx
-    import onnxruntime as ort
 
-    from adapler_export.backends.onnxruntime import session_options
+    from adapler_export.backends.onnxruntime import open_session, session_options
 
     counts = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -237,7 +236,7 @@ def optimized_node_counts(paths: list, threads: int) -> list:
             options = session_options(threads)
             options.optimized_model_filepath = str(Path(tmp) / Path(path).name)
             options.log_severity_level = 3
-            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            open_session(path, options, ["CPUExecutionProvider"])
             counts.append(len(onnx.load(options.optimized_model_filepath, load_external_data=False).graph.node))
     return counts
 

@@ -66,11 +66,9 @@ def parse_args(argv=None):
 
 def open_runner(path: Path, threads: int):
     """`run(*batch_inputs)` over one graph; feeds what the graph takes (token types only if it has them)."""
-    import onnxruntime as ort
+    from adapler_export.backends.onnxruntime import open_session, session_options
 
-    from adapler_export.backends.onnxruntime import session_options
-
-    session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    session = open_session(path, session_options(threads), ["CPUExecutionProvider"])
     names = common.full_graph_inputs(session)
     return lambda *inputs: session.run(None, dict(zip(names, inputs)))
 

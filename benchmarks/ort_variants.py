@@ -33,14 +33,12 @@ from common import Table  # noqa: E402
 
 
 def build_sessions(paths, threads, global_pool=False):
-    import onnxruntime as ort
-
-    from adapler_export.backends.onnxruntime import session_options
+    from adapler_export.backends.onnxruntime import open_session, session_options
 
     options = session_options(threads)
     if global_pool:
         options.use_per_session_threads = False
-    return [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in paths]
+    return [open_session(p, options, ["CPUExecutionProvider"]) for p in paths]
 
 
 def chain_variant(backend, link=None, raw: bool = False):

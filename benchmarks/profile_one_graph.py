@@ -65,14 +65,13 @@ def parse_args(argv=None):
 def profile_graph(graph: Path, batches: list, threads: int, warmup: int, work: Path) -> dict:
     """Run `batches` through `graph` with the profiler on; returns the per-part / per-op-type summary."""
     import onnx
-    import onnxruntime as ort
 
-    from adapler_export.backends.onnxruntime import session_options
+    from adapler_export.backends.onnxruntime import open_session, session_options
     from adapler_export.specs import PAIR_MODEL_INPUTS
 
     options = session_options(threads)
     options.optimized_model_filepath = str(work / "optimized.onnx")
-    plain = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    plain = open_session(graph, options, ["CPUExecutionProvider"])
     names = [o.name for o in plain.get_outputs()]
     inputs = [i.name for i in plain.get_inputs()]
     feeds_of = [dict(zip(PAIR_MODEL_INPUTS, common.batch_inputs(b))) for b in batches]
@@ -90,7 +89,7 @@ def profile_graph(graph: Path, batches: list, threads: int, warmup: int, work: P
     options = session_options(threads)
     options.enable_profiling = True
     options.profile_file_prefix = str(work / "profile")
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session = open_session(graph, options, ["CPUExecutionProvider"])
     warm = feeds_of[:warmup]
     for feeds in warm + feeds_of:
         session.run(names, feeds)

@@ -66,14 +66,13 @@ def session_options(threads: int | None = None):
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)  # slower on the CPU: see the module docstring
 
 
-def open_session(model, options, chosen_providers: list):
-    """An `InferenceSession` of `model` (a path or serialized bytes) with the library's choices: on the CPU (the
-    first provider), without the fusions of `CPU_DISABLED_OPTIMIZERS`."""
+def open_session(path, options, chosen_providers: list):
+    """An `InferenceSession` of the graph at `path` with the library's choices: on the CPU (the first provider),
+    without the fusions of `CPU_DISABLED_OPTIMIZERS`. The benchmarks open their sessions here too."""
     import onnxruntime as ort
 
     disabled = list(CPU_DISABLED_OPTIMIZERS) if chosen_providers[0] == "CPUExecutionProvider" else []
-    return ort.InferenceSession(str(model) if isinstance(model, Path) else model, options,
-                                providers=chosen_providers, disabled_optimizers=disabled)
+    return ort.InferenceSession(str(path), options, providers=chosen_providers, disabled_optimizers=disabled)
 
 
 def providers(device: str = "auto") -> list:
@@ -100,7 +99,7 @@ class OnnxRuntimeBackend(SegmentChainBackend):
         if len(segment_paths) != len(self.specs):
             raise AdaplerError(f"{len(segment_paths)} segment files for {len(self.specs)} segment specs")
         options, chosen = session_options(threads), providers(device)
-        self.sessions = [open_session(Path(p), options, chosen) for p in segment_paths]
+        self.sessions = [open_session(p, options, chosen) for p in segment_paths]
         self.output_names = [list(spec.outputs) for spec in self.specs]
         self.providers = self.sessions[0].get_providers()
 
