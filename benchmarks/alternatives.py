@@ -68,7 +68,8 @@ FLAG_ETA = 1e-6
 TARGETS = {1: 1.3, 32: 1.5}  # issue 25: speed-up over full INT8 at an accuracy at least full INT8's
 EFFICIENCY_TARGETS = {1: 0.8, 32: 0.9}  # INT8 adaptive graph: share of its FLOPs speed-up kept over full INT8
 DEFINITIONS = {
-    "accuracy": "dev accuracy from the untimed pass at batch 1 (accuracy_by_batch: at each batch size)",
+    "accuracy": "dev accuracy from the untimed pass at the first accuracy batch size, batch 1 by default "
+                "(accuracy_by_batch: at each of --accuracy-batches; a panel of another batch size plots this one)",
     "ms_per_example": "median over passes of one pass over all batches, divided by the examples",
     "vs_full_fp32 / vs_full_int8": "median over passes of (that full model's pass time / this model's), both "
                                    "timed round robin on the same batches in the same run",
@@ -367,19 +368,20 @@ def timed_subset(order: np.ndarray, count: int | None) -> np.ndarray:
 
 
 def measure(candidates: list, workloads: dict, order, timed_order, args, pad_id: int, on_panel=None) -> tuple:
-    """Outputs (an untimed pass over `order` per batch size, with the first thread count) and timings (per thread
+    """Outputs (an untimed pass over `order` per accuracy batch size, first thread count) and timings (per thread
     count and batch size, over `timed_order`) of every candidate; `on_panel(outputs, times)` after each panel.
     Returns ({name: {batch: [BackendOutput per batch]}}, {panel: {name: [repeats] pass seconds}})."""
     outputs, times = {}, {}
     for t_index, threads in enumerate(args.threads):
         runners = {c.name: c.open(threads) for c in candidates}
         try:
+            # The accuracy passes come first, so that every panel saved along the way has its rows' accuracy.
+            for batch in args.accuracy_batches if t_index == 0 else ():
+                for key, workload in workloads.items():
+                    batches = common.make_batches(workload, batch, pad_id, order=order)
+                    for c in [c for c in candidates if c.inputs == key]:
+                        outputs.setdefault(c.name, {})[batch] = [runners[c.name].run(*b.inputs) for b in batches]
             for batch in args.batches:
-                if t_index == 0:
-                    for key, workload in workloads.items():
-                        batches = common.make_batches(workload, batch, pad_id, order=order)
-                        for c in [c for c in candidates if c.inputs == key]:
-                            outputs.setdefault(c.name, {})[batch] = [runners[c.name].run(*b.inputs) for b in batches]
                 per_input = {key: common.make_batches(w, batch, pad_id, order=timed_order)
                              for key, w in workloads.items()}
                 lookup = {key: {id(m[0]): b.inputs for m, b in zip(per_input["main"], batches)}
@@ -422,11 +424,11 @@ def build_rows(candidates, outputs, times, workloads, order, timed_examples: int
             predictions = np.empty(len(labels), dtype=np.int64)
             predictions[order] = np.concatenate([o.logits.argmax(-1) for o in outs])
             by_batch[batch] = classification_scores(predictions, labels, metrics)
-        first = by_batch[args.batches[0]]
+        first = by_batch[args.accuracy_batches[0]]
         row = {"model": c.name, "family": c.family, "precision": c.precision, "file": str(c.path),
                "accuracy": first["accuracy"], **({"f1": first["f1"]} if "f1" in first else {}),
                "accuracy_by_batch": {str(b): s["accuracy"] for b, s in by_batch.items()}, **c.details}
-        outs = outputs[c.name][args.batches[0]]
+        outs = outputs[c.name][args.accuracy_batches[0]]
         kept = kept_lengths(outs) if c.graph else None
         model_lengths = workloads[c.inputs].lengths[order]
         row["flops_speedup"] = flops_speedup(c.family, input_lengths, kept, model_lengths, c.num_layers, config)
@@ -595,6 +597,10 @@ def parse_args(argv=None):
                         "is always from all of them")
     p.add_argument("--batches", type=common.int_list, default="1,32")
     p.add_argument("--threads", type=common.int_list, default="1,2")
+    p.add_argument("--accuracy-batches", type=common.int_list, default=None,
+                   help="batch sizes of the untimed accuracy pass over every example, run with the first of "
+                        "--threads (default: every --batches; one pass over IMDB's 2,000 reviews at 512 wordpieces "
+                        "is minutes per model)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes (median; at least 3 for a result)")
     p.add_argument("--warmup", type=int, default=8, help="warm-up batches (plus the largest batch)")
     p.add_argument("--scales", type=float_list, default="1,1.5,2,3",
@@ -620,6 +626,9 @@ def parse_args(argv=None):
     unknown = args.skip - set(SKIPPABLE)
     if unknown:
         p.error(f"--skip: unknown {', '.join(sorted(unknown))} (choose from {', '.join(SKIPPABLE)})")
+    args.accuracy_batches = args.accuracy_batches or list(args.batches)
+    if not set(args.accuracy_batches) <= set(args.batches):
+        p.error(f"--accuracy-batches: {args.accuracy_batches} must be among --batches {args.batches}")
     if args.repeats < 1 or args.warmup < 0 or not args.batches or not args.threads or not args.scales:
         p.error("--repeats >= 1, --warmup >= 0, and at least one batch size, thread count and scale")
     return args
@@ -751,7 +760,7 @@ def main(argv=None) -> int:
                        "task": task, "num_layers": num_layers, "eta": base_eta, "max_length": cut.max_length,
                        "truncation": cut.truncation, "metrics": ckpt.config.metrics},
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": args.threads,
-                     "batches": args.batches, "scales": args.scales, "accuracy_examples": len(order),
+                     "batches": args.batches, "accuracy_batches": args.accuracy_batches, "scales": args.scales, "accuracy_examples": len(order),
                      "timed_examples": len(timed_order),
                      "session_options": "backends.onnxruntime.session_options(threads) for every model",
                      "order": "every example sorted by its wordpiece length at the checkpoint's max length "

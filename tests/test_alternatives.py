@@ -122,13 +122,22 @@ def test_alternatives_end_to_end_on_the_tiny_checkpoint(tiny_checkpoint, tmp_pat
 
     # A rerun finds the fine-tuned shallow model in $ADAPLER_HOME/work instead of training it again.
     again = run_script(common_args + ["--shallow-layers", "1", "--scales", "1", "--skip",
-                                      "int8,optimized,truncation,attention-pruning", "--no-plot", "--name", "u"], home)
+                                      "int8,optimized,truncation,attention-pruning", "--no-plot", "--name", "u",
+                                      "--accuracy-batches", "4"], home)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "shallow 1 layers: cached" in again.stdout
-    assert {r["model"] for r in json.loads((out / "u.json").read_text())["rows"]} == \
-        {"full fp32", "shallow 1 layers", "AdapLeR s=1 fp32"}
+    rerun = json.loads((out / "u.json").read_text())
+    assert {r["model"] for r in rerun["rows"]} == {"full fp32", "shallow 1 layers", "AdapLeR s=1 fp32"}
+    # One accuracy pass (batch 4, what a long-document run asks for); both panels are still timed and plot it.
+    assert rerun["settings"]["accuracy_batches"] == [4]
+    for row in rerun["rows"]:
+        assert set(row["accuracy_by_batch"]) == {"4"} and row["accuracy"] == row["accuracy_by_batch"]["4"]
+        assert set(row["ms_per_example"]) == set(panels)
+        assert alternatives.panel_accuracy(row, "threads=1,batch=1") == row["accuracy"]
 
 
 def test_bad_options_are_refused_in_one_line(tiny_checkpoint, tmp_path):
     proc = run_script(["--ckpt", str(tiny_checkpoint), "--skip", "everything"], tmp_path)
     assert proc.returncode == 2 and "--skip: unknown everything" in proc.stderr
+    proc = run_script(["--ckpt", str(tiny_checkpoint), "--batches", "1,4", "--accuracy-batches", "8"], tmp_path)
+    assert proc.returncode == 2 and "--accuracy-batches: [8] must be among --batches [1, 4]" in proc.stderr
