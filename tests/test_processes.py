@@ -109,10 +109,12 @@ def test_two_processes_take_the_gradient_of_the_whole_batch(tmp_path):
     carry noise of ~1e-11 either way)."""
     script = Path(__file__).parent / "scripts" / "process_gradients.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "one.pt")], env=env, check=True, timeout=300,
-                   capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                    str(script), str(tmp_path / "two.pt")], env=env, check=True, timeout=300, capture_output=True)
+    for command in ([sys.executable, str(script), str(tmp_path / "one.pt")],
+                    [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                     str(script), str(tmp_path / "two.pt")]):
+        # check=True alone would hide why a process failed: the assertion carries its output's end.
+        done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command[1:4]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one.keys() == two.keys() and {"eta", "theta"} <= one.keys()
     scale = max(float(g.abs().max()) for g in one.values())
