@@ -760,7 +760,8 @@ def main(argv=None) -> int:
                        "task": task, "num_layers": num_layers, "eta": base_eta, "max_length": cut.max_length,
                        "truncation": cut.truncation, "metrics": ckpt.config.metrics},
         "settings": {"repeats": args.repeats, "warmup_batches": args.warmup, "threads": args.threads,
-                     "batches": args.batches, "accuracy_batches": args.accuracy_batches, "scales": args.scales, "accuracy_examples": len(order),
+                     "batches": args.batches, "accuracy_batches": args.accuracy_batches, "scales": args.scales,
+                     "accuracy_examples": len(order),
                      "timed_examples": len(timed_order),
                      "session_options": "backends.onnxruntime.session_options(threads) for every model",
                      "order": "every example sorted by its wordpiece length at the checkpoint's max length "

@@ -114,7 +114,8 @@ def test_two_processes_take_the_gradient_of_the_whole_batch(tmp_path):
                      str(script), str(tmp_path / "two.pt")]):
         # check=True alone would hide why a process failed: the assertion carries its output's end.
         done = subprocess.run(command, env=env, timeout=300, capture_output=True, text=True)
-        assert done.returncode == 0, f"{command[1:4]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        assert done.returncode == 0, \
+            f"{command[1:4]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one.keys() == two.keys() and {"eta", "theta"} <= one.keys()
     scale = max(float(g.abs().max()) for g in one.values())
