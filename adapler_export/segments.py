@@ -22,7 +22,8 @@ from .errors import AdaplerError
 from .storage import atomic_file
 from .specs import OPSET, PRECISIONS, TOKEN_TYPE_IDS, SegmentSpec, segment_specs  # noqa: F401  (re-exported)
 from .tolerances import Tolerances
-from .modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution, encoder_layer
+from .modeling_adapler import (AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution_hard,
+                               encoder_layer)
 
 
 
@@ -34,7 +35,7 @@ class _CPScores(nn.Module):
         self.cp = cp
 
     def forward(self, hidden, attention_mask):
-        return cp_distribution(self.cp(hidden.float()), attention_mask)
+        return cp_distribution_hard(self.cp(hidden.float()), attention_mask)
 
 
 class EmbeddingSegment(nn.Module):

@@ -219,8 +219,9 @@ def export_models(ckpt, work_dir: Path, log=print) -> dict:
     from adapler_export.segments import export_segments
 
     model = ckpt.model
+    # "format" changes when the export itself does (3: the CP distribution is one Softmax), so caches re-export.
     stamp = {"digest": checkpoint_digest(ckpt.path), "torch": torch.__version__, "onnx": onnx.__version__,
-             "onnxruntime": onnxruntime.__version__, "format": 2}
+             "onnxruntime": onnxruntime.__version__, "format": 3}
     work_dir = Path(work_dir) / stamp["digest"]
     stamp_path = work_dir / "stamp.json"
     specs = fp32_specs(model)

@@ -214,6 +214,32 @@ def test_graph_pairs_times_graphs_against_each_other(bench_ckpt, exports, tmp_pa
     assert bad.returncode == 2 and "--ratio a/c: both must be --graph names" in bad.stderr
 
 
+
+@pytest.mark.slow
+def test_one_graph_ablation_splits_the_overhead(bench_ckpt, exports, tmp_path):
+    """one_graph_ablation.py: the six graphs timed in their sessions side by side; the ablations keep every live
+    token (the script asserts it), the split adds up to the overhead at full length, and both CP forms are built
+    (the product's distribution is one Softmax); a session count of 0 is one line of error (exit 2)."""
+    out = tmp_path / "ablation.json"
+    cmd = [sys.executable, str(BENCH / "one_graph_ablation.py"), "--ckpt", str(bench_ckpt), "--samples", "6",
+           "--repeats", "1", "--sessions", "2", "--warmup", "1", "--data-dir", str(sst2_dir()),
+           "--work-dir", str(exports["dir"].parent), "--output", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = {r["model"]: r for r in result["rows"]}
+    assert list(rows) == ["full int8", "one graph int8", "one graph int8, before", "every token kept",
+                          "kept, CP logits only", "kept, no CP"]
+    assert all(len(r["ms_per_example_by_session"]) == 2 and r["ms_per_example"] > 0 for r in rows.values())
+    assert rows["one graph int8"]["flops_speedup"] > 1 and "efficiency" in rows["one graph int8, before"]
+    split = result["overhead_split"]
+    assert split["cp_softmax_ms"] + split["cp_mlp_ms"] + split["links_and_plumbing_ms"] == \
+        pytest.approx(split["total_at_full_length_ms"])
+    assert 0 <= result["softmax_vs_weighted_labels"]["agree"] <= result["softmax_vs_weighted_labels"]["examples"] == 6
+    bad_out = tmp_path / "bad.json"
+    bad = subprocess.run(cmd[:-1] + [str(bad_out), "--sessions", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--sessions must be at least 1, got 0" in bad.stderr and not bad_out.exists()
+
 @pytest.mark.slow
 def test_accumulation_memory_measures_each_configuration_in_its_own_process(tmp_path):
     """accumulation_memory.py: one row per (stage, BxN) from the real stage code, every configuration stepping

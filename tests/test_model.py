@@ -5,7 +5,8 @@ import torch
 from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, load_checkpoint, save_checkpoint
 from adapler_export.flops import flops_speedup, layer_flops
 from adapler_export.link import keep_mask_torch
-from adapler_export.modeling_adapler import AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution
+from adapler_export.modeling_adapler import (AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution,
+                                             cp_distribution_hard)
 
 from conftest import tiny_model
 
@@ -36,6 +37,23 @@ def test_cp_distribution_is_masked_softmax_with_cls_forced_live():
     torch.testing.assert_close(s[0, :3], want)
     assert s[0, 3].item() == 0.0
 
+
+
+def test_hard_cp_distribution_is_the_weighted_one_on_zero_one_masks():
+    """Inference's single softmax gives the training form's values on 0/1 masks, dead slots exactly 0, [CLS]
+    forced live, rows that are all padding too (no NaN); fp16 logits are scored in fp32."""
+    rng = np.random.default_rng(3)
+    logits = torch.from_numpy(rng.normal(0, 4, size=(5, 9)).astype(np.float32))
+    mask = torch.tensor([[1] * 9, [1, 1, 1, 0, 0, 0, 0, 0, 0], [1, 0, 1, 1, 0, 1, 0, 0, 0], [0] * 9,
+                         [0, 1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.int32)
+    hard, weighted = cp_distribution_hard(logits, mask), cp_distribution(logits, mask)
+    assert hard.dtype == torch.float32 and bool(torch.isfinite(hard).all())
+    torch.testing.assert_close(hard, weighted, rtol=1e-6, atol=1e-7)
+    dead = (mask == 0) & (torch.arange(9)[None] > 0)
+    assert bool((hard[dead] == 0).all()) and bool((hard[~dead] > 0).all())
+    torch.testing.assert_close(hard.sum(-1), torch.ones(5))
+    torch.testing.assert_close(cp_distribution_hard(logits.half(), mask), cp_distribution_hard(logits.half().float(), mask),
+                               rtol=0, atol=0)
 
 def test_hard_mask_bias_equals_the_soft_rule_on_zero_one_masks():
     """An integer mask takes the short formula (no log): exactly the soft rule's values on 0 / 1."""
