@@ -74,9 +74,10 @@ def cp_distribution_hard(cp_logits: torch.Tensor, mask: torch.Tensor) -> torch.T
     ATTENTION_MASK_VALUE, and exp of it minus the row's maximum (a live logit: [CLS] is forced live) is exactly 0.
 
     Why this form: ONNX Runtime runs it as one Softmax kernel where the weighted form exports as ReduceMax, Sub,
-    Exp, Mul, ReduceSum and Div: 0.059 ms less per call for the six CPs of the INT8 one graph at batch 1 on the
-    2-core CPU machine (docs/results/one-graph.md, update 2026-12-08). Both forms normalise in fp32 and differ only
-    in rounding (a reciprocal multiply against a division), as torch's and ONNX Runtime's exp already do.
+    Exp, Mul, ReduceSum and Div (five fewer nodes per CP; the time this saves at batch 1 was within the noise
+    between ONNX Runtime sessions on the 2-core CPU machine: docs/results/one-graph.md, update 2026-12-08). Both
+    forms normalise in fp32 and differ only in rounding (a reciprocal multiply against a division), as torch's and
+    ONNX Runtime's exp already do; fp32 parity kept every keep decision on SST-2 dev.
     """
     live = with_cls_live(mask) > 0
     logits = cp_logits if cp_logits.dtype == torch.float32 else cp_logits.to(torch.float32)

@@ -5,10 +5,13 @@ ONNX Runtime's profiler adds a fixed cost to every node, so it overstates small 
 script instead times whole graphs that differ by one part, round robin batch by batch in one run:
 
   full int8                  the checkpoint's backbone, dynamic INT8 as `build --int8` quantizes (the baseline)
+  full int8, plain           the same backbone through `quantize_dynamic(..., weight_type=QInt8)` as it is: one
+                             weight scale per tensor (what alternatives.py calls full INT8 dynamic)
   one graph int8             what `build --int8` writes: the product (tokens dropped at the trained thresholds)
   one graph int8, before     the same from segments exported with the CP distribution in its weighted form
                              (`cp_distribution`: ReduceMax, Sub, Exp, Mul, ReduceSum, Div) instead of one Softmax
                              (`cp_distribution_hard`, what the export writes now)
+  one graph int8, CP int8    the product with the CP MLPs quantized too (`quantize_segments(keep_cp_fp32=False)`)
   every token kept           the product's graph at thresholds 0: the same nodes, no token dropped; its time over
                              full int8 is all the graph's own overhead at full length
   kept, CP logits only       ... with each link reading its CP's logits (scores' softmax pruned away)
@@ -40,8 +43,10 @@ import common  # noqa: E402
 from common import Table, log  # noqa: E402
 
 FULL, PRODUCT, BEFORE = "full int8", "one graph int8", "one graph int8, before"
+FULL_PLAIN, CP_INT8 = "full int8, plain", "one graph int8, CP int8"
 KEPT, LOGITS, NO_CP = "every token kept", "kept, CP logits only", "kept, no CP"
-MODELS = (FULL, PRODUCT, BEFORE, KEPT, LOGITS, NO_CP)
+MODELS = (FULL, FULL_PLAIN, PRODUCT, BEFORE, CP_INT8, KEPT, LOGITS, NO_CP)
+ADAPTIVE = (PRODUCT, BEFORE, CP_INT8)  # drop tokens at the trained thresholds
 NEVER = -3e38  # below any score or logit: the ablations keep every live token
 
 
@@ -105,6 +110,7 @@ def export_weighted(model, out_dir: Path) -> None:
 
 def build_graphs(ckpt, exports: dict, work: Path) -> dict:
     import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from adapler_export.onnx_graph import build_one_graph
     from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8, quantize_segments
@@ -115,11 +121,13 @@ def build_graphs(ckpt, exports: dict, work: Path) -> dict:
     quantize_dynamic_int8(exports["full"], work / "full-int8.onnx", settings)
     weighted = work / "weighted"
     export_weighted(model, weighted)
-    paths = {FULL: work / "full-int8.onnx"}
-    for name, src in ((PRODUCT, exports["dir"] / "onnx"), (BEFORE, weighted)):
-        int8_dir = work / ("int8-" + src.name)
+    quantize_dynamic(str(exports["full"]), str(work / "full-plain.onnx"), weight_type=QuantType.QInt8)
+    paths = {FULL: work / "full-int8.onnx", FULL_PLAIN: work / "full-plain.onnx"}
+    for name, src, keep_cp_fp32 in ((PRODUCT, exports["dir"] / "onnx", True), (BEFORE, weighted, True),
+                                    (CP_INT8, exports["dir"] / "onnx", False)):
+        int8_dir = work / ("int8-" + src.name + ("" if keep_cp_fp32 else "-cp-int8"))
         int8_dir.mkdir()
-        quantize_segments(src, int8_dir, specs, settings)
+        quantize_segments(src, int8_dir, specs, settings, keep_cp_fp32=keep_cp_fp32)
         paths[name] = build_one_graph(int8_dir, specs, etas, work / f"{int8_dir.name}.onnx", precision="int8")
     kept = build_one_graph(work / "int8-onnx", specs, [0.0] * len(etas), work / "kept.onnx", precision="int8")
     paths[KEPT] = kept
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="one-graph-ablation-") as tmp:
         paths, etas = build_graphs(ckpt, exports, Path(tmp))
         def opened(name):
-            backend = FullModelBackend if name == FULL else OneGraphBackend
+            backend = FullModelBackend if name in (FULL, FULL_PLAIN) else OneGraphBackend
             return backend(paths[name], model.num_layers, device="cpu", threads=args.threads)
 
         sessions = {name: [opened(name) for _ in range(args.sessions)] for name in MODELS}
@@ -154,13 +162,13 @@ def main(argv=None) -> int:
         dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
         workload = common.dev_workload(ckpt.tokenizer, dev, ckpt.config.cut)
         batches = common.make_batches(workload, 1, common.pad_id(ckpt.tokenizer))
-        outputs = {name: [sessions[name][0].run(*common.batch_inputs(b)) for b in batches] for name in MODELS[1:]}
+        outputs = {name: [sessions[name][0].run(*common.batch_inputs(b)) for b in batches] for name in MODELS[2:]}
         live = [int(b[1].sum()) for b in batches]
         for name in (KEPT, LOGITS, NO_CP):  # the ablations keep every live token, as thresholds 0 do
             assert all(int((k >= 0).sum()) == n for o, n in zip(outputs[name], live) for k in o.kept), name
         flops = {name: common.flops_summary(batches, [o.kept for o in outputs[name]], model.config)["flops_speedup"]
-                 for name in (PRODUCT, BEFORE)}
-        labels = {name: [int(np.argmax(o.logits)) for o in outputs[name]] for name in (PRODUCT, BEFORE)}
+                 for name in ADAPTIVE}
+        labels = {name: [int(np.argmax(o.logits)) for o in outputs[name]] for name in ADAPTIVE}
         times = common.time_round_robin({name: r.run for name, r in runners.items()}, batches, args.repeats,
                                         args.warmup)
         for runner in runners.values():
@@ -184,14 +192,17 @@ def main(argv=None) -> int:
              "links_and_plumbing_ms": over[NO_CP], "total_at_full_length_ms": over[KEPT],
              "softmax_change_saves_ms": over[BEFORE] - over[PRODUCT]}
     same_labels = sum(a == b for a, b in zip(labels[PRODUCT], labels[BEFORE]))
+    cp_int8_labels = sum(a == b for a, b in zip(labels[PRODUCT], labels[CP_INT8]))
     table = Table(["model", "ms/ex", "sessions ms/ex", "x full int8", "over full int8 ms", "FLOPs x", "efficiency"])
     for r in rows:
-        spread = "-".join(f"{v:.3f}" for v in (min(r["ms_per_example_by_session"]), max(r["ms_per_example_by_session"])))
+        by_session = r["ms_per_example_by_session"]
+        spread = f"{min(by_session):.3f}-{max(by_session):.3f}"
         table.add(r["model"], r["ms_per_example"], spread, r["vs_full_int8"], r["over_full_int8_ms"],
                   r.get("flops_speedup", "-"), r.get("efficiency", "-"))
     log(table.render())
     log("overhead at full length (ms/example): " + ", ".join(f"{k} {v:.3f}" for k, v in split.items()))
-    log(f"labels: the Softmax form and the weighted form agree on {same_labels} of {n} examples")
+    log(f"labels: the Softmax form and the weighted form agree on {same_labels} of {n} examples; the CP in int8 "
+        f"agrees with the product on {cp_int8_labels}")
     load_end = common.load_average()
     result = {**common.result_header(Path(args.output).stem, "one_graph_ablation.py", argv, False),
               "checkpoint": {"path": str(ckpt.path), "digest": exports["digest"], "eta": etas},
@@ -201,6 +212,7 @@ def main(argv=None) -> int:
                            "statistic": "median over repeats of one pass; ratios: median of per-repeat ratios"},
               "rows": rows, "overhead_split": split,
               "softmax_vs_weighted_labels": {"agree": same_labels, "examples": n},
+              "cp_int8_vs_product_labels": {"agree": cp_int8_labels, "examples": n},
               "machine": common.machine_info(), "load_average_start": load_start, "load_average_end": load_end,
               "seconds": round(time.time() - started, 1), "notes": common.run_notes(load_start, load_end, False)}
     for note in result["notes"]:

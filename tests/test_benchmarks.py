@@ -217,7 +217,7 @@ def test_graph_pairs_times_graphs_against_each_other(bench_ckpt, exports, tmp_pa
 
 @pytest.mark.slow
 def test_one_graph_ablation_splits_the_overhead(bench_ckpt, exports, tmp_path):
-    """one_graph_ablation.py: the six graphs timed in their sessions side by side; the ablations keep every live
+    """one_graph_ablation.py: the eight graphs timed in their sessions side by side; the ablations keep every live
     token (the script asserts it), the split adds up to the overhead at full length, and both CP forms are built
     (the product's distribution is one Softmax); a session count of 0 is one line of error (exit 2)."""
     out = tmp_path / "ablation.json"
@@ -228,10 +228,12 @@ def test_one_graph_ablation_splits_the_overhead(bench_ckpt, exports, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = {r["model"]: r for r in result["rows"]}
-    assert list(rows) == ["full int8", "one graph int8", "one graph int8, before", "every token kept",
-                          "kept, CP logits only", "kept, no CP"]
+    assert list(rows) == ["full int8", "full int8, plain", "one graph int8", "one graph int8, before",
+                          "one graph int8, CP int8", "every token kept", "kept, CP logits only", "kept, no CP"]
     assert all(len(r["ms_per_example_by_session"]) == 2 and r["ms_per_example"] > 0 for r in rows.values())
-    assert rows["one graph int8"]["flops_speedup"] > 1 and "efficiency" in rows["one graph int8, before"]
+    assert rows["one graph int8"]["flops_speedup"] > 1
+    assert all("efficiency" in rows[name] for name in ("one graph int8, before", "one graph int8, CP int8"))
+    assert "efficiency" not in rows["full int8, plain"]
     split = result["overhead_split"]
     assert split["cp_softmax_ms"] + split["cp_mlp_ms"] + split["links_and_plumbing_ms"] == \
         pytest.approx(split["total_at_full_length_ms"])

@@ -5,8 +5,8 @@ import torch
 from adapler_export.checkpoint import AdapLeRConfig, Checkpoint, load_backbone, load_checkpoint, save_checkpoint
 from adapler_export.flops import flops_speedup, layer_flops
 from adapler_export.link import keep_mask_torch
-from adapler_export.modeling_adapler import (AdapLeRForSequenceClassification, attention_bias_from_mask, cp_distribution,
-                                             cp_distribution_hard)
+from adapler_export.modeling_adapler import (AdapLeRForSequenceClassification, attention_bias_from_mask,
+                                             cp_distribution, cp_distribution_hard)
 
 from conftest import tiny_model
 
@@ -52,8 +52,8 @@ def test_hard_cp_distribution_is_the_weighted_one_on_zero_one_masks():
     dead = (mask == 0) & (torch.arange(9)[None] > 0)
     assert bool((hard[dead] == 0).all()) and bool((hard[~dead] > 0).all())
     torch.testing.assert_close(hard.sum(-1), torch.ones(5))
-    torch.testing.assert_close(cp_distribution_hard(logits.half(), mask), cp_distribution_hard(logits.half().float(), mask),
-                               rtol=0, atol=0)
+    from_half = cp_distribution_hard(logits.half(), mask)
+    torch.testing.assert_close(from_half, cp_distribution_hard(logits.half().float(), mask), rtol=0, atol=0)
 
 def test_hard_mask_bias_equals_the_soft_rule_on_zero_one_masks():
     """An integer mask takes the short formula (no log): exactly the soft rule's values on 0 / 1."""
