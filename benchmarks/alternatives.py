@@ -105,15 +105,6 @@ class Candidate:
         return FullModelBackend(self.path, self.num_layers, device="cpu", threads=threads)
 
 
-def plain_quantize_dynamic(src: Path, dst: Path) -> Path:
-    """`quantize_dynamic` on the file as it is (what a user tries first): int8 weights (per tensor), activations
-    quantized per call."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-    return dst
-
-
 def optimize_full(src: Path, dst: Path, config) -> dict:
     """ONNX Runtime's transformer optimizer (BERT fusions), fp32; returns its fused-operator counts."""
     from onnxruntime.transformers import optimizer
@@ -675,7 +666,8 @@ def main(argv=None) -> int:
     candidates = [Candidate(FULL_FP32, "full", "fp32", full, False, num_layers)]
     if "int8" not in args.skip:
         candidates.append(Candidate(FULL_INT8, "full-int8", "int8-dynamic",
-                                    plain_quantize_dynamic(full, derived / "full-int8-dynamic.onnx"), False, num_layers))
+                                    common.plain_quantize_dynamic(full, derived / "full-int8-dynamic.onnx"), False,
+                                    num_layers))
     int8_settings = choose_int8_settings()
     if not {"int8", "extra-int8"} & args.skip:
         info = quantize_dynamic_int8(full, derived / "full-int8-product.onnx", int8_settings)
@@ -724,7 +716,7 @@ def main(argv=None) -> int:
                                              "int8_matmuls": int8_matmuls}))
         if not {"int8", "extra-int8"} & args.skip and scale == 1:  # the issue's row: the user's quantize_dynamic on the file
             points.append(Candidate(label + " int8 quantize_dynamic", "adapler", "int8-dynamic",
-                                    plain_quantize_dynamic(graph, derived / "adapler-s1-quantize-dynamic.onnx"),
+                                    common.plain_quantize_dynamic(graph, derived / "adapler-s1-quantize-dynamic.onnx"),
                                     True, num_layers, details={**details, "int8": "quantize_dynamic(QInt8) as is"}))
         if scale == 1 and calib is not None:
             static = quantize_adapler_static(ckpt, exports["dir"] / "onnx", specs, etas, derived / "adapler-static",

@@ -207,6 +207,15 @@ def full_graph_inputs(session) -> list:
     return [i.name for i in session.get_inputs()]
 
 
+def plain_quantize_dynamic(src: Path, dst: Path) -> Path:
+    """`quantize_dynamic` on the file as it is (what a user tries first): int8 weights (per tensor), activations
+    quantized per call."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return dst
+
+
 def export_models(ckpt, work_dir: Path, log=print) -> dict:
     """Segments (adaptive) and full.onnx (baseline) for a checkpoint, cached in `work_dir` by checkpoint
     digest and tool versions. Both exports are validated against PyTorch when written."""

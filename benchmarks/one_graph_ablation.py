@@ -22,7 +22,7 @@ Differences of these rows split the overhead: CP softmax, CP MLP, links and plum
 compare with an impossible threshold (-3e38), so they keep exactly the live tokens "every token kept" keeps.
 
 Each model is opened in `--sessions` separate sessions, all timed round robin: two sessions of one file differ by
-up to 3 % at batch 1 on the 2-core CPU machine (where each session's buffers land), as much as some differences
+up to 6 % at batch 1 on the 2-core CPU machine (where each session's buffers land), as much as some differences
 measured here, so a model's time is the median over its sessions and repeats, and the spread across its sessions
 is reported beside it.
 
@@ -46,8 +46,10 @@ FULL, PRODUCT, BEFORE = "full int8", "one graph int8", "one graph int8, before"
 FULL_PLAIN, CP_INT8 = "full int8, plain", "one graph int8, CP int8"
 KEPT, LOGITS, NO_CP = "every token kept", "kept, CP logits only", "kept, no CP"
 MODELS = (FULL, FULL_PLAIN, PRODUCT, BEFORE, CP_INT8, KEPT, LOGITS, NO_CP)
+FULL_MODELS = (FULL, FULL_PLAIN)  # no CPs, no links: the baselines
 ADAPTIVE = (PRODUCT, BEFORE, CP_INT8)  # drop tokens at the trained thresholds
 NEVER = -3e38  # below any score or logit: the ablations keep every live token
+NEVER_NAME = "ablation_never"  # the initializer holding NEVER
 
 
 def parse_args(argv=None):
@@ -69,16 +71,17 @@ def parse_args(argv=None):
 
 
 def link_reads(model, source):
-    """The one graph with link k's comparison reading `source(k, producers)` against NEVER; unread nodes pruned."""
+    """The one graph with each link's comparison reading `source(scores, producers)` (scores: the tensor it read)
+    against NEVER; unread nodes pruned."""
     from onnx import numpy_helper
 
     from adapler_export.onnx_graph import prune_unused
 
     producers = {o: n for n in model.graph.node for o in n.output}
-    model.graph.initializer.append(numpy_helper.from_array(np.array([[NEVER]], np.float32), "ablation_never"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array([[NEVER]], np.float32), NEVER_NAME))
     compares = [n for n in model.graph.node if n.op_type == "GreaterOrEqual" and n.output[0].startswith("link")]
     for node in compares:
-        node.input[0], node.input[1] = source(node.input[0], producers), "ablation_never"
+        node.input[0], node.input[1] = source(node.input[0], producers), NEVER_NAME
     nodes, initializers = prune_unused(list(model.graph.node), list(model.graph.initializer),
                                        [o.name for o in model.graph.output])
     del model.graph.node[:], model.graph.initializer[:]
@@ -110,7 +113,6 @@ def export_weighted(model, out_dir: Path) -> None:
 
 def build_graphs(ckpt, exports: dict, work: Path) -> dict:
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from adapler_export.onnx_graph import build_one_graph
     from adapler_export.quantization import choose_int8_settings, quantize_dynamic_int8, quantize_segments
@@ -121,8 +123,8 @@ def build_graphs(ckpt, exports: dict, work: Path) -> dict:
     quantize_dynamic_int8(exports["full"], work / "full-int8.onnx", settings)
     weighted = work / "weighted"
     export_weighted(model, weighted)
-    quantize_dynamic(str(exports["full"]), str(work / "full-plain.onnx"), weight_type=QuantType.QInt8)
-    paths = {FULL: work / "full-int8.onnx", FULL_PLAIN: work / "full-plain.onnx"}
+    paths = {FULL: work / "full-int8.onnx",
+             FULL_PLAIN: common.plain_quantize_dynamic(exports["full"], work / "full-plain.onnx")}
     for name, src, keep_cp_fp32 in ((PRODUCT, exports["dir"] / "onnx", True), (BEFORE, weighted, True),
                                     (CP_INT8, exports["dir"] / "onnx", False)):
         int8_dir = work / ("int8-" + src.name + ("" if keep_cp_fp32 else "-cp-int8"))
@@ -131,7 +133,7 @@ def build_graphs(ckpt, exports: dict, work: Path) -> dict:
         paths[name] = build_one_graph(int8_dir, specs, etas, work / f"{int8_dir.name}.onnx", precision="int8")
     kept = build_one_graph(work / "int8-onnx", specs, [0.0] * len(etas), work / "kept.onnx", precision="int8")
     paths[KEPT] = kept
-    for name, source, file in ((LOGITS, cp_logits, "logits.onnx"), (NO_CP, lambda *_: "ablation_never", "no-cp.onnx")):
+    for name, source, file in ((LOGITS, cp_logits, "logits.onnx"), (NO_CP, lambda *_: NEVER_NAME, "no-cp.onnx")):
         onnx.save(link_reads(onnx.load(kept), source), work / file)
         paths[name] = work / file
     return paths, etas
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="one-graph-ablation-") as tmp:
         paths, etas = build_graphs(ckpt, exports, Path(tmp))
         def opened(name):
-            backend = FullModelBackend if name in (FULL, FULL_PLAIN) else OneGraphBackend
+            backend = FullModelBackend if name in FULL_MODELS else OneGraphBackend
             return backend(paths[name], model.num_layers, device="cpu", threads=args.threads)
 
         sessions = {name: [opened(name) for _ in range(args.sessions)] for name in MODELS}
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
         dev = load_dev(ckpt.config.task, args.data_dir, args.samples)
         workload = common.dev_workload(ckpt.tokenizer, dev, ckpt.config.cut)
         batches = common.make_batches(workload, 1, common.pad_id(ckpt.tokenizer))
-        outputs = {name: [sessions[name][0].run(*common.batch_inputs(b)) for b in batches] for name in MODELS[2:]}
+        outputs = {name: [sessions[name][0].run(*common.batch_inputs(b)) for b in batches]
+                   for name in MODELS if name not in FULL_MODELS}
         live = [int(b[1].sum()) for b in batches]
         for name in (KEPT, LOGITS, NO_CP):  # the ablations keep every live token, as thresholds 0 do
             assert all(int((k >= 0).sum()) == n for o, n in zip(outputs[name], live) for k in o.kept), name

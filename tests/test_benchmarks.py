@@ -214,7 +214,6 @@ def test_graph_pairs_times_graphs_against_each_other(bench_ckpt, exports, tmp_pa
     assert bad.returncode == 2 and "--ratio a/c: both must be --graph names" in bad.stderr
 
 
-
 @pytest.mark.slow
 def test_one_graph_ablation_splits_the_overhead(bench_ckpt, exports, tmp_path):
     """one_graph_ablation.py: the eight graphs timed in their sessions side by side; the ablations keep every live
@@ -241,6 +240,7 @@ def test_one_graph_ablation_splits_the_overhead(bench_ckpt, exports, tmp_path):
     bad_out = tmp_path / "bad.json"
     bad = subprocess.run(cmd[:-1] + [str(bad_out), "--sessions", "0"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--sessions must be at least 1, got 0" in bad.stderr and not bad_out.exists()
+
 
 @pytest.mark.slow
 def test_accumulation_memory_measures_each_configuration_in_its_own_process(tmp_path):

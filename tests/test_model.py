@@ -38,7 +38,6 @@ def test_cp_distribution_is_masked_softmax_with_cls_forced_live():
     assert s[0, 3].item() == 0.0
 
 
-
 def test_hard_cp_distribution_is_the_weighted_one_on_zero_one_masks():
     """Inference's single softmax gives the training form's values on 0/1 masks, dead slots exactly 0, [CLS]
     forced live, rows that are all padding too (no NaN); fp16 logits are scored in fp32."""
@@ -54,6 +53,7 @@ def test_hard_cp_distribution_is_the_weighted_one_on_zero_one_masks():
     torch.testing.assert_close(hard.sum(-1), torch.ones(5))
     from_half = cp_distribution_hard(logits.half(), mask)
     torch.testing.assert_close(from_half, cp_distribution_hard(logits.half().float(), mask), rtol=0, atol=0)
+
 
 def test_hard_mask_bias_equals_the_soft_rule_on_zero_one_masks():
     """An integer mask takes the short formula (no log): exactly the soft rule's values on 0 / 1."""
